@@ -1,0 +1,1 @@
+"""Update rules that consume a rollout batch."""

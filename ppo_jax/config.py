@@ -1,0 +1,212 @@
+"""Run configuration: one frozen dataclass, split into static (shape) and traced fields.
+
+Static fields fix array shapes and program structure, so changing one recompiles.
+Traced fields (:data:`TRACED_FIELDS`) are numbers the compiled program takes as inputs
+(:class:`HParams`), so ``jax.vmap(train)(keys, hparams)`` sweeps them in one compile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ppo_jax.envs import validate_env_id
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO on a vectorised gymnax environment."""
+
+    env: str = "CartPole-v1"
+    """gymnax environment id."""
+    total_timesteps: int = 500_000
+    """Environment steps per seed (all environments together)."""
+    num_envs: int = 4
+    """Parallel environments (static)."""
+    num_steps: int = 128
+    """Steps per environment per rollout (static); a batch is num_envs * num_steps."""
+    update_epochs: int = 4
+    """Passes over each batch (static)."""
+    num_minibatches: int = 4
+    """Minibatches per epoch (static); must divide num_envs * num_steps."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the actor and critic MLPs (static)."""
+    activation: str = "tanh"
+    """Hidden activation: tanh, relu or gelu (static)."""
+    shared_torso: bool = False
+    """One torso for actor and critic with one optimiser (remark 9.14), instead of two networks and two optimisers (listing 6)."""
+    normalize_observations: bool = False
+    """Running observation normalisation, clipped to +-10 (static)."""
+    normalize_rewards: bool = False
+    """Scale rewards by the std of the discounted return (static)."""
+    anneal_lr: bool = True
+    """Anneal learning rates linearly to 0 over the updates (static)."""
+    normalize_advantages: bool = True
+    """Normalise advantages, eq. (27) (static)."""
+    per_minibatch_adv_norm: bool = True
+    """Normalise advantages per minibatch (True) or once per batch (False) (static)."""
+    # Traced fields from here on.
+    lr: float = 2.5e-4
+    """Actor learning rate; the only one with a shared torso (traced)."""
+    critic_lr: float = 2.5e-4
+    """Critic learning rate with separate networks (traced)."""
+    gamma: float = 0.99
+    """Discount factor (traced)."""
+    gae_lambda: float = 0.95
+    """GAE lambda (traced)."""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon, eq. (24) (traced)."""
+    value_clip_eps: float = 0.0
+    """Value clipping epsilon, eq. (34)/(35); 0 turns value clipping off (traced)."""
+    vf_coef: float = 0.5
+    """Value loss coefficient c1, eq. (36) (traced)."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient c2, eq. (38) (traced)."""
+    max_grad_norm: float = 0.5
+    """Global-norm gradient clip, per optimiser (traced)."""
+    target_kl: float = 0.0
+    """Stop the remaining minibatches and epochs of an update once approx KL exceeds this; 0 disables (traced)."""
+
+    # ----- derived sizes -----
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+    def hparams(self) -> "HParams":
+        """The traced fields as a pytree of float32 scalars."""
+        return HParams(**{name: jnp.asarray(getattr(self, name), jnp.float32) for name in TRACED_FIELDS})
+
+    def replace(self, **changes) -> "PPOConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PPOConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
+        d = dict(d)
+        if "hidden_sizes" in d:
+            d["hidden_sizes"] = tuple(d["hidden_sizes"])
+        return cls(**d)
+
+    def validate(self) -> "PPOConfig":
+        """Checks every field before anything compiles; raises ValueError naming the field."""
+        validate_env_id(self.env)
+        for name in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes: must be positive layer widths, got {self.hidden_sizes!r}")
+        from ppo_jax.networks import ACTIVATIONS
+
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches: {self.num_minibatches} does not divide the batch "
+                f"num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}")
+        if self.total_timesteps < self.batch_size:
+            raise ValueError(
+                f"total_timesteps: {self.total_timesteps} is below one update "
+                f"(num_envs * num_steps = {self.batch_size})")
+        for name in ("lr", "critic_lr", "clip_eps", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: must lie in [0, 1], got {value!r}")
+        for name in ("value_clip_eps", "vf_coef", "ent_coef", "target_kl"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+        remainder = self.total_timesteps % self.batch_size
+        if remainder:
+            warnings.warn(
+                f"total_timesteps: {self.total_timesteps} is not a multiple of the batch "
+                f"{self.batch_size}; the last {remainder} steps are not run", stacklevel=2)
+        return self
+
+
+TRACED_FIELDS = ("lr", "critic_lr", "gamma", "gae_lambda", "clip_eps", "value_clip_eps",
+                 "vf_coef", "ent_coef", "max_grad_norm", "target_kl")
+
+
+@struct.dataclass
+class HParams:
+    """Traced hyperparameters (see :data:`TRACED_FIELDS`); stack them to sweep under ``vmap``."""
+
+    lr: jax.Array
+    critic_lr: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    clip_eps: jax.Array
+    value_clip_eps: jax.Array
+    vf_coef: jax.Array
+    ent_coef: jax.Array
+    max_grad_norm: jax.Array
+    target_kl: jax.Array
+
+
+def stack_hparams(configs: list[PPOConfig]) -> HParams:
+    """Stacks the traced fields of several configs (which must share their static fields) for ``vmap``."""
+    static = [{k: v for k, v in c.to_dict().items() if k not in TRACED_FIELDS} for c in configs]
+    for i, s in enumerate(static[1:], 1):
+        diff = sorted(k for k in s if s[k] != static[0][k])
+        if diff:
+            raise ValueError(f"configs[{i}]: static field(s) {', '.join(diff)} differ from configs[0]; "
+                             "only traced fields can be swept in one program")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[c.hparams() for c in configs])
+
+
+_PRESET_OVERRIDES: dict[str, dict] = {
+    # PureJaxRL / CleanRL-style settings for classic control.
+    "CartPole-v1": dict(total_timesteps=500_000, num_envs=4, num_steps=128, lr=2.5e-4, critic_lr=2.5e-4),
+    "Acrobot-v1": dict(total_timesteps=500_000, num_envs=4, num_steps=128, lr=2.5e-4, critic_lr=2.5e-4,
+                       normalize_observations=True),
+    "Pendulum-v1": dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, update_epochs=10,
+                        num_minibatches=32, lr=1e-3, critic_lr=1e-3, gamma=0.95, gae_lambda=0.95,
+                        ent_coef=0.0, normalize_observations=True, normalize_rewards=True),
+    "MountainCarContinuous-v0": dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, update_epochs=10,
+                                     num_minibatches=32, lr=3e-4, critic_lr=3e-4, ent_coef=0.0,
+                                     normalize_observations=True, normalize_rewards=True),
+}
+# MinAtar: flattened 10x10xC observations into a wider MLP, as PureJaxRL does.
+for _game in ("Breakout-MinAtar", "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar"):
+    _PRESET_OVERRIDES[_game] = dict(total_timesteps=10_000_000, num_envs=64, num_steps=128, update_epochs=4,
+                                    num_minibatches=8, lr=5e-3 if _game == "Freeway-MinAtar" else 5e-4,
+                                    critic_lr=5e-3 if _game == "Freeway-MinAtar" else 5e-4,
+                                    hidden_sizes=(256, 256), activation="relu", ent_coef=0.01)
+
+
+def preset(env_id: str) -> PPOConfig:
+    """The tuned configuration for ``env_id`` (defaults for an id without a preset)."""
+    validate_env_id(env_id)
+    return PPOConfig(env=env_id, **_PRESET_OVERRIDES.get(env_id, {}))
+
+
+def preset_names() -> list[str]:
+    return list(_PRESET_OVERRIDES)
+
+
+__all__ = ["PPOConfig", "HParams", "TRACED_FIELDS", "stack_hparams", "preset", "preset_names"]

@@ -1,0 +1,101 @@
+"""PPO loss terms and diagnostics (notes sections 7-9). Pure functions of arrays.
+
+Every mean here is over the leading (sample) axis of a minibatch, as in the sample
+estimates eq. (25), (29) and (39).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def importance_ratio(logp_new: jax.Array, logp_old: jax.Array) -> jax.Array:
+    """Importance ratio of definition 7.2, ``r_t = exp(log pi_theta - log pi_theta_old)``."""
+    return jnp.exp(logp_new - logp_old)
+
+
+def clipped_surrogate_loss(ratio: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array) -> jax.Array:
+    """PPO policy loss, eq. (24)/(25): ``-mean(min(r A, clip(r, 1-eps, 1+eps) A))``.
+
+    The negative of the clipped objective of definition 9.2, to be minimised.
+    """
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    return -jnp.mean(jnp.minimum(unclipped, clipped))
+
+
+def value_loss(
+    values: jax.Array,
+    targets: jax.Array,
+    old_values: jax.Array | None = None,
+    clip_eps: float | jax.Array = 0.0,
+) -> jax.Array:
+    """Value loss, eq. (28)/(29) ``mean((V - R)^2)``; clipped form eq. (34)/(35) when ``clip_eps > 0``.
+
+    Clipped: ``V_clip = V_old + clip(V - V_old, -eps, eps)`` and the loss is
+    ``mean(max((V - R)^2, (V_clip - R)^2))``. ``clip_eps`` may be traced; ``<= 0`` (or no
+    ``old_values``) gives the plain mean squared error.
+    """
+    unclipped = jnp.square(values - targets)
+    if old_values is None:
+        return jnp.mean(unclipped)
+    v_clip = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
+    clipped = jnp.maximum(unclipped, jnp.square(v_clip - targets))
+    return jnp.mean(jnp.where(clip_eps > 0, clipped, unclipped))
+
+
+def entropy_bonus(entropy: jax.Array) -> jax.Array:
+    """Mean policy entropy, the ``E_t[H(pi(.|s_t))]`` term of eq. (38)."""
+    return jnp.mean(entropy)
+
+
+def total_loss(
+    policy_loss: jax.Array,
+    value_loss_: jax.Array,
+    entropy: jax.Array,
+    vf_coef: float | jax.Array,
+    ent_coef: float | jax.Array,
+) -> jax.Array:
+    """Total PPO loss, eq. (36)/(38)/(39): ``L_policy + c1 L_value - c2 H``."""
+    return policy_loss + vf_coef * value_loss_ - ent_coef * entropy
+
+
+def normalize_advantages(advantages: jax.Array, eps: float = 1e-8, mask: jax.Array | None = None) -> jax.Array:
+    """Advantage normalisation, eq. (27): ``(A - mean(A)) / (std(A) + eps)``.
+
+    With ``mask`` the mean and (population) std are taken over masked entries only and
+    masked-out entries come back as 0.
+    """
+    if mask is None:
+        return (advantages - advantages.mean()) / (advantages.std() + eps)
+    m = mask.astype(advantages.dtype)
+    n = jnp.maximum(m.sum(), 1.0)
+    mean = (advantages * m).sum() / n
+    var = (jnp.square(advantages - mean) * m).sum() / n
+    return (advantages - mean) / (jnp.sqrt(var) + eps) * m
+
+
+def approx_kl_k1(logp_new: jax.Array, logp_old: jax.Array) -> jax.Array:
+    """k1 estimate of ``KL(pi_old || pi_new)``: ``mean(log pi_old - log pi_new)`` (unbiased, noisy, can be < 0)."""
+    return jnp.mean(logp_old - logp_new)
+
+
+def approx_kl_k3(logp_new: jax.Array, logp_old: jax.Array) -> jax.Array:
+    """The ``(r - 1) - log r`` estimator of listing 4 (k3): unbiased for ``KL(pi_old || pi_new)``, always >= 0."""
+    log_ratio = logp_new - logp_old
+    return jnp.mean(jnp.expm1(log_ratio) - log_ratio)
+
+
+def clip_fraction(ratio: jax.Array, clip_eps: float | jax.Array) -> jax.Array:
+    """Share of samples whose ratio lies outside ``[1 - eps, 1 + eps]`` (listing 4)."""
+    return jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))
+
+
+def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """``1 - Var(targets - predictions) / Var(targets)``; 1 is perfect, <= 0 no better than a constant.
+
+    Returns NaN when the targets have zero variance.
+    """
+    var_t = jnp.var(targets)
+    return jnp.where(var_t > 0, 1.0 - jnp.var(targets - predictions) / jnp.where(var_t > 0, var_t, 1.0), jnp.nan)

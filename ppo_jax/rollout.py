@@ -1,0 +1,65 @@
+"""One ``lax.scan`` over ``num_steps`` steps of ``num_envs`` environments."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ppo_jax.envs import VecEnv, VecEnvState
+
+
+@struct.dataclass
+class Transition:
+    """A time-major batch ``[T, N, ...]`` of what the update rules consume.
+
+    ``next_obs[t]`` is the observation the step actually reached: the final
+    observation on an episode end, never the reset observation (PITFALLS 1-2), so
+    ``V(next_obs)`` is the right bootstrap on truncation and at the rollout's end.
+    """
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    next_obs: jax.Array
+    episode_return: jax.Array
+    episode_length: jax.Array
+    episode_done: jax.Array
+
+
+def rollout(
+    policy_fn: Callable,
+    env: VecEnv,
+    env_state: VecEnvState,
+    obs: jax.Array,
+    key: jax.Array,
+    num_steps: int,
+) -> tuple[VecEnvState, jax.Array, Transition]:
+    """Runs the policy for ``num_steps`` steps.
+
+    ``policy_fn(obs) -> distribution`` acts; the log-prob is of the sampled (unclipped)
+    action. Values are not computed here: the critic evaluates the whole batch at once
+    afterwards, which is cheaper than once per step and gives the same numbers.
+    Returns the final env state, the last observation and the ``[T, N]`` transitions.
+    """
+
+    def step(carry, step_key):
+        env_state, obs = carry
+        k_act, k_env = jax.random.split(step_key)
+        dist = policy_fn(obs)
+        action = dist.sample(k_act)
+        log_prob = dist.log_prob(action)
+        next_obs, env_state, reward, terminated, truncated, info = env.step(k_env, env_state, action)
+        done = jnp.logical_or(terminated, truncated)
+        reached = jnp.where(done[:, None], info["final_observation"], next_obs)
+        transition = Transition(obs, action, log_prob, reward, terminated, truncated, reached,
+                                info["episode_return"], info["episode_length"], info["episode_done"])
+        return (env_state, next_obs), transition
+
+    (env_state, obs), transitions = jax.lax.scan(step, (env_state, obs), jax.random.split(key, num_steps))
+    return env_state, obs, transitions

@@ -1,0 +1,126 @@
+"""``make_train(config) -> train(key, hparams=None)``: a whole PPO run as one pure function.
+
+    train = make_train(PPOConfig(env="CartPole-v1"))
+    out = jax.jit(train)(jax.random.PRNGKey(0))              # one seed
+    outs = jax.jit(jax.vmap(train))(jax.random.split(key, 8))  # 8 seeds, one program
+    hps = stack_hparams([cfg.replace(lr=lr) for lr in lrs])     # a sweep of traced fields
+    outs = jax.jit(jax.vmap(train))(keys, hps)                 # ... still one compile
+
+Data flow per update: rollout -> V on the batch -> GAE (form C) -> targets (eq. 31)
+-> PPO epochs -> metrics. Metrics leave as arrays with a leading ``num_updates`` axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ppo_jax import gae as gae_lib
+from ppo_jax import losses, optim
+from ppo_jax.algorithms.ppo import Batch, ppo_update
+from ppo_jax.config import HParams, PPOConfig
+from ppo_jax.envs import EnvSpec, VecEnv, VecEnvState, env_spec
+from ppo_jax.networks import ActorCritic
+from ppo_jax.rollout import rollout
+
+
+@struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    env_state: VecEnvState
+    obs: jax.Array
+    key: jax.Array
+    update: jax.Array
+
+
+@struct.dataclass
+class TrainOutput:
+    state: TrainState
+    metrics: dict
+
+
+def make_network(config: PPOConfig, spec: EnvSpec | None = None) -> ActorCritic:
+    spec = spec or env_spec(config.env)
+    return ActorCritic(action_dim=spec.action_dim, continuous=spec.continuous,
+                       hidden_sizes=tuple(config.hidden_sizes), activation=config.activation,
+                       shared_torso=config.shared_torso)
+
+
+def init_params(network: ActorCritic, spec: EnvSpec, key: jax.Array):
+    return network.init(key, jnp.zeros((1, spec.obs_dim), jnp.float32))["params"]
+
+
+def episode_return_stats(returns: jax.Array, done: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean raw return of the episodes that finished in a batch (NaN if none), and their count."""
+    done = done.astype(jnp.float32)
+    count = done.sum()
+    mean = jnp.where(count > 0, (returns * done).sum() / jnp.maximum(count, 1.0), jnp.nan)
+    return mean, count
+
+
+def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None):
+    """Validates ``config`` (before any tracing) and returns the pure ``train(key, hparams=None)``.
+
+    ``progress``, if given, is called on the host with the update index after every
+    update (through ``jax.debug.callback``; once per seed under ``vmap``).
+    """
+    config.validate()
+    spec = env_spec(config.env)
+    network = make_network(config, spec)
+    num_updates = config.num_updates
+
+    def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
+        hp = config.hparams() if hparams is None else hparams
+        env = VecEnv(config.env, config.num_envs, normalize_observations=config.normalize_observations,
+                     normalize_rewards=config.normalize_rewards, gamma=hp.gamma)
+        tx = optim.make_tx(hp.max_grad_norm)
+        key, k_init, k_reset = jax.random.split(key, 3)
+        params = init_params(network, spec, k_init)
+        obs, env_state = env.reset(k_reset)
+        state = TrainState(params, optim.init_opt_state(tx, params, config.shared_torso), env_state, obs, key,
+                           jnp.asarray(0, jnp.int32))
+
+        def update_step(state: TrainState, _):
+            key, k_roll, k_update = jax.random.split(state.key, 3)
+            policy_fn = lambda o: network.apply({"params": state.params}, o, method=ActorCritic.policy)  # noqa: E731
+            env_state, obs, traj = rollout(policy_fn, env, state.env_state, state.obs, k_roll, config.num_steps)
+
+            value_fn = lambda o: network.apply({"params": state.params}, o, method=ActorCritic.value)  # noqa: E731
+            values, next_values = value_fn(traj.obs), value_fn(traj.next_obs)
+            advantages = gae_lib.gae(traj.reward, values, next_values, traj.terminated, traj.truncated,
+                                     hp.gamma, hp.gae_lambda)
+            targets = gae_lib.value_targets(advantages, values)  # before normalisation (PITFALLS 3)
+            if config.normalize_advantages and not config.per_minibatch_adv_norm:
+                advantages = losses.normalize_advantages(advantages)
+
+            flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
+            batch = Batch(flat(traj.obs), flat(traj.action), flat(traj.log_prob), flat(values),
+                          flat(advantages), flat(targets))
+            lr_scale = 1.0 - state.update / num_updates if config.anneal_lr else 1.0
+            lrs = optim.group_lrs(hp.lr, hp.critic_lr, config.shared_torso, lr_scale)
+            params, opt_state, metrics = ppo_update(
+                network, tx, state.params, state.opt_state, batch, hp, lrs, k_update,
+                update_epochs=config.update_epochs, num_minibatches=config.num_minibatches,
+                shared_torso=config.shared_torso,
+                per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)
+
+            ep_return, ep_count = episode_return_stats(traj.episode_return, traj.episode_done)
+            ep_length, _ = episode_return_stats(traj.episode_length.astype(jnp.float32), traj.episode_done)
+            metrics.update(
+                episode_return=ep_return, episode_length=ep_length, episodes_finished=ep_count,
+                explained_variance=losses.explained_variance(values, targets),
+                learning_rate=lrs["all" if config.shared_torso else "actor"],
+                env_steps=(state.update + 1) * config.batch_size)
+            if progress is not None:
+                jax.debug.callback(progress, state.update)
+            new_state = TrainState(params, opt_state, env_state, obs, key, state.update + 1)
+            return new_state, metrics
+
+        state, metrics = jax.lax.scan(update_step, state, None, num_updates)
+        return TrainOutput(state, metrics)
+
+    return train
