@@ -23,8 +23,10 @@ class Categorical:
         return jax.nn.log_softmax(self.logits.astype(jnp.float32), axis=-1)
 
     def log_prob(self, action: jax.Array) -> jax.Array:
-        idx = action.astype(jnp.int32)[..., None]
-        return jnp.take_along_axis(self.log_probs_all, idx, axis=-1)[..., 0]
+        logp = self.log_probs_all
+        batch = jnp.broadcast_shapes(action.shape, logp.shape[:-1])
+        idx = jnp.broadcast_to(action.astype(jnp.int32), batch)[..., None]
+        return jnp.take_along_axis(jnp.broadcast_to(logp, batch + logp.shape[-1:]), idx, axis=-1)[..., 0]
 
     def entropy(self) -> jax.Array:
         logp = self.log_probs_all

@@ -69,6 +69,7 @@ def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None)
     update (through ``jax.debug.callback``; once per seed under ``vmap``).
     """
     config.validate()
+    config.warn_remainder()
     spec = env_spec(config.env)
     network = make_network(config, spec)
     num_updates = config.num_updates

@@ -1,0 +1,71 @@
+"""The CLI run folder, checkpoints (orbax) and ppo-jax eval."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ppo_jax import PPOConfig, make_train
+from ppo_jax import checkpoint as ckpt
+from ppo_jax.cli import main
+
+pytestmark = pytest.mark.timeout(300)
+
+TINY = ["--num-envs", "4", "--num-steps", "16", "--total-timesteps", "256", "--update-epochs", "1",
+        "--num-minibatches", "2", "--eval-episodes", "2", "--no-progress"]
+
+
+def test_train_writes_run_folder_and_eval_reads_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--env", "CartPole-v1", "--num-seeds", "2", "--out", str(out), "--lr", "1e-3"] + TINY)
+    printed = capsys.readouterr().out
+    assert "seed 0: deterministic evaluation return" in printed and "steps/s" in printed and str(out) in printed
+    for name in ("config.json", "metrics.json", "metrics.csv", "learning_curve.png", "summary.json", "checkpoint"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    for field in ("env", "algo", "total_timesteps", "num_seeds", "final_return_per_seed", "compile_s", "run_s", "sps"):
+        assert field in summary, field
+    assert summary["num_seeds"] == 2 and len(summary["final_return_per_seed"]) == 2
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.asarray(metrics["total_loss"]).shape == (2, 4)
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("seed,update,")
+
+    main(["eval", "--checkpoint", str(out / "checkpoint"), "--episodes", "2"])
+    printed = capsys.readouterr().out
+    assert "seed 1: deterministic return" in printed
+
+
+def test_checkpoint_round_trip_keeps_params_optimizer_and_normaliser(tmp_path):
+    config = PPOConfig(env="Pendulum-v1", num_envs=4, num_steps=16, total_timesteps=128, update_epochs=1,
+                       num_minibatches=2, normalize_observations=True)
+    out = jax.jit(make_train(config))(jax.random.PRNGKey(0))
+    ckpt.save(tmp_path / "ck", config, out.state)
+    config2, payload, num_seeds = ckpt.restore(tmp_path / "ck")
+    assert config2 == config and num_seeds is None
+    saved = ckpt.payload_from_state(out.state)
+    assert jax.tree.structure(saved) == jax.tree.structure(payload)
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(payload)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileExistsError):
+        ckpt.save(tmp_path / "ck", config, out.state)
+
+
+def test_cli_rejects_bad_config_before_compiling():
+    proc = subprocess.run([sys.executable, "-m", "ppo_jax.cli", "train", "--num-minibatches", "3", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "num_minibatches: 3 does not divide the batch" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ppo_jax.cli", "train", "--env", "Nope-v0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "env: unknown environment id 'Nope-v0'" in proc.stderr
+
+
+def test_eval_of_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--checkpoint", str(tmp_path / "nothing")])
+    assert exc.value.code == 2
+    assert "no config.json" in capsys.readouterr().err

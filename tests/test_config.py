@@ -1,0 +1,50 @@
+"""Config validation happens before compilation and names the field."""
+
+import pytest
+
+from ppo_jax import PPOConfig, make_train, preset, stack_hparams
+from ppo_jax.config import preset_names
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    (dict(num_minibatches=3), r"num_minibatches: 3 does not divide the batch num_envs \* num_steps = 4 \* 128 = 512"),
+    (dict(lr=0.0), r"lr: must be a positive"),
+    (dict(critic_lr=-1e-3), r"critic_lr: must be a positive"),
+    (dict(env="CartPole"), r"env: unknown environment id 'CartPole'.*Valid ids: .*CartPole-v1"),
+    (dict(total_timesteps=100), r"total_timesteps: 100 is below one update"),
+    (dict(gamma=1.5), r"gamma: must lie in \[0, 1\]"),
+    (dict(num_envs=0), r"num_envs: must be a positive integer"),
+    (dict(target_kl=-0.1), r"target_kl: must be a finite number >= 0"),
+    (dict(activation="swish"), r"activation: must be one of"),
+])
+def test_bad_config_names_the_field(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make_train(PPOConfig().replace(**changes))
+
+
+def test_remainder_warning():
+    with pytest.warns(UserWarning, match="total_timesteps: 1000 is not a multiple of the batch 512"):
+        make_train(PPOConfig(total_timesteps=1000))
+
+
+def test_presets_are_valid():
+    for name in ["CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0", "Breakout-MinAtar",
+                 "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar"]:
+        assert name in preset_names()
+        preset(name).validate()
+
+
+def test_stack_hparams_refuses_static_differences():
+    with pytest.raises(ValueError, match=r"configs\[1\]: static field\(s\) num_envs"):
+        stack_hparams([PPOConfig(), PPOConfig(num_envs=8)])
+    hp = stack_hparams([PPOConfig(lr=1e-3), PPOConfig(lr=2e-3)])
+    assert hp.lr.shape == (2,)
+
+
+def test_config_round_trips_through_dict():
+    c = PPOConfig(hidden_sizes=(32, 16), lr=1e-3)
+    assert PPOConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="unknown field"):
+        PPOConfig.from_dict({"learning_rate": 1.0})
