@@ -87,8 +87,11 @@ def train_main(argv: list[str]) -> dict:
                 raise ValueError(f"{name}: must be a positive integer, got {getattr(args, name)}")
     except ValueError as err:
         _fail(str(err))
-    return run_training(config, num_seeds=args.num_seeds, seed=args.seed, out=args.out,
-                        eval_episodes=args.eval_episodes, progress=not args.no_progress, algo=args.algo)
+    try:
+        return run_training(config, num_seeds=args.num_seeds, seed=args.seed, out=args.out,
+                            eval_episodes=args.eval_episodes, progress=not args.no_progress, algo=args.algo)
+    except FileExistsError as err:
+        _fail(str(err))
 
 
 def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str | None = None,
@@ -104,6 +107,9 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     from ppo_jax.train import make_train
 
     console = Console(stderr=True)
+    if out and (Path(out) / "checkpoint").exists():
+        # Refuse before training, not after: a finished run must never fail to save.
+        raise FileExistsError(f"out: {out} already holds a run (checkpoint/); choose a new folder")
     run_dir = Path(out) if out else new_run_dir("runs", f"{config.env}-{algo}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**config.to_dict(), "algo": algo, "num_seeds": num_seeds, "seed": seed})

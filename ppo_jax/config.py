@@ -40,7 +40,7 @@ class PPOConfig:
     activation: str = "tanh"
     """Hidden activation: tanh, relu or gelu (static)."""
     shared_torso: bool = False
-    """One torso for actor and critic with one optimiser (remark 9.14), instead of two networks and two optimisers (listing 6)."""
+    """One torso and one optimiser (remark 9.14) instead of two networks with two optimisers (listing 6)."""
     normalize_observations: bool = False
     """Running observation normalisation, clipped to +-10 (static)."""
     normalize_rewards: bool = False

@@ -16,6 +16,7 @@ both terminated and truncated counts as terminated.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -25,6 +26,11 @@ def _flags(terminated: jax.Array, truncated: jax.Array, dtype) -> tuple[jax.Arra
     term = jnp.asarray(terminated).astype(bool)
     done = term | jnp.asarray(truncated).astype(bool)
     return (~term).astype(dtype), (~done).astype(dtype)
+
+
+def _check(*arrays) -> None:
+    """Module-boundary check: every per-step input is ``[T, ...]`` with the same shape."""
+    chex.assert_equal_shape([jnp.asarray(a) for a in arrays])
 
 
 def td_errors(
@@ -67,6 +73,7 @@ def gae(
     Returns:
       ``[T, ...]`` advantages.
     """
+    _check(rewards, values, next_values, terminated, truncated)
     deltas = td_errors(rewards, values, next_values, terminated, gamma)
     _, not_done = _flags(terminated, truncated, rewards.dtype)
 
@@ -120,6 +127,7 @@ def gae_direct_sum(
     whichever comes first. O(T^2) memory; a reference for tests, not for training.
     Arguments as in :func:`gae`.
     """
+    _check(rewards, values, next_values, terminated, truncated)
     T = rewards.shape[0]
     deltas = td_errors(rewards, values, next_values, terminated, gamma)
     _, not_done = _flags(terminated, truncated, rewards.dtype)
@@ -143,6 +151,7 @@ def lambda_returns(
     n-step return takes the remaining weight, as for a finite trajectory). A terminal
     step bootstraps with 0. O(T^2) memory; a reference for tests.
     """
+    _check(rewards, next_values, terminated, truncated)
     T = rewards.shape[0]
     dtype = rewards.dtype
     not_term, not_done = _flags(terminated, truncated, dtype)

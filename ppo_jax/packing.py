@@ -1,8 +1,7 @@
 """Pack a pytree's leaves into one array per dtype, and back.
 
-On XLA:CPU each output of a ``lax.scan`` step and each gather carry a fixed cost per
-iteration; for small per-step records (a few scalars per environment) those fixed
-costs outweighed the arithmetic. Packing turns ten writes (or gathers) into one or two.
+On XLA:CPU every gather has a fixed cost; for a minibatch of a few small fields that
+cost, paid once per field, outweighed the arithmetic. Packing gathers once per dtype.
 """
 
 from __future__ import annotations

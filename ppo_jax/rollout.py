@@ -29,7 +29,10 @@ class Transition:
     next_obs: jax.Array
     episode_return: jax.Array
     episode_length: jax.Array
-    episode_done: jax.Array
+
+    @property
+    def done(self) -> jax.Array:
+        return jnp.logical_or(self.terminated, self.truncated)
 
 
 def rollout(
@@ -58,7 +61,7 @@ def rollout(
         done = jnp.logical_or(terminated, truncated)
         reached = jnp.where(done[:, None], info["final_observation"], next_obs)
         transition = Transition(obs, action, log_prob, reward, terminated, truncated, reached,
-                                info["episode_return"], info["episode_length"], info["episode_done"])
+                                info["episode_return"], info["episode_length"])
         return (env_state, next_obs), transition
 
     (env_state, obs), transitions = jax.lax.scan(step, (env_state, obs), jax.random.split(key, num_steps))

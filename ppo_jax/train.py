@@ -109,8 +109,8 @@ def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None)
                 shared_torso=config.shared_torso,
                 per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)
 
-            ep_return, ep_count = episode_return_stats(traj.episode_return, traj.episode_done)
-            ep_length, _ = episode_return_stats(traj.episode_length.astype(jnp.float32), traj.episode_done)
+            ep_return, ep_count = episode_return_stats(traj.episode_return, traj.done)
+            ep_length, _ = episode_return_stats(traj.episode_length.astype(jnp.float32), traj.done)
             metrics.update(
                 episode_return=ep_return, episode_length=ep_length, episodes_finished=ep_count,
                 explained_variance=losses.explained_variance(values, targets),

@@ -38,6 +38,11 @@ def test_train_writes_run_folder_and_eval_reads_checkpoint(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "seed 1: deterministic return" in printed
 
+    # A second run into the same folder is refused up front instead of failing to save.
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", str(out)] + TINY)
+    assert exc.value.code == 2 and "already holds a run" in capsys.readouterr().err
+
 
 def test_checkpoint_round_trip_keeps_params_optimizer_and_normaliser(tmp_path):
     config = PPOConfig(env="Pendulum-v1", num_envs=4, num_steps=16, total_timesteps=128, update_epochs=1,

@@ -81,7 +81,9 @@ def test_reward_scaling_divides_by_std_of_discounted_return():
         allr = np.concatenate(seen)
         # Prior of the running statistics: count 1e-4 at mean 0, var 1.
         n0 = 1e-4
-        var = (n0 * 1.0 + ((allr - allr.mean()) ** 2).sum() + n0 * allr.size / (n0 + allr.size) * allr.mean() ** 2) / (n0 + allr.size)
+        n = allr.size
+        m2 = n0 * 1.0 + ((allr - allr.mean()) ** 2).sum() + n0 * n / (n0 + n) * allr.mean() ** 2
+        var = m2 / (n0 + n)
         expected[t] = raw[t] / np.sqrt(var + 1e-8)
         ret = np.where(done[t], 0.0, ret)
     np.testing.assert_allclose(np.asarray(reward), expected, rtol=2e-3)

@@ -140,3 +140,8 @@ def test_reward_to_go_restarts_after_episode_end():
 
 def test_value_targets_eq31():
     np.testing.assert_allclose(G.value_targets(jnp.array([1.0, -2.0]), jnp.array([0.5, 0.5])), [1.5, -1.5])
+
+
+def test_mismatched_shapes_are_rejected():
+    with pytest.raises(AssertionError):
+        G.gae(jnp.zeros((5, 2)), jnp.zeros((6, 2)), jnp.zeros((5, 2)), jnp.zeros((5, 2)), jnp.zeros((5, 2)), 0.9, 0.9)
