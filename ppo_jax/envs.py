@@ -161,11 +161,16 @@ class VecEnv:
     def step(self, key: jax.Array, state: VecEnvState, action: jax.Array):
         """Returns ``obs, state, reward, terminated, truncated, info``.
 
+
         ``info`` holds ``final_observation`` (normalised like ``obs``), the raw ``reward``,
         and ``episode_return`` / ``episode_length`` / ``episode_done``: the totals of
         episodes that finished at this step (only meaningful where ``episode_done``).
         """
-        keys = jax.random.split(key, self.num_envs)
+        return self.step_envs(jax.random.split(key, self.num_envs), state, action)
+
+    def step_envs(self, keys: jax.Array, state: VecEnvState, action: jax.Array):
+        """:meth:`step` with one key per environment, already split (the rollout splits all
+        of its steps' keys in one call before its loop, instead of once per step)."""
         obs, env_state, reward, terminated, truncated, info = self._step(
             keys, state.env_state, self.env_action(action), self.params)
         obs, final_obs = self._flat(obs), self._flat(info["final_observation"])

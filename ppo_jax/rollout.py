@@ -51,18 +51,19 @@ def rollout(
     Returns the final env state, the last observation and the ``[T, N]`` transitions.
     """
 
-    def step(carry, step_key):
+    def step(carry, step_keys):
         env_state, obs = carry
-        k_act, k_env = jax.random.split(step_key)
         dist = policy_fn(obs)
-        action = dist.sample(k_act)
+        action = dist.sample(step_keys[0])
         log_prob = dist.log_prob(action)
-        next_obs, env_state, reward, terminated, truncated, info = env.step(k_env, env_state, action)
+        next_obs, env_state, reward, terminated, truncated, info = env.step_envs(step_keys[1:], env_state, action)
         done = jnp.logical_or(terminated, truncated)
         reached = jnp.where(done[:, None], info["final_observation"], next_obs)
         transition = Transition(obs, action, log_prob, reward, terminated, truncated, reached,
                                 info["episode_return"], info["episode_length"])
         return (env_state, next_obs), transition
 
-    (env_state, obs), transitions = jax.lax.scan(step, (env_state, obs), jax.random.split(key, num_steps))
+    # Row t holds step t's keys: one for the action, one per environment.
+    keys = jax.random.split(key, (num_steps, env.num_envs + 1))
+    (env_state, obs), transitions = jax.lax.scan(step, (env_state, obs), keys)
     return env_state, obs, transitions

@@ -31,10 +31,16 @@ def test_same_key_same_result_different_keys_differ_under_vmap():
     SMALL.replace(env="Pendulum-v1", normalize_observations=True, normalize_rewards=True, value_clip_eps=0.2),
     SMALL.replace(shared_torso=True, per_minibatch_adv_norm=False),
 ], ids=["cartpole", "pendulum-normalised", "shared-torso"])
-def test_ratio_is_exactly_one_on_first_minibatch(config):
-    """PITFALLS 4 / RLHF 10: same normaliser statistics and stored unclipped action -> r == 1."""
+def test_ratio_is_one_on_first_minibatch(config):
+    """PITFALLS 4 / RLHF 10: same normaliser statistics and stored unclipped action -> r == 1.
+
+    Equal up to float32 rounding: XLA compiles the acting batch and the minibatch as
+    different kernels, which may round differently (seen: 0 or a few ulps, <= 5e-7). A
+    structural bug is far above the bound: observations off by 1% (as with normaliser
+    statistics updated in between) gave 3e-4 on the Pendulum case.
+    """
     out = jax.jit(make_train(config))(jax.random.PRNGKey(1))
-    np.testing.assert_array_equal(out.metrics["first_minibatch_ratio_deviation"], 0.0)
+    assert np.max(out.metrics["first_minibatch_ratio_deviation"]) <= 1e-6
     assert np.all(np.isfinite(out.metrics["total_loss"]))
 
 
