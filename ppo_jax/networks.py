@@ -114,9 +114,4 @@ class ActorCritic(nn.Module):
         return self.actor(obs), self.critic(obs)
 
 
-def param_groups(shared_torso: bool) -> tuple[str, ...] | None:
-    """Top-level parameter groups that get their own optimiser, or None for a single one."""
-    return None if shared_torso else ("actor", "critic")
-
-
-__all__ = ["ActorCritic", "MLP", "param_groups"]
+__all__ = ["ActorCritic", "MLP"]
