@@ -19,12 +19,7 @@ import orbax.checkpoint as ocp
 from ppo_jax import optim
 from ppo_jax.config import PPOConfig
 from ppo_jax.envs import RunningStats, env_spec
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+from ppo_jax.outputs import write_json
 
 
 def payload_from_state(state) -> dict:
@@ -42,8 +37,8 @@ def save(directory: str | os.PathLike, config: PPOConfig, state, num_seeds: int 
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / "state", payload_from_state(state))
     checkpointer.wait_until_finished()
-    _write_json_atomic(directory / "config.json", config.to_dict())
-    _write_json_atomic(directory / "meta.json", {"num_seeds": num_seeds, "format": 1})
+    write_json(directory / "config.json", config.to_dict())
+    write_json(directory / "meta.json", {"num_seeds": num_seeds, "format": 1})
     return directory
 
 

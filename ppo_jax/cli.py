@@ -165,7 +165,6 @@ def eval_main(argv: list[str]) -> np.ndarray:
     import tyro
 
     from ppo_jax import checkpoint as ckpt
-    from ppo_jax.envs import RunningStats
     from ppo_jax.evaluate import make_evaluate
 
     args = tyro.cli(EvalArgs, args=argv, prog="ppo-jax eval")
@@ -176,8 +175,7 @@ def eval_main(argv: list[str]) -> np.ndarray:
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     evaluate = make_evaluate(config, num_episodes=args.episodes, deterministic=not args.stochastic)
-    stats = payload["obs_stats"]
-    stats = stats if isinstance(stats, RunningStats) else RunningStats(**stats)
+    stats = payload["obs_stats"]  # a RunningStats: restore() rebuilds the saved structure
     key = jax.random.PRNGKey(args.seed)
     if num_seeds is None:
         returns = np.asarray(jax.jit(evaluate)(payload["params"], stats, key))[None]

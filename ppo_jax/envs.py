@@ -161,8 +161,7 @@ class VecEnv:
     def step(self, key: jax.Array, state: VecEnvState, action: jax.Array):
         """Returns ``obs, state, reward, terminated, truncated, info``.
 
-
-        ``info`` holds ``final_observation`` (normalised like ``obs``), the raw ``reward``,
+        ``info`` holds ``final_observation`` (normalised like ``obs``), the ``raw_reward``,
         and ``episode_return`` / ``episode_length`` / ``episode_done``: the totals of
         episodes that finished at this step (only meaningful where ``episode_done``).
         """

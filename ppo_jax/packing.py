@@ -17,9 +17,8 @@ def pack(tree: Any, batch_ndim: int) -> tuple[dict, Callable[[dict], Any]]:
     """Concatenates leaves of equal dtype along one trailing axis.
 
     The first ``batch_ndim`` axes are kept (they must agree across leaves). Returns the
-    packed arrays keyed by dtype name and an ``unpack`` function that takes packed
-    arrays with *any* leading axes (for example after ``scan`` stacked them, or after a
-    row gather) and rebuilds the tree.
+    packed arrays keyed by dtype name and an ``unpack`` function that rebuilds the tree
+    from packed arrays with any leading axes (for example after a row gather).
     """
     leaves, treedef = jax.tree.flatten(tree)
     lead = leaves[0].shape[:batch_ndim]
