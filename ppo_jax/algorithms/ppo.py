@@ -69,12 +69,14 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
     """
     batch_size = batch.obs.shape[0]
     mb_size = batch_size // num_minibatches
-    grad_fn = jax.value_and_grad(ppo_loss, argnums=1, has_aux=True)
+    flat_params, unflatten = optim.flatten_groups(params, shared_torso)
+    flat_loss = lambda flat, mb: ppo_loss(network, unflatten(flat), mb, hp, per_minibatch_adv_norm)  # noqa: E731
+    grad_fn = jax.value_and_grad(flat_loss, has_aux=True)
 
     def minibatch_step(carry, mb):
         params, opt_state, stopped = carry
-        (_, aux), grads = grad_fn(network, params, mb, hp, per_minibatch_adv_norm)
-        new_params, new_opt_state = optim.apply_gradients(tx, params, opt_state, grads, lrs, shared_torso)
+        (_, aux), grads = grad_fn(params, mb)
+        new_params, new_opt_state = optim.apply_gradients(tx, params, opt_state, grads, lrs)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(stopped, o, n), new, old)  # noqa: E731
         params, opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
         aux["applied"] = 1.0 - stopped.astype(jnp.float32)
@@ -89,8 +91,9 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
         return jax.lax.scan(minibatch_step, carry, mbs)
 
     names = AUX_NAMES + ("applied",)
-    init = (params, opt_state, jnp.asarray(False))
-    (params, opt_state, _), stacked = jax.lax.scan(epoch, init, jax.random.split(key, update_epochs))
+    init = (flat_params, opt_state, jnp.asarray(False))
+    (flat_params, opt_state, _), stacked = jax.lax.scan(epoch, init, jax.random.split(key, update_epochs))
+    params = unflatten(flat_params)
     aux = {k: stacked[..., i] for i, k in enumerate(names)}
     applied = aux.pop("applied")
     n = jnp.maximum(applied.sum(), 1.0)
