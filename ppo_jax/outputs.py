@@ -89,3 +89,22 @@ def plot_learning_curve(path: Path, steps: np.ndarray, returns: np.ndarray, titl
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_lines(path: Path, series: dict, *, xlabel: str, ylabel: str, title: str) -> None:
+    """One line per ``series[name] = (x, y)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (x, y) in series.items():
+        ax.plot(np.asarray(x), np.asarray(y, dtype=float), label=name, marker="o" if len(np.asarray(x)) < 30 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Offline synthetic tasks: data generators that need no download."""

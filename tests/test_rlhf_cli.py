@@ -1,0 +1,59 @@
+"""rlhf-jax sft / generate end to end, the model checkpoint round trip, and JSONL errors."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax import checkpoint as ckpt
+from rlhf_jax.cli import main
+from rlhf_jax.data import load_sft
+from rlhf_jax.tokenizer import ByteTokenizer
+from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
+
+pytestmark = pytest.mark.timeout(300)
+
+TINY = ["--model.num-layers", "1", "--model.d-model", "32", "--model.num-heads", "2", "--steps", "20",
+        "--warmup-steps", "2", "--eval-every", "10", "--batch-size", "8", "--num-samples", "4", "--no-progress"]
+
+
+def test_sft_then_generate_writes_run_folders(tmp_path, capsys):
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"q{i}:", "response": f" a{i % 3}"}) for i in range(64)) + "\n")
+    main(["sft", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["train_examples"] == 64 and summary["steps"] == 20
+    assert np.isfinite(summary["heldout_loss"])
+    for name in ("config.json", "metrics.json", "loss.png", "samples.json", "checkpoint/model.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    main(["generate", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--prompt", "q1:", "--num-samples", "3",
+          "--max-new-tokens", "5", "--out", str(tmp_path / "gen")])
+    samples = json.loads((tmp_path / "gen" / "samples.json").read_text())["samples"]
+    assert len(samples) == 3 and all(s["prompt"] == "q1:" for s in samples)
+    with pytest.raises(SystemExit):  # the run folder is taken
+        main(["sft", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = TransformerLM(TransformerConfig(num_layers=1, d_model=32, num_heads=2, max_len=16), scalar_head=True)
+    params = init_params(model, jax.random.PRNGKey(3))
+    ckpt.save(tmp_path / "ck", params, model, ByteTokenizer())
+    model2, params2, tok = ckpt.load(tmp_path / "ck")
+    assert model2.config == model.config and model2.scalar_head and isinstance(tok, ByteTokenizer)
+    jax.tree.map(np.testing.assert_array_equal, params, params2)
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"prompt": "a", "response": "b"', "invalid JSON"),
+    ('["a", "b"]', "expected a JSON object"),
+    ('{"prompt": "a"}', "missing field 'response'"),
+    ('{"prompt": "a", "response": 3}', "must be a string"),
+    ('{"prompt": "a", "response": "  "}', "is empty"),
+])
+def test_jsonl_errors_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "ok", "response": "fine"}\n\n' + line + "\n")
+    with pytest.raises(ValueError, match=f"d.jsonl:3: .*{message}"):
+        load_sft(path)
