@@ -21,7 +21,9 @@ from rlhf_jax.tokenizer import ByteTokenizer, JsonTokenizer, Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
 
-def save(directory: str | os.PathLike, params, model: TransformerLM, tokenizer: Tokenizer) -> Path:
+def save(directory: str | os.PathLike, params, model: TransformerLM, tokenizer: Tokenizer,
+         extra: dict | None = None) -> Path:
+    """Saves params, model config and tokenizer; ``extra`` (JSON-able) goes to ``extra.json``."""
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "params").exists():
@@ -34,7 +36,15 @@ def save(directory: str | os.PathLike, params, model: TransformerLM, tokenizer: 
     if isinstance(tokenizer, JsonTokenizer):
         shutil.copyfile(tokenizer.path, directory / "tokenizer.json")
         write_json(directory / "tokenizer_meta.json", tokenizer.special_tokens)
+    if extra is not None:
+        write_json(directory / "extra.json", extra)
     return directory
+
+
+def load_extra(directory: str | os.PathLike) -> dict:
+    """What :func:`save` got as ``extra`` (empty if nothing)."""
+    path = Path(directory) / "extra.json"
+    return _read_json(path) if path.exists() else {}
 
 
 def _read_json(path: Path) -> dict:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.sft import SFTConfig
 
-USAGE = """usage: rlhf-jax {sft,generate} [--help] [options]
+USAGE = """usage: rlhf-jax {sft,rm,generate} [--help] [options]
 
   sft        supervised fine-tuning on a built-in task or a JSONL file, write a run folder
+  rm         train a Bradley-Terry reward model on preference pairs (a task's or a JSONL file)
   generate   sample responses from a checkpoint: rlhf-jax generate --checkpoint DIR --prompt TEXT
 """
 
@@ -34,6 +36,32 @@ class SFTArgs(SFTConfig):
     """A local tokenizer.json (default: the byte tokenizer)."""
     num_samples: int = 16
     """Responses sampled from the trained model at the end, saved in samples.json."""
+    out: str | None = None
+    """Run folder (created); default: a fresh folder under runs/."""
+    no_progress: bool = False
+    """Hide the progress bar."""
+
+
+@dataclass(frozen=True)
+class RMArgs(RMConfig):
+    """Reward-model training (Bradley-Terry). Writes a run folder."""
+
+    task: str = "reviews"
+    """Built-in task: its SFT policy samples response pairs that its gold reward labels (ignored with --data)."""
+    data: str | None = None
+    """JSONL preference file with string fields prompt, chosen, rejected (and optional numeric margin)."""
+    init: str | None = None
+    """SFT checkpoint to initialise from (and, for --task, to sample pairs from)."""
+    sft_steps: int = 600
+    """With --task and no --init: SFT steps to train the policy that samples the pairs."""
+    num_pairs: int = 3000
+    """With --task: pairs to sample and label."""
+    tau: float = 0.25
+    """With --task: labeller temperature, P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / tau)."""
+    flip_prob: float = 0.0
+    """With --task: probability that a label is flipped."""
+    tokenizer: str | None = None
+    """A local tokenizer.json (default: the byte tokenizer; ignored with --init, which brings its own)."""
     out: str | None = None
     """Run folder (created); default: a fresh folder under runs/."""
     no_progress: bool = False
@@ -169,6 +197,124 @@ def run_sft(args: SFTArgs) -> dict:
     return summary
 
 
+def _progress_bar(label: str, disable: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=Console(stderr=True),
+                    disable=disable)
+
+
+def run_rm(args: RMArgs) -> dict:
+    import time
+
+    import jax
+
+    from ppo_jax.outputs import new_run_dir, plot_lines, write_json
+    from rlhf_jax import checkpoint as ckpt
+    from rlhf_jax.data import load_preferences, write_preferences
+    from rlhf_jax.preferences import bayes_accuracy, make_preference_pairs, sample_responses
+    from rlhf_jax.reward_model import (RewardScorer, calibration_bins, rank_correlation, train_reward_model)
+    from rlhf_jax.sampling import SamplingConfig
+    from rlhf_jax.sft import train_sft
+    from rlhf_jax.tasks import reviews
+    from rlhf_jax.tokenizer import load_tokenizer
+    from rlhf_jax.transformer import TransformerLM
+
+    config = RMConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RMConfig)})
+    config.validate()
+    if args.data is None and args.task not in TASKS:
+        raise ValueError(f"task: unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
+    if args.num_pairs <= 1:
+        raise ValueError(f"num_pairs: must be at least 2, got {args.num_pairs}")
+    if args.out and (Path(args.out) / "checkpoint").exists():
+        raise FileExistsError(f"out: {args.out} already holds a run (checkpoint/); choose a new folder")
+    wall = {}
+    if args.init is not None:
+        lm, lm_params, tokenizer = ckpt.load(args.init)
+    else:
+        lm, lm_params, tokenizer = None, None, load_tokenizer(args.tokenizer)
+    where = None
+    if args.data is not None:
+        pairs, where = load_preferences(args.data)  # errors name the line before anything runs
+    run_dir = Path(args.out) if args.out else new_run_dir("runs", "rm")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {**config.to_dict(), "task": None if args.data else args.task,
+                                         "data": args.data, "init": args.init, "num_pairs": args.num_pairs,
+                                         "tau": args.tau, "flip_prob": args.flip_prob, "sft_steps": args.sft_steps})
+    summary: dict = {}
+    if args.data is None:
+        if lm is None:
+            t0 = time.perf_counter()
+            sft_config = SFTConfig(model=config.model, steps=args.sft_steps, max_length=config.max_length,
+                                   seed=config.seed, warmup_steps=min(50, args.sft_steps // 10))
+            prompts, responses = reviews.sft_corpus(4096, seed=config.seed)
+            bar = _progress_bar("sft", args.no_progress)
+            task = bar.add_task("sft", total=sft_config.steps, loss="-")
+            with bar:
+                sft = train_sft(sft_config, tokenizer, prompts, responses,
+                                progress=lambda s, l: bar.update(task, completed=s + 1, loss=f"{l:.3f}"))
+            lm, lm_params = TransformerLM(sft_config.model), sft.params
+            ckpt.save(run_dir / "sft_checkpoint", lm_params, lm, tokenizer)
+            wall["sft"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sampling = SamplingConfig(max_new_tokens=min(40, lm.config.max_len - 24))
+        pairs, bayes = make_preference_pairs(lm, lm_params, tokenizer, reviews.prompts(args.num_pairs, seed=config.seed + 1),
+                                             reviews.gold_reward, sampling=sampling, tau=args.tau,
+                                             flip_prob=args.flip_prob, seed=config.seed)
+        write_preferences(run_dir / "pairs.jsonl", pairs)
+        summary["bayes_accuracy"] = bayes
+        wall["pairs"] = time.perf_counter() - t0
+    bar = _progress_bar("reward model", args.no_progress)
+    task = bar.add_task("rm", total=None, loss="-")
+    t0 = time.perf_counter()
+    with bar:
+        result = train_reward_model(config, tokenizer, pairs, init_params_from=lm_params,
+                                    model_config=lm.config if lm is not None else None, where=where,
+                                    progress=lambda s, n, l: bar.update(task, completed=s, total=n, loss=f"{l:.3f}"))
+    wall["reward_model"] = time.perf_counter() - t0
+    ckpt.save(run_dir / "checkpoint", result.params, result.model, tokenizer,
+              extra={"reward_norm": result.norm, "max_length": config.max_length})
+    write_json(run_dir / "metrics.json", result.history)
+    epochs = [h["epoch"] for h in result.history]
+    plot_lines(run_dir / "accuracy.png", {"train": (epochs, [h["train_accuracy"] for h in result.history]),
+                                          "held-out": (epochs, [h["heldout_accuracy"] for h in result.history])},
+               xlabel="epoch", ylabel="pairwise accuracy", title="Reward model accuracy")
+    calib = calibration_bins(*result.heldout_scores)
+    plot_lines(run_dir / "calibration.png", {"reward model": (calib["predicted"], calib["empirical"]),
+                                             "perfect": ([0, 1], [0, 1])},
+               xlabel="predicted P(first preferred)", ylabel="empirical frequency", title="Held-out calibration")
+    last = result.history[-1]
+    summary.update({
+        "train_pairs": len(pairs) - len(result.heldout_index), "heldout_pairs": len(result.heldout_index),
+        "heldout_accuracy": last["heldout_accuracy"], "heldout_loss": last["heldout_loss"],
+        "heldout_reward_gap": last["heldout_reward_gap"], "truncated_sequences": result.truncated,
+        "calibration": calib, "reward_norm": result.norm, "run_dir": str(run_dir),
+        "device": str(jax.devices()[0].platform),
+    })
+    if args.data is None:
+        summary["heldout_bayes_accuracy"] = bayes_accuracy([pairs[i]["label_prob"] for i in result.heldout_index])
+        t0 = time.perf_counter()
+        fresh = reviews.prompts(256, seed=config.seed + 2)
+        texts, ended = sample_responses(lm, lm_params, tokenizer, fresh, SamplingConfig(max_new_tokens=40 if lm.config.max_len >= 64 else lm.config.max_len // 2),
+                                        jax.random.PRNGKey(config.seed + 3))
+        gold = [reviews.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
+        scores = RewardScorer(result.model, result.params, tokenizer, norm=result.norm,
+                              max_length=config.max_length).score(fresh, texts)
+        summary["gold_rank_correlation"] = rank_correlation(scores, gold)
+        wall["evaluation"] = time.perf_counter() - t0
+    summary["wall_s"] = wall
+    write_json(run_dir / "summary.json", summary)
+    msg = f"held-out accuracy {last['heldout_accuracy']:.3f}"
+    if "bayes_accuracy" in summary:
+        msg += (f" (Bayes ceiling {summary['bayes_accuracy']:.3f}; rank correlation with the gold reward "
+                f"{summary['gold_rank_correlation']:.2f})")
+    print(msg)
+    print(f"run folder: {run_dir}")
+    return summary
+
+
 def run_generate(args: GenerateArgs) -> list[dict]:
     from ppo_jax.outputs import new_run_dir, write_json
     from rlhf_jax import checkpoint as ckpt
@@ -211,10 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command == "sft":
             run_sft(tyro.cli(SFTArgs, args=rest, prog="rlhf-jax sft"))
+        elif command == "rm":
+            run_rm(tyro.cli(RMArgs, args=rest, prog="rlhf-jax rm"))
         elif command == "generate":
             run_generate(tyro.cli(GenerateArgs, args=rest, prog="rlhf-jax generate"))
         else:
-            _fail(f"unknown command {command!r}; expected sft or generate")
+            _fail(f"unknown command {command!r}; expected sft, rm or generate")
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(str(err))
 

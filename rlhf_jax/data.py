@@ -7,10 +7,11 @@ import os
 from typing import Sequence
 
 
-def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequence[str] = ()) -> list[dict]:
+def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequence[str] = (),
+               numbered: bool = False) -> list[dict]:
     """Objects of ``path`` with the required string ``fields`` (non-empty) and any ``optional`` ones.
 
-    Blank lines are skipped; a line that is not a JSON object, lacks a field, or has an
+    With ``numbered`` each row also has ``"_line"``, its line number. Blank lines are skipped; a line that is not a JSON object, lacks a field, or has an
     empty or non-string one raises ``ValueError("FILE:LINE: ...")``.
     """
     rows = []
@@ -35,7 +36,10 @@ def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequenc
                     raise ValueError(f"{path}:{lineno}: field {name!r} must be a string, got {type(obj[name]).__name__}")
                 if not obj[name].strip() and name != "prompt":
                     raise ValueError(f"{path}:{lineno}: field {name!r} is empty")
-            rows.append({k: obj[k] for k in (*fields, *optional) if k in obj})
+            row = {k: obj[k] for k in (*fields, *optional) if k in obj}
+            if numbered:
+                row["_line"] = lineno
+            rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no examples")
     return rows
@@ -45,3 +49,32 @@ def load_sft(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Prompts and responses of a JSONL file with ``prompt`` and ``response`` fields."""
     rows = read_jsonl(path, ("prompt", "response"))
     return [r["prompt"] for r in rows], [r["response"] for r in rows]
+
+
+def load_preferences(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """Pairs of a JSONL file with ``prompt``, ``chosen``, ``rejected`` (and optional numeric ``margin``).
+
+    Returns the pairs and, for each, ``"FILE:LINE"`` so later errors can say where it came from.
+    """
+    rows, where = [], []
+    for lineno, row in _numbered(read_jsonl(path, ("prompt", "chosen", "rejected"), optional=("margin",), numbered=True)):
+        margin = row.get("margin", 0.0)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise ValueError(f"{path}:{lineno}: field 'margin' must be a number, got {type(margin).__name__}")
+        rows.append({**row, "margin": float(margin)})
+        where.append(f"{path}:{lineno}")
+    return rows, where
+
+
+def _numbered(rows):
+    for row in rows:
+        yield row.pop("_line"), row
+
+
+def write_preferences(path: str | os.PathLike, pairs: Sequence[dict]) -> None:
+    """Writes pairs as JSONL (``prompt``, ``chosen``, ``rejected``, ``margin``), atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected", "margin") if k in p}) + "\n")
+    os.replace(tmp, path)

@@ -35,7 +35,7 @@ class SFTConfig:
     """Optimiser steps."""
     batch_size: int = 32
     """Examples per step."""
-    lr: float = 1e-3
+    lr: float = 3e-3
     """Peak learning rate."""
     warmup_steps: int = 50
     """Linear warm-up steps, then cosine decay to 10% of the peak."""
@@ -122,12 +122,19 @@ def sft_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array) -> j
     return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def make_optimizer(config: SFTConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup_steps, config.steps,
-                                                  end_value=0.1 * config.lr)
+def adamw_warmup_cosine(lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
+                        max_grad_norm: float) -> optax.GradientTransformation:
+    """Global-norm clip, then AdamW (decay on matrices and embeddings only) with linear warm-up
+    and cosine decay to 10% of ``lr``. Used by SFT and reward-model training."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps, end_value=0.1 * lr)
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                       optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm),
+                       optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask))
+
+
+def make_optimizer(config: SFTConfig) -> optax.GradientTransformation:
+    return adamw_warmup_cosine(config.lr, config.warmup_steps, config.steps, config.weight_decay,
+                               config.max_grad_norm)
 
 
 def make_steps(model: TransformerLM, tx: optax.GradientTransformation) -> tuple[Callable, Callable]:

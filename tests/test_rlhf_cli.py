@@ -57,3 +57,31 @@ def test_jsonl_errors_name_file_and_line(tmp_path, line, message):
     path.write_text('{"prompt": "ok", "response": "fine"}\n\n' + line + "\n")
     with pytest.raises(ValueError, match=f"d.jsonl:3: .*{message}"):
         load_sft(path)
+
+
+def test_rm_on_a_jsonl_file_writes_run_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(80):
+        good, bad = (" great", " awful") if rng.random() < 0.5 else (" lovely", " ugly")
+        lines.append(json.dumps({"prompt": f"item {i % 7}:", "chosen": good, "rejected": bad}))
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    main(["rm", "--data", str(data), "--out", str(tmp_path / "rm"), "--model.num-layers", "1", "--model.d-model", "32",
+          "--model.num-heads", "2", "--epochs", "2", "--batch-size", "8", "--no-progress"])
+    summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    assert summary["train_pairs"] + summary["heldout_pairs"] == 80
+    assert 0.0 <= summary["heldout_accuracy"] <= 1.0
+    for name in ("config.json", "metrics.json", "accuracy.png", "calibration.png", "checkpoint/extra.json"):
+        assert (tmp_path / "rm" / name).exists(), name
+    model, params, tok = ckpt.load(tmp_path / "rm" / "checkpoint")
+    assert model.scalar_head and not model.lm_head
+
+
+def test_rm_bad_line_fails_before_training(tmp_path, capsys):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    with pytest.raises(SystemExit):
+        main(["rm", "--data", str(data), "--out", str(tmp_path / "rm")])
+    assert "prefs.jsonl:2: missing field 'rejected'" in capsys.readouterr().err
+    assert not (tmp_path / "rm").exists()

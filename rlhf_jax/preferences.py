@@ -1,0 +1,80 @@
+"""Preference pairs made the way real labels are (notes eq. 40-43).
+
+For each prompt, two responses are sampled from the SFT policy; the labeller prefers the
+first with probability ``sigmoid((r*(y1) - r*(y2)) / tau)`` (Bradley-Terry over the gold
+reward, eq. 40, with temperature ``tau``), and a label is flipped with probability
+``flip_prob`` (careless labellers). The Bayes-optimal accuracy of such labels, the best any
+reward model can score on them, is the mean of ``max(q, 1 - q)`` over pairs, with ``q`` the
+probability (after flips) that the first response is labelled chosen.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from rlhf_jax.sampling import SamplingConfig, make_generate
+from rlhf_jax.tokenizer import Tokenizer
+from rlhf_jax.transformer import TransformerLM
+
+
+def label_probability(r1: np.ndarray, r2: np.ndarray, tau: float, flip_prob: float = 0.0) -> np.ndarray:
+    """``q``: the probability that the first response is labelled chosen."""
+    if not tau > 0:
+        raise ValueError(f"tau: must be positive, got {tau}")
+    if not 0.0 <= flip_prob <= 0.5:
+        raise ValueError(f"flip_prob: must be in [0, 0.5], got {flip_prob}")
+    p = 1.0 / (1.0 + np.exp(-(np.asarray(r1, np.float64) - np.asarray(r2, np.float64)) / tau))
+    return (1.0 - flip_prob) * p + flip_prob * (1.0 - p)
+
+
+def bayes_accuracy(q: np.ndarray) -> float:
+    """Expected accuracy of the best possible predictor of the labels."""
+    q = np.asarray(q, np.float64)
+    return float(np.mean(np.maximum(q, 1.0 - q)))
+
+
+def sample_responses(model: TransformerLM, params, tokenizer: Tokenizer, prompts: Sequence[str],
+                     sampling: SamplingConfig, key: jax.Array, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
+    """One sampled response per prompt (text up to EOS) and whether it ended with EOS."""
+    generate = make_generate(model, sampling, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    texts, ended = [], []
+    width = max(len(tokenizer.encode(p)) + 1 for p in prompts)
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        real = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - real)  # fixed shapes: one compiled program
+        batch = tokenizer.encode_batch(chunk, padding_side="left", add_bos=True, max_length=width)
+        key, k = jax.random.split(key)
+        out = generate(params, batch.input_ids, batch.attention_mask, k)
+        response, mask = np.asarray(out.response)[:real], np.asarray(out.response_mask)[:real]
+        texts += tokenizer.decode_batch(response, mask)
+        ended.append(((response == tokenizer.eos_id) & (mask == 1)).any(axis=1))
+    return texts, np.concatenate(ended)
+
+
+def make_preference_pairs(model: TransformerLM, params, tokenizer: Tokenizer, prompts: Sequence[str],
+                          gold_reward: Callable[[str, bool], float], *, sampling: SamplingConfig, tau: float,
+                          flip_prob: float = 0.0, seed: int = 0) -> tuple[list[dict], float]:
+    """Pairs ``{prompt, chosen, rejected, margin, label_prob}`` labelled by sampling, and their Bayes accuracy.
+
+    ``margin`` is the gold-reward gap of the pair as labelled (chosen minus rejected), for
+    users who train with margins; the labels themselves are noisy as described above.
+    """
+    key = jax.random.PRNGKey(seed)
+    k1, k2 = jax.random.split(key)
+    y1, e1 = sample_responses(model, params, tokenizer, prompts, sampling, k1)
+    y2, e2 = sample_responses(model, params, tokenizer, prompts, sampling, k2)
+    r1 = np.asarray([gold_reward(t, bool(e)) for t, e in zip(y1, e1)])
+    r2 = np.asarray([gold_reward(t, bool(e)) for t, e in zip(y2, e2)])
+    q = label_probability(r1, r2, tau, flip_prob)
+    first = np.random.default_rng(seed).random(len(q)) < q
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        (c, rc), (r, rr) = ((y1[i], r1[i]), (y2[i], r2[i])) if first[i] else ((y2[i], r2[i]), (y1[i], r1[i]))
+        # label_prob: the probability the labeller had of choosing this "chosen" (q or 1 - q).
+        pairs.append({"prompt": prompt, "chosen": c, "rejected": r, "margin": float(rc - rr),
+                      "label_prob": float(q[i] if first[i] else 1.0 - q[i])})
+    return pairs, bayes_accuracy(q)
