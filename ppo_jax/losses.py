@@ -1,7 +1,8 @@
 """PPO loss terms and diagnostics (notes sections 7-9). Pure functions of arrays.
 
 Every mean here is over the leading (sample) axis of a minibatch, as in the sample
-estimates eq. (25), (29) and (39).
+estimates eq. (25), (29) and (39). With ``mask`` (token-level RLHF: prompt and padding
+positions are 0) a mean is over the masked-in entries only.
 """
 
 from __future__ import annotations
@@ -10,19 +11,28 @@ import jax
 import jax.numpy as jnp
 
 
+def masked_mean(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """``mean(x)``, or ``sum(x * mask) / sum(mask)`` (0 if the mask is empty)."""
+    if mask is None:
+        return jnp.mean(x)
+    m = mask.astype(x.dtype)
+    return (x * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
 def importance_ratio(logp_new: jax.Array, logp_old: jax.Array) -> jax.Array:
     """Importance ratio of definition 7.2, ``r_t = exp(log pi_theta - log pi_theta_old)``."""
     return jnp.exp(logp_new - logp_old)
 
 
-def clipped_surrogate_loss(ratio: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array) -> jax.Array:
+def clipped_surrogate_loss(ratio: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array,
+                           mask: jax.Array | None = None) -> jax.Array:
     """PPO policy loss, eq. (24)/(25): ``-mean(min(r A, clip(r, 1-eps, 1+eps) A))``.
 
     The negative of the clipped objective of definition 9.2, to be minimised.
     """
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    return -jnp.mean(jnp.minimum(unclipped, clipped))
+    return -masked_mean(jnp.minimum(unclipped, clipped), mask)
 
 
 def value_loss(
@@ -30,6 +40,7 @@ def value_loss(
     targets: jax.Array,
     old_values: jax.Array | None = None,
     clip_eps: float | jax.Array = 0.0,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Value loss, eq. (28)/(29) ``mean((V - R)^2)``; clipped form eq. (34)/(35) when ``clip_eps > 0``.
 
@@ -39,15 +50,15 @@ def value_loss(
     """
     unclipped = jnp.square(values - targets)
     if old_values is None:
-        return jnp.mean(unclipped)
+        return masked_mean(unclipped, mask)
     v_clip = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
     clipped = jnp.maximum(unclipped, jnp.square(v_clip - targets))
-    return jnp.mean(jnp.where(clip_eps > 0, clipped, unclipped))
+    return masked_mean(jnp.where(clip_eps > 0, clipped, unclipped), mask)
 
 
-def entropy_bonus(entropy: jax.Array) -> jax.Array:
+def entropy_bonus(entropy: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean policy entropy, the ``E_t[H(pi(.|s_t))]`` term of eq. (38)."""
-    return jnp.mean(entropy)
+    return masked_mean(entropy, mask)
 
 
 def total_loss(
@@ -76,20 +87,20 @@ def normalize_advantages(advantages: jax.Array, eps: float = 1e-8, mask: jax.Arr
     return (advantages - mean) / (jnp.sqrt(var) + eps) * m
 
 
-def approx_kl_k1(logp_new: jax.Array, logp_old: jax.Array) -> jax.Array:
+def approx_kl_k1(logp_new: jax.Array, logp_old: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """k1 estimate of ``KL(pi_old || pi_new)``: ``mean(log pi_old - log pi_new)`` (unbiased, noisy, can be < 0)."""
-    return jnp.mean(logp_old - logp_new)
+    return masked_mean(logp_old - logp_new, mask)
 
 
-def approx_kl_k3(logp_new: jax.Array, logp_old: jax.Array) -> jax.Array:
+def approx_kl_k3(logp_new: jax.Array, logp_old: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """The ``(r - 1) - log r`` estimator of listing 4 (k3): unbiased for ``KL(pi_old || pi_new)``, always >= 0."""
     log_ratio = logp_new - logp_old
-    return jnp.mean(jnp.expm1(log_ratio) - log_ratio)
+    return masked_mean(jnp.expm1(log_ratio) - log_ratio, mask)
 
 
-def clip_fraction(ratio: jax.Array, clip_eps: float | jax.Array) -> jax.Array:
+def clip_fraction(ratio: jax.Array, clip_eps: float | jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Share of samples whose ratio lies outside ``[1 - eps, 1 + eps]`` (listing 4)."""
-    return jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))
+    return masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask)
 
 
 def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:

@@ -137,3 +137,25 @@ def test_categorical_entropy_and_mode():
     c = Categorical(jnp.log(jnp.array([0.25, 0.25, 0.5])))
     np.testing.assert_allclose(c.entropy(), -(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5)), rtol=1e-6)
     assert int(c.mode()) == 2
+
+
+def test_masked_means_ignore_masked_entries():
+    """With a mask, every loss term equals the unmasked term on the kept entries alone."""
+    from ppo_jax.losses import (approx_kl_k1, approx_kl_k3, clip_fraction, clipped_surrogate_loss, entropy_bonus,
+                                masked_mean, value_loss)
+
+    key = jax.random.PRNGKey(0)
+    ratio = jnp.exp(0.3 * jax.random.normal(key, (3, 5)))
+    adv = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+    mask = jnp.array([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 1]])
+    kept = mask.astype(bool)
+    assert float(masked_mean(jnp.ones((2, 2)), jnp.zeros((2, 2)))) == 0.0
+    np.testing.assert_allclose(clipped_surrogate_loss(ratio, adv, 0.2, mask),
+                               clipped_surrogate_loss(ratio[kept], adv[kept], 0.2), rtol=1e-6)
+    np.testing.assert_allclose(value_loss(ratio, adv, adv * 0.5, 0.1, mask),
+                               value_loss(ratio[kept], adv[kept], adv[kept] * 0.5, 0.1), rtol=1e-6)
+    np.testing.assert_allclose(entropy_bonus(adv, mask), jnp.mean(adv[kept]), rtol=1e-6)
+    logp, old = jnp.log(ratio), jnp.zeros_like(ratio)
+    np.testing.assert_allclose(approx_kl_k1(logp, old, mask), approx_kl_k1(logp[kept], old[kept]), rtol=1e-6)
+    np.testing.assert_allclose(approx_kl_k3(logp, old, mask), approx_kl_k3(logp[kept], old[kept]), rtol=1e-6)
+    np.testing.assert_allclose(clip_fraction(ratio, 0.2, mask), clip_fraction(ratio[kept], 0.2), rtol=1e-6)

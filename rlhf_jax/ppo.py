@@ -1,0 +1,93 @@
+"""RLHF-PPO math on response tokens (notes section 10.7, SPEC section 6), reusing ppo_jax.
+
+The token MDP of definition 10.20: the state is ``[x; y_<t]``, the action the token ``y_t``.
+Everything here takes ``[B, N]`` arrays over the N response positions with a response mask
+(1 on sampled tokens up to and including EOS), so prompt tokens never enter a sum and
+padding after EOS gets no reward, value or advantage (PITFALLS RM 5). GAE is
+``ppo_jax.gae.gae`` and the losses are ``ppo_jax.losses`` with masks: no second copy.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ppo_jax import gae as gae_lib
+from rlhf_jax.reward_model import last_token_index
+from rlhf_jax.transformer import token_log_probs
+
+
+def response_log_probs(model, params, sequences: jax.Array, attention_mask: jax.Array, prompt_len: int,
+                       temperature: float = 1.0) -> jax.Array:
+    """``log pi(y_t | x, y_<t)`` of each response token, from the logits one position earlier
+    (PITFALLS RM 1), with the sampling temperature applied (PITFALLS RM 8). ``[B, N]``."""
+    logits = model.apply({"params": params}, sequences, attention_mask).logits
+    return token_log_probs(logits[:, prompt_len - 1:-1], sequences[:, prompt_len:], temperature)
+
+
+def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k1") -> jax.Array:
+    """Per-token estimate of ``KL(pi || pi_ref)`` from a token sampled from ``pi``.
+
+    ``k1 = log pi - log pi_ref`` (eq. 52's summand; unbiased, can be negative) or
+    ``k3 = (rho - 1) - log rho`` with ``rho = pi_ref / pi`` (unbiased, never negative).
+    """
+    if estimator == "k1":
+        return logp - ref_logp
+    if estimator == "k3":
+        log_rho = ref_logp - logp
+        return jnp.expm1(log_rho) - log_rho
+    raise ValueError(f"kl_estimator: must be 'k1' or 'k3', got {estimator!r}")
+
+
+def per_token_rewards(score: jax.Array, logp: jax.Array, ref_logp: jax.Array, response_mask: jax.Array,
+                      beta: float | jax.Array, estimator: str = "k1") -> tuple[jax.Array, jax.Array]:
+    """Eq. (54): ``r_t = -beta kl_t`` on every response token, plus the score on the last one.
+
+    The score lands on the last real response token (EOS when there is one), never on
+    padding (PITFALLS RM 5, 11); a row with no response token gets nothing.
+    Returns ``(rewards, kl)``, both ``[B, N]`` and 0 outside the mask.
+    """
+    mask = response_mask.astype(jnp.float32)
+    kl = kl_penalty(logp, ref_logp, estimator) * mask
+    n = response_mask.shape[1]
+    has_tokens = mask.sum(axis=1) > 0
+    last = jax.nn.one_hot(last_token_index(response_mask), n) * has_tokens[:, None]
+    return -beta * kl + last * score[:, None], kl
+
+
+def adaptive_kl_beta(beta: float | jax.Array, kl: float | jax.Array, target: float, horizon: float,
+                     num_samples: int) -> jax.Array:
+    """The adaptive KL controller of Ziegler et al. (2019).
+
+    ``beta <- beta * (1 + clip(kl / target - 1, -0.2, 0.2) * num_samples / horizon)``, with
+    ``kl`` the mean *summed* KL per sequence in nats (PITFALLS RM 13), so beta rises when the
+    policy drifts past ``target`` and falls when it stays closer.
+    """
+    error = jnp.clip(kl / target - 1.0, -0.2, 0.2)
+    return beta * (1.0 + error * num_samples / horizon)
+
+
+def token_advantages(rewards: jax.Array, values: jax.Array, response_mask: jax.Array, gamma: float | jax.Array = 1.0,
+                     lam: float | jax.Array = 0.95) -> tuple[jax.Array, jax.Array]:
+    """Token-level GAE over each response through ``ppo_jax.gae.gae``; returns ``(advantages, returns)``.
+
+    The episode terminates at the last real response token (bootstrap 0) and positions
+    after it carry nothing; values there are ignored. Both outputs are 0 outside the mask.
+    """
+    mask = response_mask.astype(jnp.float32)
+    values = values * mask
+    next_values = jnp.concatenate([values[:, 1:], jnp.zeros_like(values[:, :1])], axis=1)
+    # Terminated at the last real token and everywhere after it: nothing flows back from padding.
+    n = mask.shape[1]
+    ended = jnp.arange(n)[None, :] >= last_token_index(response_mask)[:, None]
+    tm = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  (gae is time-major)
+    adv = tm(gae_lib.gae(tm(rewards * mask), tm(values), tm(next_values), tm(ended), tm(jnp.zeros_like(ended)),
+                         gamma, lam)) * mask
+    return adv, (adv + values) * mask
+
+
+def exact_kl(logits: jax.Array, ref_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """``KL(pi || pi_ref)`` summed over the vocabulary at each position (float32), ``[..., ]``."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    ref = jax.nn.log_softmax(ref_logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.sum(jnp.exp(logp) * (logp - ref), axis=-1)
