@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
+from flax import struct
 
 from ppo_jax import gae as gae_lib
+from ppo_jax import losses
 from rlhf_jax.reward_model import last_token_index
 from rlhf_jax.transformer import token_log_probs
 
@@ -91,3 +94,96 @@ def exact_kl(logits: jax.Array, ref_logits: jax.Array, temperature: float = 1.0)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
     ref = jax.nn.log_softmax(ref_logits.astype(jnp.float32) / temperature, axis=-1)
     return jnp.sum(jnp.exp(logp) * (logp - ref), axis=-1)
+
+
+# --- The PPO update on a batch of sampled responses (definition 10.26) -------------------------
+
+
+
+@struct.dataclass
+class TokenBatch:
+    """One iteration's data, rows = sequences: ``sequences``/``attention_mask`` ``[B, P+N]``,
+    and over the N response positions: mask, old and reference log-probs, old values,
+    advantages and returns ``[B, N]``."""
+
+    sequences: jax.Array
+    attention_mask: jax.Array
+    response_mask: jax.Array
+    old_logp: jax.Array
+    old_values: jax.Array
+    advantages: jax.Array
+    returns: jax.Array
+
+
+def response_values(critic, critic_params, sequences: jax.Array, attention_mask: jax.Array, prompt_len: int) -> jax.Array:
+    """``V(s_t)`` for each response position: the critic's scalar on the last token of ``[x; y_<t]``,
+    i.e. at position ``t - 1`` (the same shift as the log-probs). ``[B, N]``."""
+    return critic.apply({"params": critic_params}, sequences, attention_mask).scalar[:, prompt_len - 1:-1]
+
+
+def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
+                    *, prompt_len: int, epochs: int, minibatches: int, temperature: float = 1.0):
+    """Jitted ``update(policy_params, critic_params, policy_opt, critic_opt, batch, key, clip_eps,
+    value_clip_eps, ent_coef) -> (policy_params, critic_params, policy_opt, critic_opt, metrics)``.
+
+    ``epochs x minibatches`` over the sequences of ``batch`` with a fresh permutation each
+    epoch. The policy loss is ``ppo_jax.losses.clipped_surrogate_loss`` minus the entropy
+    bonus, the critic's ``ppo_jax.losses.value_loss`` (clipped when ``value_clip_eps > 0``),
+    both token means over the response mask. Dropout is off throughout (PITFALLS RM 7).
+    """
+
+    def policy_loss(params, mb: TokenBatch, clip_eps, ent_coef):
+        logits = policy.apply({"params": params}, mb.sequences, mb.attention_mask).logits[:, prompt_len - 1:-1]
+        logits = logits.astype(jnp.float32) / temperature
+        logp_all = jax.nn.log_softmax(logits, axis=-1)
+        tokens = mb.sequences[:, prompt_len:]
+        logp = jnp.take_along_axis(logp_all, tokens[..., None], axis=-1)[..., 0]
+        ratio = losses.importance_ratio(logp, mb.old_logp)
+        entropy = -(jnp.exp(logp_all) * logp_all).sum(-1)
+        loss = (losses.clipped_surrogate_loss(ratio, mb.advantages, clip_eps, mb.response_mask)
+                - ent_coef * losses.entropy_bonus(entropy, mb.response_mask))
+        live = mb.response_mask.astype(bool)
+        aux = {"policy_loss": loss, "approx_kl": losses.approx_kl_k3(logp, mb.old_logp, mb.response_mask),
+               "clip_fraction": losses.clip_fraction(ratio, clip_eps, mb.response_mask),
+               "entropy": losses.entropy_bonus(entropy, mb.response_mask),
+               "max_ratio_deviation": jnp.max(jnp.where(live, jnp.abs(ratio - 1.0), 0.0))}
+        return loss, aux
+
+    def value_loss(params, mb: TokenBatch, value_clip_eps):
+        values = response_values(critic, params, mb.sequences, mb.attention_mask, prompt_len)
+        return losses.value_loss(values, mb.returns, mb.old_values, value_clip_eps, mb.response_mask)
+
+    @jax.jit
+    def update(policy_params, critic_params, policy_opt, critic_opt, batch: TokenBatch, key, clip_eps,
+               value_clip_eps, ent_coef):
+        b = batch.sequences.shape[0]
+        size = b // minibatches
+
+        def minibatch(carry, idx):
+            pp, cp, po, co = carry
+            mb = jax.tree.map(lambda x: x[idx], batch)
+            (_, aux), g = jax.value_and_grad(policy_loss, has_aux=True)(pp, mb, clip_eps, ent_coef)
+            updates, po = policy_tx.update(g, po, pp)
+            pp = optax.apply_updates(pp, updates)
+            vl, g = jax.value_and_grad(value_loss)(cp, mb, value_clip_eps)
+            updates, co = critic_tx.update(g, co, cp)
+            cp = optax.apply_updates(cp, updates)
+            return (pp, cp, po, co), {**aux, "value_loss": vl}
+
+        def epoch(carry, k):
+            perm = jax.random.permutation(k, b)[: size * minibatches].reshape(minibatches, size)
+            return jax.lax.scan(minibatch, carry, perm)
+
+        carry, aux = jax.lax.scan(epoch, (policy_params, critic_params, policy_opt, critic_opt),
+                                  jax.random.split(key, epochs))
+        metrics = {k: v.mean() for k, v in aux.items() if k != "max_ratio_deviation"}
+        metrics["first_minibatch_ratio_deviation"] = aux["max_ratio_deviation"][0, 0]
+        metrics["first_minibatch_approx_kl"] = aux["approx_kl"][0, 0]
+        return (*carry, metrics)
+
+    return update
+
+
+def whiten(advantages: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked advantage whitening (PITFALLS RM 14): ``ppo_jax.losses.normalize_advantages`` over real tokens."""
+    return losses.normalize_advantages(advantages, mask=mask)

@@ -106,3 +106,52 @@ def test_token_gae_matches_numpy_and_is_zero_after_eos(gamma, lam):
     if lam == 1.0 and gamma == 1.0:  # Monte-Carlo: returns are the reward-to-go
         togo = np.cumsum(np.asarray(rewards)[:, ::-1], axis=1)[:, ::-1] * np.asarray(MASK)
         np.testing.assert_allclose(ret, togo, rtol=1e-5, atol=1e-6)
+
+
+def _iteration_batch():
+    import optax
+
+    from rlhf_jax.ppo import TokenBatch, make_ppo_update, response_log_probs, response_values, whiten
+    from rlhf_jax.sampling import SamplingConfig, make_generate
+    from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
+
+    cfg = TransformerConfig(vocab_size=24, max_len=32, num_layers=1, num_heads=2, d_model=32, dropout=0.0)
+    policy, critic = TransformerLM(cfg), TransformerLM(cfg, lm_head=False, scalar_head=True)
+    pp, cp = init_params(policy, jax.random.PRNGKey(0)), init_params(critic, jax.random.PRNGKey(1))
+    p, temp = 5, 0.8
+    ids = jax.random.randint(jax.random.PRNGKey(2), (8, p), 3, 24)
+    mask = (jnp.arange(p)[None, :] >= jnp.arange(8)[:, None] % 4).astype(jnp.int32)
+    out = make_generate(policy, SamplingConfig(max_new_tokens=7, temperature=temp), eos_id=2, pad_id=0)(
+        pp, jnp.where(mask == 1, ids, 0), mask, jax.random.PRNGKey(3))
+    old_logp = response_log_probs(policy, pp, out.sequences, out.attention_mask, p, temp)
+    values = response_values(critic, cp, out.sequences, out.attention_mask, p)
+    score = jax.random.normal(jax.random.PRNGKey(4), (8,))
+    rewards, _ = per_token_rewards(score, old_logp, old_logp - 0.05, out.response_mask, 0.1)
+    adv, ret = token_advantages(rewards, values, out.response_mask)
+    batch = TokenBatch(out.sequences, out.attention_mask, out.response_mask, old_logp, values,
+                       whiten(adv, out.response_mask), ret)
+    tx = optax.adam(1e-2)
+    update = make_ppo_update(policy, critic, tx, tx, prompt_len=p, epochs=2, minibatches=2, temperature=temp)
+    return update, pp, cp, tx.init(pp), tx.init(cp), batch
+
+
+def test_ppo_update_ratio_is_one_and_kl_zero_on_first_minibatch():
+    update, pp, cp, po, co, batch = _iteration_batch()
+    new_pp, new_cp, _, _, metrics = update(pp, cp, po, co, batch, jax.random.PRNGKey(5), 0.2, 0.2, 0.01)
+    assert float(metrics["first_minibatch_ratio_deviation"]) < 1e-5  # PITFALLS RM 10
+    assert abs(float(metrics["first_minibatch_approx_kl"])) < 1e-7
+    assert float(metrics["approx_kl"]) > 0  # later minibatches see the updated policy
+    assert not np.allclose(jax.tree.leaves(new_pp)[0], jax.tree.leaves(pp)[0])
+    assert not np.allclose(jax.tree.leaves(new_cp)[0], jax.tree.leaves(cp)[0])
+
+
+def test_ppo_update_ignores_everything_outside_the_response_mask():
+    update, pp, cp, po, co, batch = _iteration_batch()
+    outside = batch.response_mask == 0
+    assert bool(outside.any())
+    junk = batch.replace(advantages=jnp.where(outside, 1e3, batch.advantages),
+                         returns=jnp.where(outside, -1e3, batch.returns),
+                         old_logp=jnp.where(outside, -50.0, batch.old_logp))
+    a = update(pp, cp, po, co, batch, jax.random.PRNGKey(5), 0.2, 0.2, 0.01)
+    b = update(pp, cp, po, co, junk, jax.random.PRNGKey(5), 0.2, 0.2, 0.01)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a[:2], b[:2])
