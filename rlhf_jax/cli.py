@@ -103,28 +103,13 @@ def _sft_config(args: SFTArgs) -> SFTConfig:
     return SFTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SFTConfig)})
 
 
-def sample_texts(model, params, tokenizer, prompts: list[str], sampling, seed: int = 0):
-    """Samples one response per prompt; returns (texts, ended_with_eos, lengths)."""
-    import jax
-
-    from rlhf_jax.sampling import make_generate
-
-    batch = tokenizer.encode_batch(prompts, padding_side="left", add_bos=True)
-    generate = make_generate(model, sampling, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    out = generate(params, batch.input_ids, batch.attention_mask, jax.random.PRNGKey(seed))
-    response, mask = np.asarray(out.response), np.asarray(out.response_mask)
-    ended = ((response == tokenizer.eos_id) & (mask == 1)).any(axis=1)
-    return tokenizer.decode_batch(response, mask), ended, mask.sum(axis=1)
-
-
 def run_sft(args: SFTArgs) -> dict:
     import jax
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ppo_jax.outputs import new_run_dir, plot_lines, write_json
     from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.data import load_sft
+    from rlhf_jax.preferences import new_token_room, sample_responses
     from rlhf_jax.sampling import SamplingConfig
     from rlhf_jax.sft import train_sft
     from rlhf_jax.tasks import reviews
@@ -152,9 +137,7 @@ def run_sft(args: SFTArgs) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
                                          "tokenizer": args.tokenizer})
-    console = Console(stderr=True)
-    bar = Progress(TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                   TimeElapsedColumn(), console=console, disable=args.no_progress)
+    bar = _progress_bar("sft", args.no_progress)
     task = bar.add_task("sft", total=config.steps, loss="-")
 
     def progress(step, loss):
@@ -172,9 +155,9 @@ def run_sft(args: SFTArgs) -> dict:
     ckpt.save(run_dir / "checkpoint", result.params, model, tokenizer)
 
     sample_prompts = list(prompts[: args.num_samples]) if args.data else reviews.prompts(args.num_samples, seed=1)
-    max_new = max(1, min(48, config.model.max_len - max(len(tokenizer.encode(p)) + 1 for p in sample_prompts)))
-    texts, ended, lengths = sample_texts(model, result.params, tokenizer, sample_prompts,
-                                         SamplingConfig(max_new_tokens=max_new), seed=config.seed)
+    max_new = max(1, new_token_room(tokenizer, sample_prompts, config.model.max_len, 48))
+    texts, ended, lengths = sample_responses(model, result.params, tokenizer, sample_prompts,
+                                             SamplingConfig(max_new_tokens=max_new), jax.random.PRNGKey(config.seed))
     samples = [{"prompt": p, "response": t, "ended_with_eos": bool(e)} for p, t, e in zip(sample_prompts, texts, ended)]
     if args.data is None:
         for s in samples:
@@ -214,7 +197,7 @@ def run_rm(args: RMArgs) -> dict:
     from ppo_jax.outputs import new_run_dir, plot_lines, write_json
     from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.data import load_preferences, write_preferences
-    from rlhf_jax.preferences import bayes_accuracy, make_preference_pairs, sample_responses
+    from rlhf_jax.preferences import bayes_accuracy, make_preference_pairs, new_token_room, sample_responses
     from rlhf_jax.reward_model import (RewardScorer, calibration_bins, rank_correlation, train_reward_model)
     from rlhf_jax.sampling import SamplingConfig
     from rlhf_jax.sft import train_sft
@@ -259,8 +242,9 @@ def run_rm(args: RMArgs) -> dict:
             ckpt.save(run_dir / "sft_checkpoint", lm_params, lm, tokenizer)
             wall["sft"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sampling = SamplingConfig(max_new_tokens=min(40, lm.config.max_len - 24))
-        pairs, bayes = make_preference_pairs(lm, lm_params, tokenizer, reviews.prompts(args.num_pairs, seed=config.seed + 1),
+        pair_prompts = reviews.prompts(args.num_pairs, seed=config.seed + 1)
+        sampling = SamplingConfig(max_new_tokens=new_token_room(tokenizer, pair_prompts, lm.config.max_len, 40))
+        pairs, bayes = make_preference_pairs(lm, lm_params, tokenizer, pair_prompts,
                                              reviews.gold_reward, sampling=sampling, tau=args.tau,
                                              flip_prob=args.flip_prob, seed=config.seed)
         write_preferences(run_dir / "pairs.jsonl", pairs)
@@ -297,8 +281,8 @@ def run_rm(args: RMArgs) -> dict:
         summary["heldout_bayes_accuracy"] = bayes_accuracy([pairs[i]["label_prob"] for i in result.heldout_index])
         t0 = time.perf_counter()
         fresh = reviews.prompts(256, seed=config.seed + 2)
-        texts, ended = sample_responses(lm, lm_params, tokenizer, fresh, SamplingConfig(max_new_tokens=40 if lm.config.max_len >= 64 else lm.config.max_len // 2),
-                                        jax.random.PRNGKey(config.seed + 3))
+        sampling = SamplingConfig(max_new_tokens=new_token_room(tokenizer, fresh, lm.config.max_len, 40))
+        texts, ended, _ = sample_responses(lm, lm_params, tokenizer, fresh, sampling, jax.random.PRNGKey(config.seed + 3))
         gold = [reviews.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
         scores = RewardScorer(result.model, result.params, tokenizer, norm=result.norm,
                               max_length=config.max_length).score(fresh, texts)
@@ -316,8 +300,11 @@ def run_rm(args: RMArgs) -> dict:
 
 
 def run_generate(args: GenerateArgs) -> list[dict]:
+    import jax
+
     from ppo_jax.outputs import new_run_dir, write_json
     from rlhf_jax import checkpoint as ckpt
+    from rlhf_jax.preferences import longest_prompt, new_token_room, sample_responses
     from rlhf_jax.sampling import SamplingConfig
 
     if not args.prompt:
@@ -326,15 +313,16 @@ def run_generate(args: GenerateArgs) -> list[dict]:
         raise ValueError(f"num_samples: must be a positive integer, got {args.num_samples}")
     model, params, tokenizer = ckpt.load(args.checkpoint)
     prompts = [p for p in args.prompt for _ in range(args.num_samples)]
-    longest = max(len(tokenizer.encode(p)) + 1 for p in prompts)
-    max_new = args.max_new_tokens if args.max_new_tokens is not None else min(48, model.config.max_len - longest)
+    longest = longest_prompt(tokenizer, prompts)
+    max_new = (args.max_new_tokens if args.max_new_tokens is not None
+               else new_token_room(tokenizer, prompts, model.config.max_len, 48))
     if max_new <= 0 or longest + max_new > model.config.max_len:
         raise ValueError(f"max_new_tokens: a prompt of {longest} tokens plus {max_new} new tokens does not fit "
                          f"the model's context of {model.config.max_len}")
     sampling = SamplingConfig(max_new_tokens=max_new, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, greedy=args.greedy)
     sampling.validate(model.config.vocab_size)
-    texts, ended, _ = sample_texts(model, params, tokenizer, prompts, sampling, seed=args.seed)
+    texts, ended, _ = sample_responses(model, params, tokenizer, prompts, sampling, jax.random.PRNGKey(args.seed))
     samples = [{"prompt": p, "response": t, "ended_with_eos": bool(e)} for p, t, e in zip(prompts, texts, ended)]
     run_dir = Path(args.out) if args.out else new_run_dir("runs", "generate")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -37,11 +37,14 @@ def bayes_accuracy(q: np.ndarray) -> float:
 
 
 def sample_responses(model: TransformerLM, params, tokenizer: Tokenizer, prompts: Sequence[str],
-                     sampling: SamplingConfig, key: jax.Array, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
-    """One sampled response per prompt (text up to EOS) and whether it ended with EOS."""
+                     sampling: SamplingConfig, key: jax.Array,
+                     batch_size: int = 64) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """One sampled response per prompt: its text up to EOS, whether it ended with EOS, and its
+    number of tokens (EOS included). Prompts go in left-padded, BOS first, in fixed-size batches."""
     generate = make_generate(model, sampling, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    texts, ended = [], []
-    width = max(len(tokenizer.encode(p)) + 1 for p in prompts)
+    batch_size = min(batch_size, len(prompts))
+    texts, ended, lengths = [], [], []
+    width = longest_prompt(tokenizer, prompts)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         real = len(chunk)
@@ -52,7 +55,18 @@ def sample_responses(model: TransformerLM, params, tokenizer: Tokenizer, prompts
         response, mask = np.asarray(out.response)[:real], np.asarray(out.response_mask)[:real]
         texts += tokenizer.decode_batch(response, mask)
         ended.append(((response == tokenizer.eos_id) & (mask == 1)).any(axis=1))
-    return texts, np.concatenate(ended)
+        lengths.append(mask.sum(axis=1))
+    return texts, np.concatenate(ended), np.concatenate(lengths)
+
+
+def longest_prompt(tokenizer: Tokenizer, prompts: Sequence[str]) -> int:
+    """Tokens in the longest prompt with its BOS."""
+    return max(len(tokenizer.encode(p)) + 1 for p in prompts)
+
+
+def new_token_room(tokenizer: Tokenizer, prompts: Sequence[str], max_len: int, cap: int) -> int:
+    """How many tokens fit after the longest prompt in a context of ``max_len``, at most ``cap``."""
+    return min(cap, max_len - longest_prompt(tokenizer, prompts))
 
 
 def make_preference_pairs(model: TransformerLM, params, tokenizer: Tokenizer, prompts: Sequence[str],
@@ -65,8 +79,8 @@ def make_preference_pairs(model: TransformerLM, params, tokenizer: Tokenizer, pr
     """
     key = jax.random.PRNGKey(seed)
     k1, k2 = jax.random.split(key)
-    y1, e1 = sample_responses(model, params, tokenizer, prompts, sampling, k1)
-    y2, e2 = sample_responses(model, params, tokenizer, prompts, sampling, k2)
+    y1, e1, _ = sample_responses(model, params, tokenizer, prompts, sampling, k1)
+    y2, e2, _ = sample_responses(model, params, tokenizer, prompts, sampling, k2)
     r1 = np.asarray([gold_reward(t, bool(e)) for t, e in zip(y1, e1)])
     r2 = np.asarray([gold_reward(t, bool(e)) for t, e in zip(y2, e2)])
     q = label_probability(r1, r2, tau, flip_prob)

@@ -129,7 +129,7 @@ def test_reward_model_reaches_bayes_ceiling_and_ranks_like_gold():
     print(f"held-out accuracy {accuracy:.3f}, Bayes ceiling {bayes:.3f} (held-out pairs {heldout_bayes:.3f})")
     assert accuracy >= heldout_bayes - 0.05
     fresh = reviews.prompts(256, seed=7)
-    texts, ended = sample_responses(lm, sft.params, tok, fresh, sampling, jax.random.PRNGKey(5))
+    texts, ended, _ = sample_responses(lm, sft.params, tok, fresh, sampling, jax.random.PRNGKey(5))
     gold = [reviews.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
     scores = RewardScorer(result.model, result.params, tok, norm=result.norm).score(fresh, texts)
     assert rank_correlation(scores, gold) > 0.6
