@@ -11,15 +11,12 @@ separately; the best of ``--repeats`` runs is the figure (this machine's timings
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 
 import jax
 import numpy as np
 
+from common import write_result
 from rlhf_jax.sampling import SamplingConfig, make_generate
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -55,15 +52,11 @@ def main() -> None:
     result = {"benchmark": "generation", "batch": args.batch, "prompt_len": args.prompt_len,
               "new_tokens": args.new_tokens, "model": config.to_dict(), "compile_s": compile_s,
               "best_s": min(times), "median_s": float(np.median(times)), "all_s": times,
-              "new_tokens_per_s": new_tokens / min(times), "device": str(jax.devices()[0]),
-              "platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
-              "python": sys.version.split()[0], "xla_flags": os.environ.get("XLA_FLAGS", "")}
+              "new_tokens_per_s": new_tokens / min(times), }
     print(f"generate {args.batch}x({args.prompt_len}+{args.new_tokens}): best {min(times):.3f} s "
           f"(median {np.median(times):.3f} s), {new_tokens / min(times):,.0f} new tokens/s, "
           f"compile {compile_s:.1f} s")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -10,15 +10,12 @@ vary run to run; the best is the least disturbed). Not a test: nothing here asse
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 
 import jax
 import numpy as np
 
+from common import write_result
 from ppo_jax import PPOConfig, make_train
 
 
@@ -66,15 +63,9 @@ def main() -> None:
             print(f"{args.env} envs={num_envs:5d} seeds={num_seeds}: {row['sps_best']:>12,.0f} steps/s "
                   f"(median {row['sps_median']:,.0f}), compile {row['compile_s']:.1f} s", flush=True)
             # Write after every row so an interrupted benchmark keeps what it measured.
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump({
-                    "benchmark": "ppo_throughput", "env": args.env, "total_timesteps": args.total_timesteps,
-                    "update_epochs": 4, "num_minibatches": 4, "num_steps": 128,
-                    "device": str(jax.devices()[0]), "platform": platform.platform(),
-                    "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": sys.version.split()[0],
-                    "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results,
-                }, f, indent=2)
+            write_result(args.out, {"benchmark": "ppo_throughput", "env": args.env,
+                                    "total_timesteps": args.total_timesteps, "update_epochs": 4,
+                                    "num_minibatches": 4, "num_steps": 128, "results": results})
     print(f"wrote {args.out}")
 
 

@@ -103,10 +103,14 @@ def clip_fraction(ratio: jax.Array, clip_eps: float | jax.Array, mask: jax.Array
     return masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask)
 
 
-def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+def explained_variance(predictions: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """``1 - Var(targets - predictions) / Var(targets)``; 1 is perfect, <= 0 no better than a constant.
 
-    Returns NaN when the targets have zero variance.
+    With ``mask`` the variances are over the masked-in entries. NaN when the targets have
+    zero variance.
     """
-    var_t = jnp.var(targets)
-    return jnp.where(var_t > 0, 1.0 - jnp.var(targets - predictions) / jnp.where(var_t > 0, var_t, 1.0), jnp.nan)
+    def var(x):
+        return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+    var_t = var(targets)
+    return jnp.where(var_t > 0, 1.0 - var(targets - predictions) / jnp.where(var_t > 0, var_t, 1.0), jnp.nan)

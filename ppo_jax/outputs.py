@@ -49,6 +49,9 @@ def to_jsonable(obj):
 
 
 def write_json(path: Path, obj) -> None:
+    """Atomically (temporary file, then rename), creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False))
     os.replace(tmp, path)

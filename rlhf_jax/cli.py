@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhf_jax.pipeline import PipelineConfig
+from rlhf_jax.progress import progress_bar
 from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.sft import SFTConfig
 
-USAGE = """usage: rlhf-jax {sft,rm,generate} [--help] [options]
+USAGE = """usage: rlhf-jax {sft,rm,pipeline,generate} [--help] [options]
 
   sft        supervised fine-tuning on a built-in task or a JSONL file, write a run folder
   rm         train a Bradley-Terry reward model on preference pairs (a task's or a JSONL file)
+  pipeline   SFT -> preference pairs -> reward model -> PPO (proxy and gold) and best-of-n, one run folder
   generate   sample responses from a checkpoint: rlhf-jax generate --checkpoint DIR --prompt TEXT
 """
 
@@ -94,6 +97,31 @@ class GenerateArgs:
     """Run folder for samples.json; default: a fresh folder under runs/."""
 
 
+@dataclass(frozen=True)
+class PipelineArgs(PipelineConfig):
+    """The whole RLHF pipeline on a built-in task. Writes one run folder."""
+
+    out: str | None = None
+    """Run folder (created); default: a fresh folder under runs/."""
+    no_progress: bool = False
+    """Hide the progress bars."""
+
+
+def run_pipeline_command(args: PipelineArgs) -> dict:
+    from ppo_jax.outputs import new_run_dir
+    from rlhf_jax.pipeline import run_pipeline
+
+    config = PipelineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)})
+    config.validate()  # before any folder is made or anything compiles
+    run_dir = Path(args.out) if args.out else new_run_dir("runs", "pipeline")
+    summary = run_pipeline(config, run_dir, show_progress=not args.no_progress)
+    keys = ("gold_reward_sft", "gold_reward_final", "proxy_reward_final", "kl_final", "rm_heldout_accuracy",
+            "bayes_accuracy")
+    print("  ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary))
+    print(f"run folder: {run_dir}")
+    return summary
+
+
 def _fail(msg: str) -> None:
     print(f"rlhf-jax: error: {msg}", file=sys.stderr)
     raise SystemExit(2)
@@ -137,7 +165,7 @@ def run_sft(args: SFTArgs) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
                                          "tokenizer": args.tokenizer})
-    bar = _progress_bar("sft", args.no_progress)
+    bar = progress_bar("sft", args.no_progress)
     task = bar.add_task("sft", total=config.steps, loss="-")
 
     def progress(step, loss):
@@ -180,15 +208,6 @@ def run_sft(args: SFTArgs) -> dict:
     return summary
 
 
-def _progress_bar(label: str, disable: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=Console(stderr=True),
-                    disable=disable)
-
-
 def run_rm(args: RMArgs) -> dict:
     import time
 
@@ -197,8 +216,18 @@ def run_rm(args: RMArgs) -> dict:
     from ppo_jax.outputs import new_run_dir, plot_lines, write_json
     from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.data import load_preferences, write_preferences
-    from rlhf_jax.preferences import bayes_accuracy, make_preference_pairs, new_token_room, sample_responses
-    from rlhf_jax.reward_model import (RewardScorer, calibration_bins, rank_correlation, train_reward_model)
+    from rlhf_jax.preferences import (
+        bayes_accuracy,
+        make_preference_pairs,
+        new_token_room,
+        sample_responses,
+    )
+    from rlhf_jax.reward_model import (
+        RewardScorer,
+        calibration_bins,
+        rank_correlation,
+        train_reward_model,
+    )
     from rlhf_jax.sampling import SamplingConfig
     from rlhf_jax.sft import train_sft
     from rlhf_jax.tasks import reviews
@@ -233,7 +262,7 @@ def run_rm(args: RMArgs) -> dict:
             sft_config = SFTConfig(model=config.model, steps=args.sft_steps, max_length=config.max_length,
                                    seed=config.seed, warmup_steps=min(50, args.sft_steps // 10))
             prompts, responses = reviews.sft_corpus(4096, seed=config.seed)
-            bar = _progress_bar("sft", args.no_progress)
+            bar = progress_bar("sft", args.no_progress)
             task = bar.add_task("sft", total=sft_config.steps, loss="-")
             with bar:
                 sft = train_sft(sft_config, tokenizer, prompts, responses,
@@ -250,7 +279,7 @@ def run_rm(args: RMArgs) -> dict:
         write_preferences(run_dir / "pairs.jsonl", pairs)
         summary["bayes_accuracy"] = bayes
         wall["pairs"] = time.perf_counter() - t0
-    bar = _progress_bar("reward model", args.no_progress)
+    bar = progress_bar("reward model", args.no_progress)
     task = bar.add_task("rm", total=None, loss="-")
     t0 = time.perf_counter()
     with bar:
@@ -347,10 +376,12 @@ def main(argv: list[str] | None = None) -> None:
             run_sft(tyro.cli(SFTArgs, args=rest, prog="rlhf-jax sft"))
         elif command == "rm":
             run_rm(tyro.cli(RMArgs, args=rest, prog="rlhf-jax rm"))
+        elif command == "pipeline":
+            run_pipeline_command(tyro.cli(PipelineArgs, args=rest, prog="rlhf-jax pipeline"))
         elif command == "generate":
             run_generate(tyro.cli(GenerateArgs, args=rest, prog="rlhf-jax generate"))
         else:
-            _fail(f"unknown command {command!r}; expected sft, rm or generate")
+            _fail(f"unknown command {command!r}; expected sft, rm, pipeline or generate")
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(str(err))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Sequence
 
 
@@ -73,8 +74,18 @@ def _numbered(rows):
 
 def write_preferences(path: str | os.PathLike, pairs: Sequence[dict]) -> None:
     """Writes pairs as JSONL (``prompt``, ``chosen``, ``rejected``, ``margin``), atomically."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for p in pairs:
             f.write(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected", "margin") if k in p}) + "\n")
     os.replace(tmp, path)
+
+
+def padded_chunks(items: Sequence, batch_size: int):
+    """``(chunk, real)`` over ``items`` in fixed-size chunks, the last one padded by repeating its
+    last item (so one compiled program serves all); only the first ``real`` entries count."""
+    for start in range(0, len(items), batch_size):
+        chunk = list(items[start:start + batch_size])
+        real = len(chunk)
+        yield chunk + [chunk[-1]] * (batch_size - real), real

@@ -124,17 +124,22 @@ def response_values(critic, critic_params, sequences: jax.Array, attention_mask:
 def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
                     *, prompt_len: int, epochs: int, minibatches: int, temperature: float = 1.0):
     """Jitted ``update(policy_params, critic_params, policy_opt, critic_opt, batch, key, clip_eps,
-    value_clip_eps, ent_coef) -> (policy_params, critic_params, policy_opt, critic_opt, metrics)``.
+    value_clip_eps, ent_coef, vf_coef=0.5) -> (policy_params, critic_params, policy_opt, critic_opt, metrics)``.
 
     ``epochs x minibatches`` over the sequences of ``batch`` with a fresh permutation each
     epoch. The policy loss is ``ppo_jax.losses.clipped_surrogate_loss`` minus the entropy
-    bonus, the critic's ``ppo_jax.losses.value_loss`` (clipped when ``value_clip_eps > 0``),
-    both token means over the response mask. Dropout is off throughout (PITFALLS RM 7).
-    """
+    bonus, the value loss ``ppo_jax.losses.value_loss`` (clipped when ``value_clip_eps > 0``),
+    both token means over the response mask (every real token weighs the same, so long
+    responses weigh more: PITFALLS RM 19). Dropout is off throughout (PITFALLS RM 7).
 
-    def policy_loss(params, mb: TokenBatch, clip_eps, ent_coef):
-        logits = policy.apply({"params": params}, mb.sequences, mb.attention_mask).logits[:, prompt_len - 1:-1]
-        logits = logits.astype(jnp.float32) / temperature
+    With ``critic=None`` the values come from the policy's own scalar head: one optimiser
+    (``policy_tx``) on ``policy_loss + vf_coef * value_loss``, and ``critic_params`` /
+    ``critic_opt`` pass through untouched (``vf_coef`` is unused with a separate critic).
+    """
+    shared = critic is None
+
+    def policy_terms(logits, mb: TokenBatch, clip_eps, ent_coef):
+        logits = logits[:, prompt_len - 1:-1].astype(jnp.float32) / temperature
         logp_all = jax.nn.log_softmax(logits, axis=-1)
         tokens = mb.sequences[:, prompt_len:]
         logp = jnp.take_along_axis(logp_all, tokens[..., None], axis=-1)[..., 0]
@@ -149,19 +154,38 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
                "max_ratio_deviation": jnp.max(jnp.where(live, jnp.abs(ratio - 1.0), 0.0))}
         return loss, aux
 
-    def value_loss(params, mb: TokenBatch, value_clip_eps):
-        values = response_values(critic, params, mb.sequences, mb.attention_mask, prompt_len)
+    def value_term(scalar, mb: TokenBatch, value_clip_eps):
+        values = scalar[:, prompt_len - 1:-1]  # V(s_t) from position t - 1, as in response_values
         return losses.value_loss(values, mb.returns, mb.old_values, value_clip_eps, mb.response_mask)
+
+    def policy_loss(params, mb, clip_eps, ent_coef):
+        return policy_terms(policy.apply({"params": params}, mb.sequences, mb.attention_mask).logits, mb, clip_eps,
+                            ent_coef)
+
+    def value_loss(params, mb, value_clip_eps):
+        return value_term(critic.apply({"params": params}, mb.sequences, mb.attention_mask).scalar, mb,
+                          value_clip_eps)
+
+    def joint_loss(params, mb, clip_eps, value_clip_eps, ent_coef, vf_coef):
+        out = policy.apply({"params": params}, mb.sequences, mb.attention_mask)
+        loss, aux = policy_terms(out.logits, mb, clip_eps, ent_coef)
+        vl = value_term(out.scalar, mb, value_clip_eps)
+        return loss + vf_coef * vl, {**aux, "value_loss": vl}
 
     @jax.jit
     def update(policy_params, critic_params, policy_opt, critic_opt, batch: TokenBatch, key, clip_eps,
-               value_clip_eps, ent_coef):
+               value_clip_eps, ent_coef, vf_coef=0.5):
         b = batch.sequences.shape[0]
         size = b // minibatches
 
         def minibatch(carry, idx):
             pp, cp, po, co = carry
             mb = jax.tree.map(lambda x: x[idx], batch)
+            if shared:
+                (_, aux), g = jax.value_and_grad(joint_loss, has_aux=True)(pp, mb, clip_eps, value_clip_eps,
+                                                                           ent_coef, vf_coef)
+                updates, po = policy_tx.update(g, po, pp)
+                return (optax.apply_updates(pp, updates), cp, po, co), aux
             (_, aux), g = jax.value_and_grad(policy_loss, has_aux=True)(pp, mb, clip_eps, ent_coef)
             updates, po = policy_tx.update(g, po, pp)
             pp = optax.apply_updates(pp, updates)

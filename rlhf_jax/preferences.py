@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from rlhf_jax.data import padded_chunks
 from rlhf_jax.sampling import SamplingConfig, make_generate
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerLM
@@ -45,10 +46,7 @@ def sample_responses(model: TransformerLM, params, tokenizer: Tokenizer, prompts
     batch_size = min(batch_size, len(prompts))
     texts, ended, lengths = [], [], []
     width = longest_prompt(tokenizer, prompts)
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        real = len(chunk)
-        chunk += [chunk[-1]] * (batch_size - real)  # fixed shapes: one compiled program
+    for chunk, real in padded_chunks(prompts, batch_size):  # fixed shapes: one compiled program
         batch = tokenizer.encode_batch(chunk, padding_side="left", add_bos=True, max_length=width)
         key, k = jax.random.split(key)
         out = generate(params, batch.input_ids, batch.attention_mask, k)

@@ -50,6 +50,9 @@ class TransformerConfig:
     """Use the token embedding matrix as the LM head."""
     layer_norm_eps: float = 1e-5
     """LayerNorm epsilon."""
+    compute_dtype: str = "float32"
+    """Matmul inputs of the blocks: 'float32', or 'bfloat16' (float32 accumulation and outputs;
+    parameters, LayerNorm, softmax, logits and log-probs stay float32: PITFALLS RM 18)."""
 
     def validate(self) -> None:
         for name in ("vocab_size", "max_len", "num_layers", "num_heads", "d_model"):
@@ -61,6 +64,8 @@ class TransformerConfig:
             raise ValueError(f"d_ff: must be >= 0 (0 = 4 * d_model), got {self.d_ff}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype: must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
 
     @property
     def ff_width(self) -> int:
@@ -122,6 +127,41 @@ def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Arr
 _init = nn.initializers.normal(stddev=0.02)
 
 
+@jax.custom_vjp
+def _matmul_bf16(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` over the last axis of ``x`` with bfloat16 inputs and float32 accumulation and
+    output, forward and backward: the form XLA:CPU hands to bfloat16 matrix units (AMX)."""
+    return jnp.einsum("...k,kn->...n", x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                      preferred_element_type=jnp.float32)
+
+
+def _matmul_bf16_fwd(x, w):
+    return _matmul_bf16(x, w), (x, w)
+
+
+def _matmul_bf16_bwd(res, ct):
+    x, w = res
+    ct = ct.astype(jnp.bfloat16)
+    dx = jnp.einsum("...n,kn->...k", ct, w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    dw = jnp.einsum("...k,...n->kn", x.astype(jnp.bfloat16), ct, preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_matmul_bf16.defvjp(_matmul_bf16_fwd, _matmul_bf16_bwd)
+
+
+def _dot_bf16(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    (lc, rc), (lb, rb) = dimension_numbers
+    assert lc == (lhs.ndim - 1,) and rc == (0,) and not lb and not rb, dimension_numbers  # nn.Dense's form
+    return _matmul_bf16(lhs, rhs)
+
+
+def _dense(cfg: TransformerConfig, features: int, name: str, kernel_init=_init) -> nn.Dense:
+    if cfg.compute_dtype == "bfloat16":
+        return nn.Dense(features, kernel_init=kernel_init, name=name, dot_general=_dot_bf16)
+    return nn.Dense(features, kernel_init=kernel_init, name=name)
+
+
 class Attention(nn.Module):
     config: TransformerConfig
 
@@ -129,24 +169,23 @@ class Attention(nn.Module):
     def __call__(self, x, key_mask, query_slots, kv, index, deterministic):
         cfg = self.config
         b, t, _ = x.shape
-        qkv = nn.Dense(3 * cfg.d_model, kernel_init=_init, name="qkv")(x)
+        qkv = _dense(cfg, 3 * cfg.d_model, "qkv")(x)
         # Heads-major [B, H, T, Dh]: XLA:CPU runs the [B*H]-batched attention matmuls about
         # 4x faster in this layout than with heads inside ([B, T, H, Dh]) on a decode step.
         q, k, v = jnp.split(qkv.reshape(b, t, 3 * cfg.num_heads, cfg.head_dim).transpose(0, 2, 1, 3), 3, axis=1)
         if kv is not None:
             k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, index, 0))
             v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
-        scores = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(cfg.head_dim))
+        scores = jnp.einsum("bhtd,bhsd->bhts", q, k) / jnp.sqrt(jnp.float32(cfg.head_dim))
         causal = jnp.arange(k.shape[2])[None, :] <= query_slots[:, None]  # [T, S]
         allowed = causal[None, None] & key_mask[:, None, None, :]
         # A finite floor, not -inf: a query with no visible key (a pad row) gets a uniform,
         # finite average instead of NaN, and exp(floor - max) is exactly 0 elsewhere.
         scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic).astype(v.dtype)
+        probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
         out = jnp.einsum("bhts,bhsd->bthd", probs, v).reshape(b, t, cfg.d_model)
-        out = nn.Dense(cfg.d_model, kernel_init=nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5),
-                       name="out")(out)
+        out = _dense(cfg, cfg.d_model, "out", nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5))(out)
         return out, (k, v)
 
 
@@ -160,9 +199,8 @@ class Block(nn.Module):
                                            query_slots, kv, index, deterministic)
         x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = nn.LayerNorm(cfg.layer_norm_eps, name="ln2")(x)
-        h = nn.gelu(nn.Dense(cfg.ff_width, kernel_init=_init, name="fc")(h))
-        h = nn.Dense(cfg.d_model, kernel_init=nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5),
-                     name="proj")(h)
+        h = nn.gelu(_dense(cfg, cfg.ff_width, "fc")(h))
+        h = _dense(cfg, cfg.d_model, "proj", nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5))(h)
         return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic), kv
 
 

@@ -116,6 +116,12 @@ def test_clip_fraction_and_explained_variance():
     np.testing.assert_allclose(L.explained_variance(t, t), 1.0)
     np.testing.assert_allclose(L.explained_variance(jnp.full(4, 2.5), t), 0.0, atol=1e-6)
     assert np.isnan(L.explained_variance(t, jnp.ones(4)))
+    # With a mask, only the masked-in entries count (token-level RLHF values).
+    pred, targ = jnp.array([[0.5, 2.0, 9.0], [3.5, -7.0, 1.0]]), jnp.array([[1.0, 2.5, 0.0], [3.0, 5.0, 0.0]])
+    mask = jnp.array([[1, 1, 0], [1, 0, 0]])
+    live = np.asarray(mask, bool)
+    p_, t_ = np.asarray(pred)[live], np.asarray(targ)[live]
+    np.testing.assert_allclose(L.explained_variance(pred, targ, mask), 1 - np.var(t_ - p_) / np.var(t_), rtol=1e-6)
 
 
 def test_gaussian_log_prob_entropy_kl_against_numpy():

@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 
 from rlhf_jax.data import load_preferences, write_preferences
-from rlhf_jax.preferences import bayes_accuracy, label_probability, make_preference_pairs, sample_responses
-from rlhf_jax.reward_model import (RewardScorer, RMConfig, bradley_terry_loss, calibration_bins, encode_sequences,
-                                   last_token_index, make_score_fn, pool_last, rank_correlation, reward_model,
-                                   train_reward_model)
+from rlhf_jax.preferences import bayes_accuracy, label_probability, sample_responses
+from rlhf_jax.reward_model import (RewardScorer, bradley_terry_loss, calibration_bins, encode_sequences,
+                                   last_token_index, make_score_fn, pool_last, rank_correlation, reward_model)
 from rlhf_jax.sampling import SamplingConfig
-from rlhf_jax.sft import SFTConfig, train_sft
 from rlhf_jax.tasks import reviews
 from rlhf_jax.tokenizer import ByteTokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
@@ -112,24 +110,18 @@ def test_calibration_and_rank_correlation_helpers():
 
 
 @pytest.mark.slow
-def test_reward_model_reaches_bayes_ceiling_and_ranks_like_gold():
-    tok = ByteTokenizer()
-    mc = TransformerConfig(num_layers=2, num_heads=2, d_model=64, max_len=64, dropout=0.0)
-    prompts, responses = reviews.sft_corpus(2048, seed=0)
-    sft = train_sft(SFTConfig(model=mc, steps=600, batch_size=32, lr=3e-3, warmup_steps=20, eval_every=200),
-                    tok, prompts, responses)
-    lm = TransformerLM(mc)
-    sampling = SamplingConfig(max_new_tokens=40)
-    pairs, bayes = make_preference_pairs(lm, sft.params, tok, reviews.prompts(3000, seed=1), reviews.gold_reward,
-                                         sampling=sampling, tau=0.25, seed=0)
-    result = train_reward_model(RMConfig(model=mc, epochs=3, batch_size=32, lr=1e-3), tok, pairs,
-                                init_params_from=sft.params, model_config=mc)
+@pytest.mark.xdist_group("reviews_models")  # one worker trains the shared fixture
+def test_reward_model_reaches_bayes_ceiling_and_ranks_like_gold(reviews_models):
+    m = reviews_models  # SFT (600 steps), 3000 pairs labelled at tau 0.25, 3 epochs: see conftest.py
+    tok, result, pairs = m.tokenizer, m.rm, m.pairs
     heldout_bayes = bayes_accuracy([pairs[i]["label_prob"] for i in result.heldout_index])
     accuracy = result.history[-1]["heldout_accuracy"]
-    print(f"held-out accuracy {accuracy:.3f}, Bayes ceiling {bayes:.3f} (held-out pairs {heldout_bayes:.3f})")
+    print(f"held-out accuracy {accuracy:.3f}, Bayes ceiling {m.bayes:.3f} (held-out pairs {heldout_bayes:.3f})")
     assert accuracy >= heldout_bayes - 0.05
+    lm = TransformerLM(m.config)
     fresh = reviews.prompts(256, seed=7)
-    texts, ended, _ = sample_responses(lm, sft.params, tok, fresh, sampling, jax.random.PRNGKey(5))
+    texts, ended, _ = sample_responses(lm, m.sft_params, tok, fresh, SamplingConfig(max_new_tokens=40),
+                                       jax.random.PRNGKey(5))
     gold = [reviews.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
     scores = RewardScorer(result.model, result.params, tok, norm=result.norm).score(fresh, texts)
     assert rank_correlation(scores, gold) > 0.6

@@ -85,3 +85,42 @@ def test_rm_bad_line_fails_before_training(tmp_path, capsys):
         main(["rm", "--data", str(data), "--out", str(tmp_path / "rm")])
     assert "prefs.jsonl:2: missing field 'rejected'" in capsys.readouterr().err
     assert not (tmp_path / "rm").exists()
+
+
+PIPELINE_TINY = ["--sft.model.num-layers", "1", "--sft.model.d-model", "32", "--sft.model.num-heads", "2",
+                 "--sft.steps", "20", "--sft.warmup-steps", "2", "--sft.batch-size", "16", "--sft-examples", "128",
+                 "--num-pairs", "64", "--rm.epochs", "1", "--rm.batch-size", "16", "--ppo.iterations", "2",
+                 "--ppo.batch-size", "8", "--ppo.minibatches", "2", "--ppo.epochs", "1", "--eval-prompts", "8",
+                 "--best-of-n", "1", "2", "--no-progress"]
+
+
+def test_pipeline_writes_every_stage_and_the_summary(tmp_path, capsys):
+    run = tmp_path / "pipe"
+    main(["pipeline", "--task", "reviews", "--out", str(run), *PIPELINE_TINY])
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("gold_reward_sft", "gold_reward_final", "proxy_reward_final", "kl_final", "rm_heldout_accuracy",
+                "bayes_accuracy"):
+        assert np.isfinite(summary[key]), key
+    assert set(summary["wall_s"]) >= {"sft", "pairs", "reward_model", "evaluation", "best_of_n", "ppo_proxy",
+                                      "ppo_gold"}
+    assert [r["n"] for r in summary["best_of_n"]] == [1, 2] and summary["best_of_n"][0]["kl"] == 0.0
+    for name in ("sft/checkpoint/model.json", "rm/checkpoint/extra.json", "rm/pairs.jsonl", "samples_sft.json",
+                 "ppo_proxy/checkpoint/model.json", "ppo_proxy/samples.json", "ppo_gold/metrics.json",
+                 "best_of_n/curve.json", "gold_vs_sqrt_kl.png", "proxy_vs_sqrt_kl.png"):
+        assert (run / name).exists(), name
+    history = json.loads((run / "ppo_proxy" / "metrics.json").read_text())
+    assert len(history) == 2
+    for key in ("gold_reward", "proxy_reward", "kl", "kl_exact", "entropy", "clip_fraction", "approx_kl",
+                "explained_variance", "eos_rate", "response_length", "time_sample", "time_score", "time_update"):
+        assert key in history[-1], key
+    assert "run folder:" in capsys.readouterr().out
+
+
+def test_pipeline_bad_config_fails_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--out", str(tmp_path / "pipe"), "--modes", "proxy", "ppo"])
+    assert "modes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--out", str(tmp_path / "pipe"), "--ppo.minibatches", "5"])
+    assert "minibatches: 5 does not divide batch_size 64" in capsys.readouterr().err
+    assert not (tmp_path / "pipe").exists()

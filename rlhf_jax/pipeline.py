@@ -1,0 +1,263 @@
+"""SFT -> preference pairs -> reward model -> PPO on a built-in task, into one run folder.
+
+Stages (each writes its checkpoint and metrics under the run folder, and its wall time
+to ``summary.json``):
+
+1. ``sft/``: supervised fine-tuning on the task's corpus;
+2. ``rm/``: response pairs sampled from the SFT policy, labelled by Bradley-Terry sampling
+   on the gold reward (``pairs.jsonl``), and the reward model trained on them;
+3. ``best_of_n/``: n samples per evaluation prompt from the SFT policy, the proxy's pick
+   (the baseline curve, KL ``log n - (n - 1) / n``);
+4. ``ppo_proxy/`` and ``ppo_gold/``: RLHF-PPO from the SFT policy against the reward
+   model, and against the gold reward (the upper bound), with per-iteration metrics and
+   samples before and after;
+5. ``gold_vs_sqrt_kl.png`` and ``proxy_vs_sqrt_kl.png``: reward against sqrt(KL to the
+   SFT policy) for every mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from ppo_jax.outputs import plot_lines, write_json
+from rlhf_jax import checkpoint as ckpt
+from rlhf_jax.best_of_n import best_of_n_curve
+from rlhf_jax.data import padded_chunks, write_preferences
+from rlhf_jax.ppo_trainer import (
+    PromptSource,
+    RLHFConfig,
+    decode_responses,
+    evaluate_policy,
+    init_state,
+    make_programs,
+    train_rlhf,
+)
+from rlhf_jax.preferences import make_preference_pairs, new_token_room
+from rlhf_jax.progress import progress_bar
+from rlhf_jax.reward_model import RMConfig, train_reward_model
+from rlhf_jax.sampling import SamplingConfig
+from rlhf_jax.sft import SFTConfig, train_sft
+from rlhf_jax.tasks import reviews
+from rlhf_jax.tokenizer import ByteTokenizer
+from rlhf_jax.transformer import TransformerLM
+
+TASKS = {"reviews": reviews}
+MODES = ("proxy", "gold", "best-of-n")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole SFT -> RM -> PPO run on a built-in task."""
+
+    task: str = "reviews"
+    """Built-in offline task (corpus, prompts and gold reward)."""
+    modes: tuple[str, ...] = MODES
+    """What to run after the reward model: 'proxy' (PPO on the reward model), 'gold' (PPO on
+    the gold reward, the upper bound), 'best-of-n' (the SFT baseline curve)."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning (its model is the policy, reference, reward-model and critic shape)."""
+    sft_examples: int = 4096
+    """Examples drawn from the task's corpus for SFT."""
+    num_pairs: int = 3000
+    """Preference pairs sampled from the SFT policy and labelled."""
+    tau: float = 0.25
+    """Labeller temperature: P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / tau)."""
+    flip_prob: float = 0.0
+    """Probability that a label is flipped."""
+    rm: RMConfig = field(default_factory=RMConfig)
+    """Reward-model training (its model field is ignored: the reward model starts from SFT)."""
+    ppo: RLHFConfig = field(default_factory=RLHFConfig)
+    """RLHF-PPO (the same settings for the proxy and the gold run)."""
+    best_of_n: tuple[int, ...] = (1, 2, 4, 8, 16)
+    """Values of n for the best-of-n curve."""
+    eval_prompts: int = 256
+    """Held-out prompts for the before/after evaluations and best-of-n."""
+    seed: int = 0
+    """Seed of the prompt sets and of each stage (added to the stages' own seeds)."""
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task: unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes: each must be one of {', '.join(MODES)}, got {list(self.modes)}")
+        for name in ("sft_examples", "num_pairs", "eval_prompts"):
+            if getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be at least 2, got {getattr(self, name)}")
+        if not self.best_of_n or min(self.best_of_n) < 1:
+            raise ValueError(f"best_of_n: must be positive integers, got {list(self.best_of_n)}")
+        self.sft.validate()
+        self.rm.validate()
+        self.ppo.validate()
+        if self.rm.max_length > self.sft.model.max_len:
+            raise ValueError(f"rm.max_length: {self.rm.max_length} exceeds sft.model.max_len {self.sft.model.max_len}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _stage_seed(config, seed: int):
+    return dataclasses.replace(config, seed=config.seed + seed)
+
+
+def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict:
+    """Runs every stage into ``run_dir`` (created) and returns the summary (also ``summary.json``)."""
+    config.validate()
+    task = TASKS[config.task]
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").exists():
+        raise FileExistsError(f"out: {run_dir} already holds a pipeline run (summary.json); choose a new folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config.to_dict())
+    tok = ByteTokenizer()
+    wall: dict[str, float] = {}
+    summary: dict = {"task": config.task, "run_dir": str(run_dir), "device": str(jax.devices()[0].platform),
+                     "wall_s": wall}
+    gold_fn = lambda prompt, response, ended: task.gold_reward(response, ended)  # noqa: E731
+
+    # 1. SFT
+    t0 = time.perf_counter()
+    sft_config = _stage_seed(config.sft, config.seed)
+    prompts, responses = task.sft_corpus(config.sft_examples, seed=sft_config.seed)
+    bar = progress_bar("sft", not show_progress)
+    with bar:
+        job = bar.add_task("sft", total=sft_config.steps, loss="-")
+        sft = train_sft(sft_config, tok, prompts, responses,
+                        progress=lambda s, l: bar.update(job, completed=s + 1, loss=f"{l:.3f}"))
+    lm = TransformerLM(sft_config.model)
+    ckpt.save(run_dir / "sft" / "checkpoint", sft.params, lm, tok)
+    write_json(run_dir / "sft" / "metrics.json", {"train_loss": sft.train_loss, "eval_step": sft.eval_steps,
+                                                  "eval_loss": sft.eval_loss})
+    wall["sft"] = time.perf_counter() - t0
+    summary["sft_heldout_loss"] = sft.eval_loss[-1] if sft.eval_loss else float("nan")
+    log(f"sft: held-out loss {summary['sft_heldout_loss']:.3f} nats/token ({wall['sft']:.0f} s)")
+
+    # 2. Preference pairs and the reward model
+    t0 = time.perf_counter()
+    pair_prompts = task.prompts(config.num_pairs, seed=config.seed + 1)
+    sampling = SamplingConfig(max_new_tokens=new_token_room(tok, pair_prompts, lm.config.max_len,
+                                                            config.ppo.max_new_tokens))
+    pairs, bayes = make_preference_pairs(lm, sft.params, tok, pair_prompts, task.gold_reward, sampling=sampling,
+                                         tau=config.tau, flip_prob=config.flip_prob, seed=config.seed)
+    write_preferences(run_dir / "rm" / "pairs.jsonl", pairs)
+    wall["pairs"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rm_config = _stage_seed(config.rm, config.seed)
+    bar = progress_bar("reward model", not show_progress)
+    with bar:
+        job = bar.add_task("rm", total=None, loss="-")
+        rm = train_reward_model(rm_config, tok, pairs, init_params_from=sft.params, model_config=lm.config,
+                                progress=lambda s, n, l: bar.update(job, completed=s, total=n, loss=f"{l:.3f}"))
+    ckpt.save(run_dir / "rm" / "checkpoint", rm.params, rm.model, tok,
+              extra={"reward_norm": rm.norm, "max_length": rm_config.max_length})
+    write_json(run_dir / "rm" / "metrics.json", rm.history)
+    wall["reward_model"] = time.perf_counter() - t0
+    summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=bayes)
+    log(f"reward model: held-out accuracy {summary['rm_heldout_accuracy']:.3f} (Bayes ceiling {bayes:.3f}; "
+        f"{wall['pairs'] + wall['reward_model']:.0f} s)")
+
+    # 3. Evaluation of the SFT policy, and best-of-n from it
+    ppo_config = _stage_seed(config.ppo, config.seed)
+    eval_prompts = task.prompts(config.eval_prompts, seed=config.seed + 3)
+    source = PromptSource(tok, task.prompts(1024, seed=config.seed + 2), also=eval_prompts)
+    width = source.width
+    max_new = min(ppo_config.max_new_tokens, lm.config.max_len - width)
+    if max_new <= 0:
+        raise ValueError(f"sft.model.max_len: {lm.config.max_len} leaves no room for a response after "
+                         f"{width}-token prompts")
+    programs = make_programs(ppo_config, lm.config, rm.model, prompt_len=width, max_new_tokens=max_new,
+                             eos_id=tok.eos_id, pad_id=tok.pad_id)
+    evaluate = lambda params, key: evaluate_policy(  # noqa: E731
+        programs, params, ref_params=sft.params, tokenizer=tok, prompts=source, eval_prompts=eval_prompts, key=key,
+        batch_size=ppo_config.batch_size, rm_params=rm.params, rm_norm=rm.norm, gold_reward=gold_fn)
+    t0 = time.perf_counter()
+    eval_key = jax.random.PRNGKey(config.seed + 4)
+    before = evaluate(sft.params, eval_key)
+    write_json(run_dir / "samples_sft.json", before.pop("samples"))
+    wall["evaluation"] = time.perf_counter() - t0
+    summary.update(gold_reward_sft=before["gold_reward"], proxy_reward_sft=before["proxy_reward"],
+                   eos_rate_sft=before["eos_rate"])
+    log(f"sft policy: gold reward {before['gold_reward']:.3f}, proxy {before['proxy_reward']:.3f}")
+
+    curves_gold, curves_proxy = {}, {}
+    if "best-of-n" in config.modes:
+        t0 = time.perf_counter()
+        rows = _best_of_n(programs, sft.params, tok, source, eval_prompts, config.best_of_n, rm, gold_fn,
+                          ppo_config.batch_size, jax.random.PRNGKey(config.seed + 5))
+        write_json(run_dir / "best_of_n" / "curve.json", rows)
+        wall["best_of_n"] = time.perf_counter() - t0
+        summary["best_of_n"] = rows
+        curves_gold["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["gold_reward"] for r in rows])
+        curves_proxy["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["proxy_reward"] for r in rows])
+        log("best-of-n: " + ", ".join(f"n={r['n']} gold {r['gold_reward']:.3f}" for r in rows))
+
+    # 4. PPO against the proxy and/or the gold reward
+    for mode in ("proxy", "gold"):
+        if mode not in config.modes:
+            continue
+        t0 = time.perf_counter()
+        state = init_state(ppo_config, programs, sft.params, rm.params)
+        bar = progress_bar(f"ppo ({mode})", not show_progress,
+                           "gold {task.fields[gold]} proxy {task.fields[proxy]} kl {task.fields[kl]}")
+        with bar:
+            job = bar.add_task("ppo", total=ppo_config.iterations, gold="-", proxy="-", kl="-")
+            result = train_rlhf(ppo_config, programs, state, ref_params=sft.params, tokenizer=tok, prompts=source,
+                                rm_params=rm.params, rm_norm=rm.norm, reward=mode, gold_reward=gold_fn,
+                                progress=lambda i, r: bar.update(job, completed=i + 1, gold=f"{r['gold_reward']:.3f}",
+                                                                 proxy=f"{r['proxy_reward']:.3f}",
+                                                                 kl=f"{r['kl_exact']:.2f}"))
+        after = evaluate(result.state.policy_params, eval_key)
+        folder = run_dir / f"ppo_{mode}"
+        write_json(folder / "samples.json", after.pop("samples"))
+        write_json(folder / "metrics.json", result.history)
+        write_json(folder / "final.json", after)
+        ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, tok)
+        wall[f"ppo_{mode}"] = time.perf_counter() - t0
+        summary[f"ppo_{mode}"] = {**after, "iterations": ppo_config.iterations,
+                                  "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in result.history[1:]]
+                                                                    or [result.history[0][f"time_{p}"]]))
+                                                   for p in ("sample", "score", "update")}}
+        sqrt_kl = [math.sqrt(max(h["kl_exact"], 0.0)) for h in result.history]
+        curves_gold[f"PPO on {mode} reward"] = (sqrt_kl, [h["gold_reward"] for h in result.history])
+        curves_proxy[f"PPO on {mode} reward"] = (sqrt_kl, [h["proxy_reward"] for h in result.history])
+        log(f"ppo ({mode}): gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
+            f"KL {after['kl']:.2f} nats/sequence ({wall[f'ppo_{mode}']:.0f} s)")
+    final = summary.get("ppo_proxy") or summary.get("ppo_gold")
+    if final is not None:
+        summary.update(gold_reward_final=final["gold_reward"], proxy_reward_final=final["proxy_reward"],
+                       kl_final=final["kl"])
+    for name, curves, label in (("gold_vs_sqrt_kl.png", curves_gold, "gold reward"),
+                                ("proxy_vs_sqrt_kl.png", curves_proxy, "proxy reward (normalised)")):
+        if curves:
+            plot_lines(run_dir / name, curves, xlabel="sqrt(KL to the SFT policy), sqrt(nats per sequence)",
+                       ylabel=label, title=f"{config.task}: {label} against KL")
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _best_of_n(programs, sft_params, tok, source: PromptSource, eval_prompts, ns, rm, gold_fn, batch_size,
+               key) -> list[dict]:
+    """Samples max(ns) responses per evaluation prompt from the SFT policy and scores them."""
+    n_max = max(ns)
+    proxy = np.zeros((len(eval_prompts), n_max))
+    gold = np.zeros((len(eval_prompts), n_max))
+    for j in range(n_max):
+        for i, (chunk, real) in enumerate(padded_chunks(eval_prompts, batch_size)):
+            start = i * batch_size
+            ids, mask = source.encode(chunk)
+            key, k = jax.random.split(key)
+            gen = programs.generate(sft_params, ids, mask, k)
+            proxy[start:start + real, j] = np.asarray(programs.score(rm.params, gen, rm.norm["mean"],
+                                                                     rm.norm["std"]))[:real]
+            texts, ended = decode_responses(tok, gen)
+            gold[start:start + real, j] = [gold_fn(p, y, bool(e)) for p, y, e in zip(chunk, texts, ended)][:real]
+    return best_of_n_curve(proxy, gold, ns)

@@ -1,0 +1,378 @@
+"""The RLHF-PPO loop (notes section 10.7, SPEC section 6): sample, score, learn, repeat.
+
+One iteration:
+
+1. **sample** responses from the policy for a batch of left-padded prompts (full, tempered
+   distribution: no top-k/top-p, so the sampler and the scorer agree, PITFALLS RM 9);
+2. **score** each (prompt, response) with the frozen reward model at its last real token,
+   normalised, minus ``no_eos_penalty`` for a response that never emitted EOS
+   (PITFALLS RM 6); or with the task's gold reward (``reward="gold"``, the upper bound);
+3. **learn** (one jitted program): tempered log-probs of the response tokens under the
+   policy and the frozen reference (shifted by one, PITFALLS RM 1, 8), values, eq. (54)
+   per-token rewards, token-level GAE through ``ppo_jax.gae`` with masked whitening,
+   ``epochs x minibatches`` of the clipped PPO update through ``ppo_jax.losses``, and the
+   adaptive KL controller's new coefficient.
+
+The values come from a separate critic initialised from the reward model
+(``value_model="critic"``, PITFALLS RM 16) or from a zero-initialised scalar head on the
+policy (``value_model="policy-head"``). Adam's eps is optax's PyTorch-style 1e-8 outside
+the square root (PITFALLS RM 17). KL numbers are nats summed over a response (per
+sequence), averaged over sequences (PITFALLS RM 13).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from ppo_jax import losses
+from rlhf_jax.data import padded_chunks
+from rlhf_jax.ppo import (
+    TokenBatch,
+    adaptive_kl_beta,
+    exact_kl,
+    make_ppo_update,
+    per_token_rewards,
+    token_advantages,
+    whiten,
+)
+from rlhf_jax.reward_model import pool_last
+from rlhf_jax.sampling import Generation, SamplingConfig, make_generate
+from rlhf_jax.tokenizer import Tokenizer
+from rlhf_jax.transformer import TransformerLM, token_log_probs
+
+VALUE_MODELS = ("critic", "policy-head")
+REWARDS = ("proxy", "gold")
+
+
+@dataclass(frozen=True)
+class RLHFConfig:
+    """RLHF-PPO settings (shapes and switches are static; everything compiles once)."""
+
+    iterations: int = 60
+    """Sample-score-learn iterations."""
+    batch_size: int = 64
+    """Prompts (one response each) per iteration."""
+    max_new_tokens: int = 40
+    """Response tokens sampled per prompt (at most; fewer if the context is shorter)."""
+    temperature: float = 1.0
+    """Sampling temperature, also applied to the policy's and reference's log-probs."""
+    epochs: int = 4
+    """Passes over each iteration's batch."""
+    minibatches: int = 4
+    """Minibatches per pass (must divide batch_size)."""
+    lr: float = 3e-5
+    """Policy learning rate (Adam, eps 1e-8 PyTorch-style)."""
+    critic_lr: float = 1e-4
+    """Critic learning rate (a separate critic only)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip of each model."""
+    clip_eps: float = 0.2
+    """PPO ratio clip."""
+    value_clip_eps: float = 0.2
+    """Value clip around the old values (0 = unclipped)."""
+    vf_coef: float = 0.5
+    """Value-loss weight with value_model='policy-head'."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    gamma: float = 1.0
+    """Discount over response tokens."""
+    gae_lambda: float = 0.95
+    """GAE lambda over response tokens."""
+    kl_coef: float = 0.05
+    """Initial beta of eq. (54)."""
+    kl_estimator: str = "k1"
+    """Per-token KL in the reward: 'k1' (log pi - log pi_ref) or 'k3'."""
+    adaptive_kl: bool = False
+    """Adapt beta towards target_kl (Ziegler et al. 2019)."""
+    target_kl: float = 6.0
+    """Target KL in nats per sequence for the adaptive controller."""
+    kl_horizon: float = 10000.0
+    """Horizon (samples) of the adaptive controller."""
+    no_eos_penalty: float = 1.0
+    """Subtracted from the reward-model score of a response without EOS (0 = off)."""
+    value_model: str = "critic"
+    """'critic' (separate model initialised from the reward model) or 'policy-head'."""
+    whiten_advantages: bool = True
+    """Masked whitening of the advantages over each iteration's response tokens."""
+    seed: int = 0
+    """Seed for prompts, sampling and minibatch order."""
+
+    def validate(self) -> None:
+        for name in ("iterations", "batch_size", "max_new_tokens", "epochs", "minibatches"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size % self.minibatches:
+            raise ValueError(f"minibatches: {self.minibatches} does not divide batch_size {self.batch_size}")
+        for name in ("temperature", "lr", "critic_lr", "max_grad_norm", "clip_eps", "target_kl", "kl_horizon"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        for name in ("value_clip_eps", "vf_coef", "ent_coef", "kl_coef", "no_eos_penalty"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma: must be in [0, 1], got {self.gamma}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda: must be in [0, 1], got {self.gae_lambda}")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator: must be 'k1' or 'k3', got {self.kl_estimator!r}")
+        if self.value_model not in VALUE_MODELS:
+            raise ValueError(f"value_model: must be one of {', '.join(VALUE_MODELS)}, got {self.value_model!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@struct.dataclass
+class RLHFState:
+    """What changes over training: both models' parameters and optimiser states, and beta."""
+
+    policy_params: Any
+    critic_params: Any
+    policy_opt: Any
+    critic_opt: Any
+    kl_coef: jax.Array
+
+
+class RLHFPrograms(NamedTuple):
+    """The compiled pieces of an iteration (see the module docstring).
+
+    ``generate(policy_params, prompt_ids, prompt_mask, key) -> Generation``;
+    ``score(rm_params, gen, norm_mean, norm_std) -> [B]``;
+    ``learn(state, ref_params, gen, score, key) -> (state, metrics)``;
+    ``iteration(state, ref_params, rm_params, norm_mean, norm_std, prompt_ids, prompt_mask, key)
+    -> (state, gen, metrics)``, all of it in one program against the reward model (vmap it
+    over ``state`` and ``key`` to run seeds side by side);
+    ``kl(policy_params, ref_params, gen) -> [B]`` exact KL summed over each response.
+    """
+
+    generate: Callable
+    score: Callable
+    learn: Callable
+    iteration: Callable
+    kl: Callable
+    policy: TransformerLM
+    critic: TransformerLM | None
+    policy_tx: optax.GradientTransformation
+    critic_tx: optax.GradientTransformation
+
+
+def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | None, *, prompt_len: int,
+                  max_new_tokens: int, eos_id: int, pad_id: int) -> RLHFPrograms:
+    """Builds the jitted pieces for prompts of ``prompt_len`` tokens and ``max_new_tokens`` responses."""
+    config.validate()
+    shared = config.value_model == "policy-head"
+    policy = TransformerLM(policy_config, lm_head=True, scalar_head=shared)
+    reference = TransformerLM(policy_config)
+    critic = None if shared else rm_model
+    if critic is None and not shared:
+        raise ValueError("value_model: 'critic' is initialised from the reward model; give one or use 'policy-head'")
+    p, t = prompt_len, config.temperature
+    policy_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-8))
+    critic_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.critic_lr, eps=1e-8))
+    update = make_ppo_update(policy, critic, policy_tx, critic_tx, prompt_len=p, epochs=config.epochs,
+                             minibatches=config.minibatches, temperature=t)
+    generate = make_generate(policy, SamplingConfig(max_new_tokens=max_new_tokens, temperature=t),
+                             eos_id=eos_id, pad_id=pad_id)
+
+    def score(rm_params, gen: Generation, norm_mean, norm_std):
+        raw = pool_last(rm_model.apply({"params": rm_params}, gen.sequences, gen.attention_mask).scalar,
+                        gen.attention_mask)
+        return (raw - norm_mean) / norm_std - config.no_eos_penalty * (1.0 - _ended(gen, eos_id))
+
+    def kl(policy_params, ref_params, gen: Generation):
+        logits = policy.apply({"params": policy_params}, gen.sequences, gen.attention_mask).logits[:, p - 1:-1]
+        ref = reference.apply({"params": ref_params}, gen.sequences, gen.attention_mask).logits[:, p - 1:-1]
+        return (exact_kl(logits, ref, t) * gen.response_mask).sum(axis=1)
+
+    def learn(state: RLHFState, ref_params, gen: Generation, score, key):
+        seq, am, mask = gen.sequences, gen.attention_mask, gen.response_mask
+        maskf = mask.astype(jnp.float32)
+        tokens = seq[:, p:]
+        out = policy.apply({"params": state.policy_params}, seq, am)
+        logits = out.logits[:, p - 1:-1]
+        ref_logits = reference.apply({"params": ref_params}, seq, am).logits[:, p - 1:-1]
+        logp = token_log_probs(logits, tokens, t)
+        ref_logp = token_log_probs(ref_logits, tokens, t)
+        scalar = out.scalar if shared else critic.apply({"params": state.critic_params}, seq, am).scalar
+        values = scalar[:, p - 1:-1] * maskf
+        rewards, kl_tok = per_token_rewards(score, logp, ref_logp, mask, state.kl_coef, config.kl_estimator)
+        adv, returns = token_advantages(rewards, values, mask, config.gamma, config.gae_lambda)
+        if config.whiten_advantages:
+            adv = whiten(adv, mask)
+        batch = TokenBatch(seq, am, mask, logp, values, adv, returns)
+        pp, cp, po, co, m = update(state.policy_params, state.critic_params, state.policy_opt, state.critic_opt,
+                                   batch, key, config.clip_eps, config.value_clip_eps, config.ent_coef,
+                                   config.vf_coef)
+        kl_seq = kl_tok.sum(axis=1).mean()
+        kl_coef = state.kl_coef
+        if config.adaptive_kl:
+            kl_coef = adaptive_kl_beta(kl_coef, kl_seq, config.target_kl, config.kl_horizon, seq.shape[0])
+        logp_all = jax.nn.log_softmax(logits / t, axis=-1)
+        entropy = -(jnp.exp(logp_all) * logp_all).sum(-1)
+        metrics = {
+            "score": score.mean(), "kl": kl_seq,
+            "kl_exact": (exact_kl(logits, ref_logits, t) * maskf).sum(axis=1).mean(),
+            "non_score_reward": (-state.kl_coef * kl_tok).sum(axis=1).mean(),
+            "kl_coef": state.kl_coef, "entropy": losses.masked_mean(entropy, mask),
+            "explained_variance": losses.explained_variance(values, returns, mask),
+            "eos_rate": _ended(gen, eos_id).mean(), "response_length": maskf.sum(axis=1).mean(),
+            "value_mean": losses.masked_mean(values, mask), **m,
+        }
+        return RLHFState(pp, cp, po, co, kl_coef), metrics
+
+    def iteration(state, ref_params, rm_params, norm_mean, norm_std, prompt_ids, prompt_mask, key):
+        k_sample, k_learn = jax.random.split(key)
+        gen = generate(state.policy_params, prompt_ids, prompt_mask, k_sample)
+        new_state, metrics = learn(state, ref_params, gen, score(rm_params, gen, norm_mean, norm_std), k_learn)
+        return new_state, gen, metrics
+
+    return RLHFPrograms(generate, jax.jit(score), jax.jit(learn), jax.jit(iteration), jax.jit(kl), policy, critic,
+                        policy_tx, critic_tx)
+
+
+def _ended(gen: Generation, eos_id: int) -> jax.Array:
+    """1.0 where the response emitted EOS."""
+    return ((gen.response == eos_id) & (gen.response_mask == 1)).any(axis=1).astype(jnp.float32)
+
+
+def init_state(config: RLHFConfig, programs: RLHFPrograms, sft_params, rm_params=None) -> RLHFState:
+    """The policy starts at the SFT parameters; the critic at the reward model's
+    (or, with a policy head, a zero-initialised head: its first values are 0)."""
+    policy_params = dict(sft_params)
+    if config.value_model == "policy-head":
+        d = programs.policy.config.d_model
+        policy_params["scalar_head"] = {"kernel": jnp.zeros((d, 1)), "bias": jnp.zeros((1,))}
+        critic_params = {}
+    else:
+        critic_params = rm_params
+    policy_params = jax.tree.map(jnp.asarray, policy_params)
+    critic_params = jax.tree.map(jnp.asarray, critic_params)
+    return RLHFState(policy_params, critic_params, programs.policy_tx.init(policy_params),
+                     programs.critic_tx.init(critic_params), jnp.asarray(config.kl_coef, jnp.float32))
+
+
+@dataclass
+class RLHFResult:
+    state: RLHFState
+    history: list[dict]
+    wall_s: float
+
+
+class PromptSource:
+    """Fixed-shape prompt batches drawn from a pool: left-padded to ``width`` tokens, BOS first.
+
+    ``width`` is the pool's longest prompt, or ``also``'s (prompts encoded later, e.g. for
+    evaluation) if longer: one compiled program serves both.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, pool: Sequence[str], also: Sequence[str] = ()):
+        if not pool:
+            raise ValueError("prompts: the prompt pool is empty")
+        self.tokenizer, self.pool = tokenizer, list(pool)
+        self.width = max(len(tokenizer.encode(p)) + 1 for p in [*self.pool, *also])
+
+    def encode(self, prompts: Sequence[str]):
+        batch = self.tokenizer.encode_batch(list(prompts), padding_side="left", add_bos=True, max_length=self.width)
+        return batch.input_ids, batch.attention_mask
+
+    def draw(self, rng: np.random.Generator, n: int) -> list[str]:
+        return [self.pool[i] for i in rng.integers(len(self.pool), size=n)]
+
+
+def decode_responses(tokenizer: Tokenizer, gen: Generation) -> tuple[list[str], np.ndarray]:
+    """Response texts (cut at EOS) and whether each ended with EOS."""
+    response, mask = np.asarray(gen.response), np.asarray(gen.response_mask)
+    return tokenizer.decode_batch(response, mask), ((response == tokenizer.eos_id) & (mask == 1)).any(axis=1)
+
+
+def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, ref_params, tokenizer: Tokenizer,
+               prompts: PromptSource, rm_params=None, rm_norm: dict | None = None, reward: str = "proxy",
+               gold_reward: Callable[[str, str, bool], float] | None = None,
+               progress: Callable[[int, dict], None] | None = None) -> RLHFResult:
+    """Runs ``config.iterations`` iterations from ``state``; returns the final state and per-iteration metrics.
+
+    ``reward="proxy"`` optimises the reward model's score; ``"gold"`` optimises
+    ``gold_reward(prompt, response, ended_with_eos)`` computed on the host. Whenever both are
+    available both are recorded (``proxy_reward``, ``gold_reward``), with the wall time of
+    each phase (``time_sample``, ``time_score``, ``time_update``, seconds).
+    """
+    if reward not in REWARDS:
+        raise ValueError(f"reward: must be one of {', '.join(REWARDS)}, got {reward!r}")
+    if reward == "proxy" and rm_params is None:
+        raise ValueError("reward: 'proxy' needs a reward model")
+    if reward == "gold" and gold_reward is None:
+        raise ValueError("reward: 'gold' needs the task's gold reward")
+    norm = rm_norm or {"mean": 0.0, "std": 1.0}
+    rng = np.random.default_rng(config.seed)
+    key = jax.random.PRNGKey(config.seed)
+    history = []
+    t_start = time.perf_counter()
+    for it in range(config.iterations):
+        key, k_sample, k_learn = jax.random.split(key, 3)
+        batch_prompts = prompts.draw(rng, config.batch_size)
+        ids, mask = prompts.encode(batch_prompts)
+        t0 = time.perf_counter()
+        gen = jax.block_until_ready(programs.generate(state.policy_params, ids, mask, k_sample))
+        t1 = time.perf_counter()
+        row: dict = {"iteration": it}
+        proxy = gold = None
+        if rm_params is not None:
+            proxy = programs.score(rm_params, gen, norm["mean"], norm["std"])
+            row["proxy_reward"] = float(jnp.mean(proxy))
+        if gold_reward is not None:
+            texts, ended = decode_responses(tokenizer, gen)
+            gold = np.asarray([gold_reward(p, y, bool(e)) for p, y, e in zip(batch_prompts, texts, ended)], np.float32)
+            row["gold_reward"] = float(gold.mean())
+        score = proxy if reward == "proxy" else jnp.asarray(gold)
+        t2 = time.perf_counter()
+        state, metrics = programs.learn(state, ref_params, gen, score, k_learn)
+        metrics = jax.device_get(metrics)
+        t3 = time.perf_counter()
+        row.update({k: float(v) for k, v in metrics.items()})
+        row.update(time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
+        for name in ("kl", "kl_exact", "policy_loss", "value_loss"):
+            if not np.isfinite(row[name]):
+                raise FloatingPointError(f"iteration {it}: {name} is {row[name]} (lower lr or raise kl_coef)")
+        history.append(row)
+        if progress is not None:
+            progress(it, row)
+    return RLHFResult(state, history, time.perf_counter() - t_start)
+
+
+def evaluate_policy(programs: RLHFPrograms, policy_params, *, ref_params, tokenizer: Tokenizer, prompts: PromptSource,
+                    eval_prompts: Sequence[str], key: jax.Array, batch_size: int, rm_params=None,
+                    rm_norm: dict | None = None, gold_reward: Callable | None = None) -> dict:
+    """Mean gold and proxy reward, exact KL to the reference (nats per sequence), EOS rate and
+    length over ``eval_prompts`` (one sample each, in fixed-size batches), plus the samples."""
+    norm = rm_norm or {"mean": 0.0, "std": 1.0}
+    golds, proxies, kls, ends, lengths, samples = [], [], [], [], [], []
+    for chunk, real in padded_chunks(eval_prompts, batch_size):
+        ids, mask = prompts.encode(chunk)
+        key, k = jax.random.split(key)
+        gen = programs.generate(policy_params, ids, mask, k)
+        kls.append(np.asarray(programs.kl(policy_params, ref_params, gen))[:real])
+        texts, ended = decode_responses(tokenizer, gen)
+        ends.append(ended[:real])
+        lengths.append(np.asarray(gen.response_mask).sum(axis=1)[:real])
+        proxy = (np.asarray(programs.score(rm_params, gen, norm["mean"], norm["std"]))[:real]
+                 if rm_params is not None else np.full(real, np.nan))
+        gold = (np.asarray([gold_reward(p, y, bool(e)) for p, y, e in zip(chunk, texts, ended)])[:real]
+                if gold_reward is not None else np.full(real, np.nan))
+        proxies.append(proxy)
+        golds.append(gold)
+        samples += [{"prompt": p, "response": y, "ended_with_eos": bool(e), "gold_reward": float(g),
+                     "proxy_reward": float(r)} for p, y, e, g, r in zip(chunk, texts, ended, gold, proxy)]
+    kl = np.concatenate(kls)
+    return {"gold_reward": float(np.mean(np.concatenate(golds))), "proxy_reward": float(np.mean(np.concatenate(proxies))),
+            "kl": float(kl.mean()), "sqrt_kl": float(np.sqrt(max(kl.mean(), 0.0))),
+            "eos_rate": float(np.mean(np.concatenate(ends))), "response_length": float(np.mean(np.concatenate(lengths))),
+            "samples": samples}
