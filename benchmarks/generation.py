@@ -15,8 +15,8 @@ import time
 
 import jax
 import numpy as np
-
 from common import write_result
+
 from rlhf_jax.sampling import SamplingConfig, make_generate
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 

@@ -14,8 +14,8 @@ import time
 
 import jax
 import numpy as np
-
 from common import write_result
+
 from ppo_jax import PPOConfig, make_train
 
 

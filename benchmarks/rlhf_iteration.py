@@ -19,8 +19,8 @@ import time
 
 import jax
 import numpy as np
-
 from common import write_result
+
 from rlhf_jax.ppo_trainer import RLHFConfig, init_state, make_programs
 from rlhf_jax.reward_model import reward_model
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params

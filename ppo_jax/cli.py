@@ -11,9 +11,10 @@ from typing import Literal
 
 import numpy as np
 
-USAGE = """usage: ppo-jax {train,eval} [--help] [options]
+USAGE = """usage: ppo-jax {train,study,eval} [--help] [options]
 
-  train   train PPO on a gymnax environment (presets per --env), write a run folder
+  train   train PPO (or --algo a2c|trpo|reinforce|reinforce-baseline) on a gymnax environment, write a run folder
+  study   compare update rules / a hyperparameter grid over vmapped seeds (IQM, bootstrap CIs)
   eval    evaluate a checkpoint: ppo-jax eval --checkpoint DIR
 """
 
@@ -22,10 +23,10 @@ from ppo_jax.config import PPOConfig, preset  # noqa: E402
 
 @dataclass(frozen=True)
 class TrainArgs(PPOConfig):
-    """Train PPO. Defaults come from the preset of --env; every flag overrides its field."""
+    """Train a policy. Defaults come from the preset of --env; every flag overrides its field."""
 
-    algo: Literal["ppo"] = "ppo"
-    """Update rule."""
+    algo: Literal["ppo", "a2c", "trpo", "reinforce", "reinforce-baseline"] = "ppo"
+    """Update rule (the rollout, GAE and networks are shared)."""
     num_seeds: int = 1
     """Seeds run together under vmap, in one compiled program."""
     seed: int = 0
@@ -36,6 +37,30 @@ class TrainArgs(PPOConfig):
     """Deterministic evaluation episodes per seed at the end."""
     no_progress: bool = False
     """Hide the progress bar."""
+
+
+@dataclass(frozen=True)
+class StudyArgs(PPOConfig):
+    """Compare update rules (and/or a grid of traced hyperparameters) on one environment over
+    vmapped seeds, with IQM, bootstrap intervals and probabilities of improvement. Each
+    algorithm starts from its preset for --env; flags given here override every algorithm."""
+
+    algos: tuple[Literal["ppo", "a2c", "trpo", "reinforce", "reinforce-baseline"], ...] = ("ppo", "a2c")
+    """Update rules to compare."""
+    sweep: tuple[str, ...] = ()
+    """Traced hyperparameter grid, e.g. --sweep lr=1e-3,3e-4 ent_coef=0,0.01 (one compile per algorithm)."""
+    num_seeds: int = 8
+    """Seeds per algorithm and grid point."""
+    seed: int = 0
+    """Base random seed."""
+    out: str | None = None
+    """Run folder (created); default: a fresh folder under runs/."""
+    eval_episodes: int = 16
+    """Deterministic evaluation episodes per seed at the end (the final score)."""
+    bootstrap_reps: int = 2000
+    """Bootstrap replicates for the confidence intervals."""
+    no_progress: bool = False
+    """Hide progress messages."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +77,14 @@ class EvalArgs:
     """Evaluation seed."""
 
 
-def _env_from_argv(argv: list[str]) -> str:
+def _flag_from_argv(argv: list[str], flag: str, default: str) -> str:
+    """The value of ``--flag`` in ``argv`` (before tyro parses it: it picks the preset)."""
     for i, arg in enumerate(argv):
-        if arg == "--env" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--env="):
+        if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
-    return PPOConfig.env
+    return default
 
 
 def _config_of(args: TrainArgs) -> PPOConfig:
@@ -74,7 +100,7 @@ def train_main(argv: list[str]) -> dict:
     import tyro
 
     try:
-        base = preset(_env_from_argv(argv))
+        base = preset(_flag_from_argv(argv, "--env", PPOConfig.env), _flag_from_argv(argv, "--algo", "ppo"))
     except ValueError as err:
         _fail(str(err))
     defaults = TrainArgs(**dataclasses.asdict(base))
@@ -89,30 +115,42 @@ def train_main(argv: list[str]) -> dict:
         _fail(str(err))
     try:
         return run_training(config, num_seeds=args.num_seeds, seed=args.seed, out=args.out,
-                            eval_episodes=args.eval_episodes, progress=not args.no_progress, algo=args.algo)
+                            eval_episodes=args.eval_episodes, progress=not args.no_progress)
     except FileExistsError as err:
         _fail(str(err))
 
 
 def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str | None = None,
-                 eval_episodes: int = 16, progress: bool = True, algo: str = "ppo") -> dict:
+                 eval_episodes: int = 16, progress: bool = True) -> dict:
     """Trains ``num_seeds`` seeds in one program and writes the run folder; returns the summary."""
     import jax
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from ppo_jax import checkpoint as ckpt
     from ppo_jax.evaluate import make_evaluate
-    from ppo_jax.outputs import new_run_dir, plot_learning_curve, write_json, write_metrics
+    from ppo_jax.outputs import (
+        new_run_dir,
+        plot_learning_curve,
+        write_json,
+        write_metrics,
+    )
     from ppo_jax.train import make_train
 
+    algo = config.algo
     console = Console(stderr=True)
     if out and (Path(out) / "checkpoint").exists():
         # Refuse before training, not after: a finished run must never fail to save.
         raise FileExistsError(f"out: {out} already holds a run (checkpoint/); choose a new folder")
     run_dir = Path(out) if out else new_run_dir("runs", f"{config.env}-{algo}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {**config.to_dict(), "algo": algo, "num_seeds": num_seeds, "seed": seed})
+    write_json(run_dir / "config.json", {**config.to_dict(), "num_seeds": num_seeds, "seed": seed})
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), console=console, disable=not progress)
@@ -160,6 +198,50 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     return summary
 
 
+def study_main(argv: list[str]) -> dict:
+    import tyro
+
+    from ppo_jax.outputs import new_run_dir
+    from ppo_jax.study import parse_grid, run_study
+
+    env = _flag_from_argv(argv, "--env", PPOConfig.env)
+    try:
+        base = preset(env)
+    except ValueError as err:
+        _fail(str(err))
+    defaults = StudyArgs(**dataclasses.asdict(base))
+    args = tyro.cli(StudyArgs, args=argv, default=defaults, prog="ppo-jax study")
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)
+             if f.name != "algo" and getattr(args, f.name) != getattr(base, f.name)}
+    try:
+        configs = {algo: preset(env, algo).replace(**given) for algo in dict.fromkeys(args.algos)}
+        grid = parse_grid(args.sweep)
+        for name in ("num_seeds", "eval_episodes", "bootstrap_reps"):
+            if getattr(args, name) <= 0:
+                raise ValueError(f"{name}: must be a positive integer, got {getattr(args, name)}")
+        if not configs:
+            raise ValueError("algos: give at least one update rule")
+        for c in configs.values():
+            c.validate()
+        run_dir = Path(args.out) if args.out else new_run_dir("runs", f"study-{env}")
+        if (run_dir / "summary.json").exists():
+            raise FileExistsError(f"out: {run_dir} already holds a study (summary.json); choose a new folder")
+
+        def progress(algo, status):
+            if not args.no_progress:
+                print(f"[{time.strftime('%H:%M:%S')}] {algo}: {status}", file=sys.stderr, flush=True)
+
+        summary = run_study(configs, num_seeds=args.num_seeds, grid=grid, seed=args.seed,
+                            eval_episodes=args.eval_episodes, run_dir=run_dir, progress=progress,
+                            reps=args.bootstrap_reps)
+    except (ValueError, FileExistsError) as err:
+        _fail(str(err))
+    for name, r in summary["results"].items():
+        print(f"{name}: IQM {r['iqm']:.1f} [{r['iqm_ci'][0]:.1f}, {r['iqm_ci'][1]:.1f}] over {args.num_seeds} seeds")
+    print(f"run folder: {run_dir}")
+    return summary
+
+
 def eval_main(argv: list[str]) -> np.ndarray:
     import jax
     import tyro
@@ -198,8 +280,10 @@ def main(argv: list[str] | None = None) -> None:
         train_main(rest)
     elif command == "eval":
         eval_main(rest)
+    elif command == "study":
+        study_main(rest)
     else:
-        _fail(f"unknown command {command!r}; expected train or eval")
+        _fail(f"unknown command {command!r}; expected train, study or eval")
 
 
 if __name__ == "__main__":

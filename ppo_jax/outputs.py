@@ -95,15 +95,24 @@ def plot_learning_curve(path: Path, steps: np.ndarray, returns: np.ndarray, titl
 
 
 def plot_lines(path: Path, series: dict, *, xlabel: str, ylabel: str, title: str) -> None:
-    """One line per ``series[name] = (x, y)``."""
+    """One line per ``series[name] = (x, y)``, with a shaded band for ``(x, y, low, high)``
+    (error bars where there are few points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (x, y) in series.items():
-        ax.plot(np.asarray(x), np.asarray(y, dtype=float), label=name, marker="o" if len(np.asarray(x)) < 30 else None)
+    for name, (x, y, *band) in series.items():
+        x, y = np.asarray(x), np.asarray(y, dtype=float)
+        few = len(x) < 30
+        line = ax.plot(x, y, label=name, marker="o" if few else None)[0]
+        if band:
+            low, high = np.asarray(band[0], dtype=float), np.asarray(band[1], dtype=float)
+            if few:
+                ax.errorbar(x, y, yerr=[y - low, high - y], fmt="none", color=line.get_color(), capsize=4)
+            else:
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

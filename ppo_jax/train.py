@@ -1,4 +1,4 @@
-"""``make_train(config) -> train(key, hparams=None)``: a whole PPO run as one pure function.
+"""``make_train(config) -> train(key, hparams=None)``: a whole training run as one pure function.
 
     train = make_train(PPOConfig(env="CartPole-v1"))
     out = jax.jit(train)(jax.random.PRNGKey(0))              # one seed
@@ -7,7 +7,8 @@
     outs = jax.jit(jax.vmap(train))(keys, hps)                 # ... still one compile
 
 Data flow per update: rollout -> V on the batch -> GAE (form C) -> targets (eq. 31)
--> PPO epochs -> metrics. Metrics leave as arrays with a leading ``num_updates`` axis.
+-> the update rule of ``config.algo`` (PPO epochs, one A2C step, a TRPO step and critic
+regression; REINFORCE uses the Monte-Carlo reward-to-go instead of GAE) -> metrics. Metrics leave as arrays with a leading ``num_updates`` axis.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from flax import struct
 
 from ppo_jax import gae as gae_lib
 from ppo_jax import losses, optim
+from ppo_jax.algorithms.a2c import a2c_update
 from ppo_jax.algorithms.ppo import Batch, ppo_update
+from ppo_jax.algorithms.reinforce import complete_episode_mask, reinforce_update
+from ppo_jax.algorithms.trpo import trpo_update
 from ppo_jax.config import HParams, PPOConfig
 from ppo_jax.envs import EnvSpec, VecEnv, VecEnvState, env_spec
 from ppo_jax.networks import ActorCritic
@@ -92,22 +96,41 @@ def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None)
 
             value_fn = lambda o: network.apply({"params": state.params}, o, method=ActorCritic.value)  # noqa: E731
             values, next_values = value_fn(traj.obs), value_fn(traj.next_obs)
-            advantages = gae_lib.gae(traj.reward, values, next_values, traj.terminated, traj.truncated,
-                                     hp.gamma, hp.gae_lambda)
-            targets = gae_lib.value_targets(advantages, values)  # before normalisation (PITFALLS 3)
-            if config.normalize_advantages and not config.per_minibatch_adv_norm:
-                advantages = losses.normalize_advantages(advantages)
-
             flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
-            batch = Batch(flat(traj.obs), flat(traj.action), flat(traj.log_prob), flat(values),
-                          flat(advantages), flat(targets))
             lr_scale = 1.0 - state.update / num_updates if config.anneal_lr else 1.0
             lrs = optim.group_lrs(hp.lr, hp.critic_lr, config.shared_torso, lr_scale)
-            params, opt_state, metrics = ppo_update(
-                network, tx, state.params, state.opt_state, batch, hp, lrs, k_update,
-                update_epochs=config.update_epochs, num_minibatches=config.num_minibatches,
-                shared_torso=config.shared_torso,
-                per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)
+            if config.algo in ("reinforce", "reinforce-baseline"):
+                # Monte-Carlo reward-to-go of complete episodes (eq. 4): no bootstrap, no GAE.
+                returns = gae_lib.reward_to_go(traj.reward, traj.done, hp.gamma)
+                mask = complete_episode_mask(traj.done)
+                targets = returns
+                params, opt_state, metrics = reinforce_update(
+                    network, tx, state.params, state.opt_state, flat(traj.obs), flat(traj.action), flat(returns),
+                    flat(mask), hp, lrs, k_update, baseline=config.algo == "reinforce-baseline",
+                    epochs=config.update_epochs, minibatches=config.num_minibatches)
+            else:
+                advantages = gae_lib.gae(traj.reward, values, next_values, traj.terminated, traj.truncated,
+                                         hp.gamma, hp.gae_lambda)
+                targets = gae_lib.value_targets(advantages, values)  # before normalisation (PITFALLS 3)
+                batch_norm = config.normalize_advantages and (config.algo != "ppo" or not config.per_minibatch_adv_norm)
+                if batch_norm:
+                    advantages = losses.normalize_advantages(advantages)
+                batch = Batch(flat(traj.obs), flat(traj.action), flat(traj.log_prob), flat(values),
+                              flat(advantages), flat(targets))
+                if config.algo == "a2c":
+                    params, opt_state, metrics = a2c_update(network, tx, state.params, state.opt_state, batch, hp,
+                                                            lrs, shared_torso=config.shared_torso)
+                elif config.algo == "trpo":
+                    params, opt_state, metrics = trpo_update(
+                        network, tx, state.params, state.opt_state, batch, hp, lrs, k_update,
+                        cg_iters=config.cg_iters, backtrack_steps=config.backtrack_steps,
+                        epochs=config.update_epochs, minibatches=config.num_minibatches)
+                else:
+                    params, opt_state, metrics = ppo_update(
+                        network, tx, state.params, state.opt_state, batch, hp, lrs, k_update,
+                        update_epochs=config.update_epochs, num_minibatches=config.num_minibatches,
+                        shared_torso=config.shared_torso,
+                        per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)
 
             ep_return, ep_count = episode_return_stats(traj.episode_return, traj.done)
             ep_length, _ = episode_return_stats(traj.episode_length.astype(jnp.float32), traj.done)

@@ -74,3 +74,28 @@ def test_eval_of_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
         main(["eval", "--checkpoint", str(tmp_path / "nothing")])
     assert exc.value.code == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_study_reports_iqm_intervals_and_improvement(tmp_path):
+    from ppo_jax.stats import iqm
+
+    run = tmp_path / "study"
+    main(["study", "--algos", "a2c", "reinforce", "--num-seeds", "3", "--total-timesteps", "2048",
+          "--sweep", "lr=1e-3,3e-4", "--bootstrap-reps", "100", "--eval-episodes", "2", "--out", str(run),
+          "--no-progress"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["results"]) == {"a2c lr=0.001", "a2c lr=0.0003", "reinforce lr=0.001", "reinforce lr=0.0003"}
+    for r in summary["results"].values():
+        assert len(r["scores"]) == 3
+        np.testing.assert_allclose(r["iqm"], iqm(np.asarray(r["scores"])))
+        assert r["iqm_ci"][0] <= r["iqm"] <= r["iqm_ci"][1]
+    assert len(summary["probability_of_improvement"]) == 4 * 3
+    for name in ("learning_curves.png", "final_iqm.png", "curves.json"):
+        assert (run / name).exists(), name
+
+
+def test_study_rejects_a_static_sweep_before_compiling(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--sweep", "num_envs=4,8", "--out", str(tmp_path / "s")])
+    assert "not a traced field" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

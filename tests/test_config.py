@@ -18,6 +18,10 @@ pytestmark = pytest.mark.timeout(60)
     (dict(num_envs=0), r"num_envs: must be a positive integer"),
     (dict(target_kl=-0.1), r"target_kl: must be a finite number >= 0"),
     (dict(activation="swish"), r"activation: must be one of"),
+    (dict(algo="sac"), r"algo: must be one of ppo, a2c, trpo, reinforce, reinforce-baseline"),
+    (dict(algo="trpo", shared_torso=True), r"shared_torso: trpo steps the policy and the critic separately"),
+    (dict(algo="trpo", trpo_delta=0.0), r"trpo_delta: must be a positive"),
+    (dict(cg_iters=0), r"cg_iters: must be a positive integer"),
 ])
 def test_bad_config_names_the_field(changes, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -34,6 +38,9 @@ def test_presets_are_valid():
                  "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar"]:
         assert name in preset_names()
         preset(name).validate()
+    for algo in ("ppo", "a2c", "trpo", "reinforce", "reinforce-baseline"):
+        assert preset("CartPole-v1", algo).validate().algo == algo
+    assert preset("CartPole-v1", "a2c").num_envs == 8
 
 
 def test_stack_hparams_refuses_static_differences():

@@ -147,8 +147,15 @@ def test_categorical_entropy_and_mode():
 
 def test_masked_means_ignore_masked_entries():
     """With a mask, every loss term equals the unmasked term on the kept entries alone."""
-    from ppo_jax.losses import (approx_kl_k1, approx_kl_k3, clip_fraction, clipped_surrogate_loss, entropy_bonus,
-                                masked_mean, value_loss)
+    from ppo_jax.losses import (
+        approx_kl_k1,
+        approx_kl_k3,
+        clip_fraction,
+        clipped_surrogate_loss,
+        entropy_bonus,
+        masked_mean,
+        value_loss,
+    )
 
     key = jax.random.PRNGKey(0)
     ratio = jnp.exp(0.3 * jax.random.normal(key, (3, 5)))

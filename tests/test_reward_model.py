@@ -9,8 +9,17 @@ import pytest
 
 from rlhf_jax.data import load_preferences, write_preferences
 from rlhf_jax.preferences import bayes_accuracy, label_probability, sample_responses
-from rlhf_jax.reward_model import (RewardScorer, bradley_terry_loss, calibration_bins, encode_sequences,
-                                   last_token_index, make_score_fn, pool_last, rank_correlation, reward_model)
+from rlhf_jax.reward_model import (
+    RewardScorer,
+    bradley_terry_loss,
+    calibration_bins,
+    encode_sequences,
+    last_token_index,
+    make_score_fn,
+    pool_last,
+    rank_correlation,
+    reward_model,
+)
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.tasks import reviews
 from rlhf_jax.tokenizer import ByteTokenizer

@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.ppo import adaptive_kl_beta, exact_kl, kl_penalty, per_token_rewards, token_advantages
+from rlhf_jax.ppo import (
+    adaptive_kl_beta,
+    exact_kl,
+    kl_penalty,
+    per_token_rewards,
+    token_advantages,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,7 +117,13 @@ def test_token_gae_matches_numpy_and_is_zero_after_eos(gamma, lam):
 def _iteration_batch():
     import optax
 
-    from rlhf_jax.ppo import TokenBatch, make_ppo_update, response_log_probs, response_values, whiten
+    from rlhf_jax.ppo import (
+        TokenBatch,
+        make_ppo_update,
+        response_log_probs,
+        response_values,
+        whiten,
+    )
     from rlhf_jax.sampling import SamplingConfig, make_generate
     from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 

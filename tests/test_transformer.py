@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.transformer import KVCache, TransformerConfig, TransformerLM, init_params, positions_from_mask
+from rlhf_jax.transformer import (
+    KVCache,
+    TransformerConfig,
+    TransformerLM,
+    init_params,
+    positions_from_mask,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,0 +1,56 @@
+"""REINFORCE (notes eq. 2-4, corollary 4.2): Monte-Carlo policy gradient on complete episodes.
+
+``grad J ~ mean_t grad log pi(a_t|s_t) (G_t - b(s_t))`` with ``G_t`` the discounted
+reward-to-go of eq. (4), summed to the episode's end: no critic in the target and no
+bootstrapping. An episode still running when the rollout ends has no complete ``G_t``, so
+those steps are masked out; the next rollout continues that episode, and its steps there
+form a complete tail once it ends (``G_t`` needs only the rewards from ``t`` on).
+With ``baseline=True`` the state baseline ``b(s) = V(s)`` (corollary 4.2: any function of
+the state leaves the estimator unbiased) is fitted to ``G`` by regression, which lowers the
+estimator's variance (theorem 4.4); without it ``b = 0``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ppo_jax import losses, optim
+from ppo_jax.algorithms.critic import regress_critic
+from ppo_jax.networks import ActorCritic
+
+
+def complete_episode_mask(done: jax.Array) -> jax.Array:
+    """``[T, N]`` mask: 1 where step ``t`` belongs to an episode that ends at some ``t' >= t``
+    within the rollout (its reward-to-go is complete), 0 on the unfinished tail."""
+    ends_later = jnp.flip(jnp.cumsum(jnp.flip(done.astype(jnp.int32), 0), 0), 0)
+    return (ends_later > 0).astype(jnp.float32)
+
+
+def reinforce_update(network, tx, params, opt_state, obs, action, returns, mask, hp, lrs: dict, key, *,
+                     baseline: bool, epochs: int, minibatches: int):
+    """One policy step on ``-mean_mask(log pi(a|s) (G - b(s)))`` (minus the entropy bonus), then,
+    with a baseline, the critic's regression on ``G``. Inputs are flat ``[B, ...]``.
+    Returns ``(params, opt_state, metrics)``."""
+    flat, unflatten = optim.flatten_groups(params, False)
+    values = network.apply({"params": params}, obs, method=ActorCritic.value)
+    weight = returns - values if baseline else returns
+
+    def policy_loss(actor_vec):
+        dist = network.apply({"params": unflatten({"actor": actor_vec, "critic": flat["critic"]})}, obs,
+                             method=ActorCritic.policy)
+        pg = -losses.masked_mean(dist.log_prob(action) * weight, mask)
+        entropy = losses.masked_mean(dist.entropy(), mask)
+        return pg - hp.ent_coef * entropy, (pg, entropy)
+
+    (_, (pg, entropy)), g = jax.value_and_grad(policy_loss, has_aux=True)(flat["actor"])
+    new, new_state = optim.apply_gradients(tx, {"actor": flat["actor"]}, {"actor": opt_state["actor"]},
+                                           {"actor": g}, {"actor": lrs["actor"]})
+    flat, opt_state = {**flat, **new}, {**opt_state, **new_state}
+    metrics = {"policy_loss": pg, "entropy": entropy, "complete_fraction": jnp.mean(mask),
+               "value_loss": jnp.asarray(0.0)}
+    if baseline:
+        flat, opt_state, metrics["value_loss"] = regress_critic(
+            network, tx, flat, unflatten, opt_state, obs, returns, values, mask, hp, lrs["critic"], key,
+            epochs=epochs, minibatches=minibatches)
+    return unflatten(flat), opt_state, metrics
