@@ -202,7 +202,7 @@ def study_main(argv: list[str]) -> dict:
     import tyro
 
     from ppo_jax.outputs import new_run_dir
-    from ppo_jax.study import parse_grid, run_study
+    from ppo_jax.study import grid_points, parse_grid, run_study
 
     env = _flag_from_argv(argv, "--env", PPOConfig.env)
     try:
@@ -227,13 +227,22 @@ def study_main(argv: list[str]) -> dict:
         if (run_dir / "summary.json").exists():
             raise FileExistsError(f"out: {run_dir} already holds a study (summary.json); choose a new folder")
 
-        def progress(algo, status):
-            if not args.no_progress:
-                print(f"[{time.strftime('%H:%M:%S')}] {algo}: {status}", file=sys.stderr, flush=True)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        summary = run_study(configs, num_seeds=args.num_seeds, grid=grid, seed=args.seed,
-                            eval_episodes=args.eval_episodes, run_dir=run_dir, progress=progress,
-                            reps=args.bootstrap_reps)
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), console=Console(stderr=True), disable=args.no_progress)
+        tasks = {a: bar.add_task(f"{a} (compiling)", total=c.num_updates) for a, c in configs.items()}
+
+        def progress(algo, status):
+            if status == "training":
+                bar.update(tasks[algo], description=f"{algo} (seeds x grid: {args.num_seeds} x {len(grid_points(grid))})")
+
+        with bar:
+            summary = run_study(configs, num_seeds=args.num_seeds, grid=grid, seed=args.seed,
+                                eval_episodes=args.eval_episodes, run_dir=run_dir, progress=progress,
+                                on_update=lambda a, u, n: bar.update(tasks[a], completed=u),
+                                reps=args.bootstrap_reps)
     except (ValueError, FileExistsError) as err:
         _fail(str(err))
     for name, r in summary["results"].items():

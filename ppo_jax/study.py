@@ -57,10 +57,12 @@ def point_name(algo: str, point: dict[str, float]) -> str:
 
 def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, list[float]], seed: int,
               eval_episodes: int, run_dir: Path, progress: Callable[[str, str], None] | None = None,
-              reps: int = 2000) -> dict:
+              on_update: Callable[[str, int, int], None] | None = None, reps: int = 2000) -> dict:
     """Runs every algorithm (``configs[algo]``, one environment) x grid point with ``num_seeds``
     seeds; writes ``summary.json``, ``curves.json``, ``learning_curves.png`` and
-    ``final_iqm.png`` into ``run_dir`` and returns the summary."""
+    ``final_iqm.png`` into ``run_dir`` and returns the summary. ``progress(algo, status)`` is
+    called between stages, ``on_update(algo, update, num_updates)`` from inside the compiled
+    run after every update."""
     points = grid_points(grid)
     envs = {c.env for c in configs.values()}
     if len(envs) != 1:
@@ -77,7 +79,10 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
             progress(algo, "training")
         t0 = time.perf_counter()
         hps = stack_hparams([config.replace(**p) for p in points])
-        train = make_train(config)
+        callback = None
+        if on_update is not None:
+            callback = lambda u, a=algo, n=config.num_updates: on_update(a, int(np.max(np.asarray(u))) + 1, n)  # noqa: E731
+        train = make_train(config, progress=callback)
         # [grid, seeds]: the same seeds at every grid point (common random numbers).
         run = jax.jit(jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0)))
         out = jax.block_until_ready(run(keys, hps))
