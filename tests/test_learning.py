@@ -44,10 +44,10 @@ def test_pendulum_improves_clearly_over_random_policy():
 
 def test_trpo_solves_cartpole_within_5e5_steps():
     config = preset("CartPole-v1", "trpo")
-    keys = jax.random.split(jax.random.PRNGKey(42), 4)
+    keys = jax.random.split(jax.random.PRNGKey(42), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
-    returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 4))
-    assert np.all(returns >= 400), returns  # measured: 500 on all four
+    returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 2))
+    assert np.all(returns >= 400), returns  # 500 on 4 of 4 seeds of split(key, 4) too
     # Every update's step was accepted inside the trust region.
     assert np.all(np.asarray(out.metrics["kl"]) <= config.trpo_delta + 1e-6)
     assert np.asarray(out.metrics["accepted"]).mean() > 0.9
@@ -55,10 +55,10 @@ def test_trpo_solves_cartpole_within_5e5_steps():
 
 def test_a2c_solves_cartpole_within_5e5_steps():
     config = preset("CartPole-v1", "a2c")  # 8 envs x 8 steps: one gradient step per 64 samples
-    keys = jax.random.split(jax.random.PRNGKey(42), 4)
+    keys = jax.random.split(jax.random.PRNGKey(42), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
-    returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 4))
-    assert np.all(returns >= 400), returns  # measured: 500 on all four
+    returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 2))
+    assert np.all(returns >= 400), returns  # 500 on 4 of 4 seeds of split(key, 4) too
 
 
 def test_reinforce_improves_clearly_over_random():
