@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 
 from ppo_jax.algorithms.reinforce import complete_episode_mask
-from ppo_jax.algorithms.trpo import conjugate_gradient, fisher_vector_product, trpo_step
+from ppo_jax.algorithms.trpo import conjugate_gradient, fisher_vector_product
+from ppo_jax.algorithms.trpo import trpo_step as _trpo_step
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def trpo_step(surrogate, mean_kl, theta, **kw):
+    """``trpo_step`` compiled (eagerly, its jvp/vmap ops would each be dispatched one by one)."""
+    fisher_kl = kw.pop("fisher_kl", None)
+    return jax.jit(lambda th: _trpo_step(surrogate, mean_kl, th, fisher_kl=fisher_kl, **kw))(theta)
 
 # A contextual bandit: 3 states (uniform), 4 actions, known mean rewards; the policy is a
 # table of logits theta[s, a]. J(theta) = mean_s sum_a pi(a|s) R[s, a].
@@ -100,10 +107,10 @@ def _small_policy():
 def test_fisher_vector_product_equals_the_explicit_hessian_of_the_kl():
     theta, _, mean_kl = _small_policy()
     v = jax.random.normal(jax.random.PRNGKey(3), theta.shape)
-    hessian = jax.hessian(mean_kl)(theta)
-    np.testing.assert_allclose(fisher_vector_product(mean_kl, theta, v), hessian @ v, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(fisher_vector_product(mean_kl, theta, v, 0.1), hessian @ v + 0.1 * v, rtol=1e-4,
-                               atol=1e-6)
+    hessian = jax.jit(jax.hessian(mean_kl))(theta)
+    fvp = jax.jit(lambda th, v, d: fisher_vector_product(mean_kl, th, v, d))
+    np.testing.assert_allclose(fvp(theta, v, 0.0), hessian @ v, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fvp(theta, v, 0.1), hessian @ v + 0.1 * v, rtol=1e-4, atol=1e-6)
 
 
 def _surrogate(logits, theta):
