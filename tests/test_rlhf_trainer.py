@@ -177,3 +177,26 @@ def test_ppo_raises_gold_reward_over_sft_on_three_seeds(reviews_models):
         assert 0.0 < after["kl"] < 50.0
         assert all(np.isfinite(h["kl"]) and np.isfinite(h["kl_exact"]) for h in result.history)
         assert result.history[0]["first_minibatch_ratio_deviation"] < 1e-5
+
+
+def test_a_nan_stops_the_run_and_names_the_iteration():
+    config, programs, sft, rm_params, ids, mask = _tiny()
+
+    class Prompts:  # the tiny model's own token ids, not a real tokenizer's
+        def draw(self, rng, n):
+            return [None] * n
+
+        def encode(self, prompts):
+            return ids, mask
+
+    class Tokenizer:
+        eos_id = 2
+
+        def decode_batch(self, response, response_mask):
+            return [""] * len(response)
+
+    state = init_state(config, programs, sft, rm_params)
+    with pytest.raises(FloatingPointError, match="iteration 0: .* is nan"):
+        train_rlhf(config.__class__(**{**config.to_dict(), "iterations": 2}), programs, state, ref_params=sft,
+                   tokenizer=Tokenizer(), prompts=Prompts(), reward="gold",
+                   gold_reward=lambda prompt, response, ended: float("nan"))
