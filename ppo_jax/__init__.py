@@ -9,8 +9,20 @@ _FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 if "xla_cpu_enable_concurrency_optimized_scheduler" not in _os.environ.get("XLA_FLAGS", ""):
     _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
-from ppo_jax.config import HParams, PPOConfig, preset, stack_hparams  # noqa: E402
-from ppo_jax.train import TrainOutput, TrainState, make_train  # noqa: E402
+# Imported on first use, not here: gymnax starts the XLA backend when imported, and a
+# multi-process run must call jax.distributed.initialize before that
+# (ppo_jax.distributed.initialize_from_env, which imports only jax).
+_EXPORTS = {"HParams": "config", "PPOConfig": "config", "preset": "config", "stack_hparams": "config",
+            "TrainOutput": "train", "TrainState": "train", "make_train": "train"}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"ppo_jax.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'ppo_jax' has no attribute {name!r}")
+
 
 __all__ = ["PPOConfig", "HParams", "preset", "stack_hparams", "make_train", "TrainOutput", "TrainState"]
 __version__ = "0.1.0"

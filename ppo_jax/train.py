@@ -13,7 +13,7 @@ regression; REINFORCE uses the Monte-Carlo reward-to-go instead of GAE) -> metri
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,28 +66,55 @@ def episode_return_stats(returns: jax.Array, done: jax.Array) -> tuple[jax.Array
     return mean, count
 
 
-def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None):
-    """Validates ``config`` (before any tracing) and returns the pure ``train(key, hparams=None)``.
+class TrainFns(NamedTuple):
+    """A training run in two pure pieces, for runs that stop between updates (checkpoints).
+
+    ``init(key, hparams=None) -> TrainState`` and ``run(state, num, hparams=None) ->
+    TrainOutput`` (``num`` static: that many updates, metrics with a leading ``num`` axis).
+    ``run(init(key), config.num_updates)`` is ``train(key)``; a run split into chunks
+    ends in the same state, because everything random comes from ``state.key``.
+    """
+
+    init: Callable
+    run: Callable
+
+
+def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = None,
+                   env_sharding: Callable[[Any], Any] | None = None) -> TrainFns:
+    """Validates ``config`` (before any tracing) and returns :class:`TrainFns`.
 
     ``progress``, if given, is called on the host with the update index after every
     update (through ``jax.debug.callback``; once per seed under ``vmap``).
+    ``env_sharding``, if given, maps a pytree whose leaves lead with the environment
+    axis to itself with sharding constraints (see :func:`ppo_jax.distributed.env_constraint`):
+    XLA then runs each device's environments there and averages the gradients of the
+    sharded minibatch rows across devices, inside the one compiled program.
     """
     config.validate()
     config.warn_remainder()
     spec = env_spec(config.env)
     network = make_network(config, spec)
     num_updates = config.num_updates
+    shard = env_sharding or (lambda tree: tree)
 
-    def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
+    def make_env(hp: HParams) -> VecEnv:
+        return VecEnv(config.env, config.num_envs, normalize_observations=config.normalize_observations,
+                      normalize_rewards=config.normalize_rewards, gamma=hp.gamma)
+
+    def init(key: jax.Array, hparams: HParams | None = None) -> TrainState:
         hp = config.hparams() if hparams is None else hparams
-        env = VecEnv(config.env, config.num_envs, normalize_observations=config.normalize_observations,
-                     normalize_rewards=config.normalize_rewards, gamma=hp.gamma)
         tx = optim.make_tx(hp.max_grad_norm)
         key, k_init, k_reset = jax.random.split(key, 3)
         params = init_params(network, spec, k_init)
-        obs, env_state = env.reset(k_reset)
-        state = TrainState(params, optim.init_opt_state(tx, params, config.shared_torso), env_state, obs, key,
-                           jnp.asarray(0, jnp.int32))
+        obs, env_state = make_env(hp).reset(k_reset)
+        obs, env_state = shard((obs, env_state))
+        return TrainState(params, optim.init_opt_state(tx, params, config.shared_torso), env_state, obs, key,
+                          jnp.asarray(0, jnp.int32))
+
+    def run(state: TrainState, num: int, hparams: HParams | None = None) -> TrainOutput:
+        hp = config.hparams() if hparams is None else hparams
+        env = make_env(hp)
+        tx = optim.make_tx(hp.max_grad_norm)
 
         def update_step(state: TrainState, _):
             key, k_roll, k_update = jax.random.split(state.key, 3)
@@ -129,7 +156,7 @@ def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None)
                     params, opt_state, metrics = ppo_update(
                         network, tx, state.params, state.opt_state, batch, hp, lrs, k_update,
                         update_epochs=config.update_epochs, num_minibatches=config.num_minibatches,
-                        shared_torso=config.shared_torso,
+                        shared_torso=config.shared_torso, shard_rows=env_sharding,
                         per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)
 
             ep_return, ep_count = episode_return_stats(traj.episode_return, traj.done)
@@ -141,10 +168,23 @@ def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None)
                 env_steps=(state.update + 1) * config.batch_size)
             if progress is not None:
                 jax.debug.callback(progress, state.update)
+            env_state, obs = shard((env_state, obs))
             new_state = TrainState(params, opt_state, env_state, obs, key, state.update + 1)
             return new_state, metrics
 
-        state, metrics = jax.lax.scan(update_step, state, None, num_updates)
+        state, metrics = jax.lax.scan(update_step, state, None, num)
         return TrainOutput(state, metrics)
+
+    return TrainFns(init, run)
+
+
+def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None,
+               env_sharding: Callable[[Any], Any] | None = None):
+    """Validates ``config`` (before any tracing) and returns the pure ``train(key, hparams=None)``:
+    ``config.num_updates`` updates from a fresh state (arguments as :func:`make_train_fns`)."""
+    fns = make_train_fns(config, progress, env_sharding)
+
+    def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
+        return fns.run(fns.init(key, hparams), config.num_updates, hparams)
 
     return train

@@ -105,16 +105,22 @@ class PipelineArgs(PipelineConfig):
     """Run folder (created); default: a fresh folder under runs/."""
     no_progress: bool = False
     """Hide the progress bars."""
+    resume: str | None = None
+    """Continue the killed pipeline run in this folder (with its own config.json; other flags are ignored)."""
 
 
 def run_pipeline_command(args: PipelineArgs) -> dict:
     from ppo_jax.outputs import new_run_dir
-    from rlhf_jax.pipeline import run_pipeline
+    from rlhf_jax.pipeline import resume_pipeline, run_pipeline
 
-    config = PipelineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)})
-    config.validate()  # before any folder is made or anything compiles
-    run_dir = Path(args.out) if args.out else new_run_dir("runs", "pipeline")
-    summary = run_pipeline(config, run_dir, show_progress=not args.no_progress)
+    if args.resume:
+        run_dir = Path(args.resume)
+        summary = resume_pipeline(run_dir, show_progress=not args.no_progress)
+    else:
+        config = PipelineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)})
+        config.validate()  # before any folder is made or anything compiles
+        run_dir = Path(args.out) if args.out else new_run_dir("runs", "pipeline")
+        summary = run_pipeline(config, run_dir, show_progress=not args.no_progress)
     keys = ("gold_reward_sft", "gold_reward_final", "proxy_reward_final", "kl_final", "rm_heldout_accuracy",
             "bayes_accuracy")
     print("  ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary))
@@ -384,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
             _fail(f"unknown command {command!r}; expected sft, rm, pipeline or generate")
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(str(err))
+    except FloatingPointError as err:  # a diverged run: the message names the iteration and checkpoint
+        print(f"rlhf-jax: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -18,15 +18,18 @@ to ``summary.json``):
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import jax
 import numpy as np
 
+from ppo_jax.checkpoint import RunCheckpoints
 from ppo_jax.outputs import plot_lines, write_json
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.best_of_n import best_of_n_curve
@@ -80,6 +83,8 @@ class PipelineConfig:
     """Values of n for the best-of-n curve."""
     eval_prompts: int = 256
     """Held-out prompts for the before/after evaluations and best-of-n."""
+    checkpoint_every: int = 10
+    """PPO iterations between checkpoints of each PPO stage (0: none; a resumed stage restarts)."""
     seed: int = 0
     """Seed of the prompt sets and of each stage (added to the stages' own seeds)."""
 
@@ -97,73 +102,132 @@ class PipelineConfig:
         self.sft.validate()
         self.rm.validate()
         self.ppo.validate()
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
         if self.rm.max_length > self.sft.model.max_len:
             raise ValueError(f"rm.max_length: {self.rm.max_length} exceeds sft.model.max_len {self.sft.model.max_len}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        """Inverse of :meth:`to_dict` (nested configs rebuilt, lists back to tuples)."""
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d: dict):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    values = {}
+    for name, value in d.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
 
 def _stage_seed(config, seed: int):
     return dataclasses.replace(config, seed=config.seed + seed)
 
 
+def resume_pipeline(run_dir: Path, *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Continues a killed :func:`run_pipeline` in ``run_dir`` with the config it was started with."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"resume: no config.json in {run_dir} (is it a pipeline run folder?)")
+    try:
+        config = PipelineConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
+    return run_pipeline(config, run_dir, show_progress=show_progress, log=log, resume=True)
+
+
 def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
-    """Runs every stage into ``run_dir`` (created) and returns the summary (also ``summary.json``)."""
+                 log: Callable[[str], None] = print, resume: bool = False) -> dict:
+    """Runs every stage into ``run_dir`` (created) and returns the summary (also ``summary.json``).
+
+    Each finished stage leaves its checkpoint and then its metrics file; the PPO stages
+    also save a checkpoint every ``config.checkpoint_every`` iterations. With ``resume``
+    finished stages are loaded instead of run again and an unfinished PPO stage continues
+    from its newest checkpoint: the run ends with what the uninterrupted run ends with.
+    """
     config.validate()
     task = TASKS[config.task]
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").exists():
-        raise FileExistsError(f"out: {run_dir} already holds a pipeline run (summary.json); choose a new folder")
+        raise FileExistsError(f"out: {run_dir} already holds a finished pipeline run (summary.json)")
+    if not resume and (run_dir / "config.json").exists():
+        raise FileExistsError(f"out: {run_dir} holds a started pipeline run; --resume it or choose a new folder")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config.to_dict())
+    if not resume:
+        write_json(run_dir / "config.json", config.to_dict())
     tok = ByteTokenizer()
     wall: dict[str, float] = {}
+    reused: list[str] = []
     summary: dict = {"task": config.task, "run_dir": str(run_dir), "device": str(jax.devices()[0].platform),
-                     "wall_s": wall}
+                     "wall_s": wall, "stages_loaded_on_resume": reused}
     gold_fn = lambda prompt, response, ended: task.gold_reward(response, ended)  # noqa: E731
 
     # 1. SFT
     t0 = time.perf_counter()
     sft_config = _stage_seed(config.sft, config.seed)
-    prompts, responses = task.sft_corpus(config.sft_examples, seed=sft_config.seed)
-    bar = progress_bar("sft", not show_progress)
-    with bar:
-        job = bar.add_task("sft", total=sft_config.steps, loss="-")
-        sft = train_sft(sft_config, tok, prompts, responses,
-                        progress=lambda s, l: bar.update(job, completed=s + 1, loss=f"{l:.3f}"))
-    lm = TransformerLM(sft_config.model)
-    ckpt.save(run_dir / "sft" / "checkpoint", sft.params, lm, tok)
-    write_json(run_dir / "sft" / "metrics.json", {"train_loss": sft.train_loss, "eval_step": sft.eval_steps,
-                                                  "eval_loss": sft.eval_loss})
-    wall["sft"] = time.perf_counter() - t0
+    if resume and (run_dir / "sft" / "metrics.json").exists():
+        lm, sft_params, _ = ckpt.load(run_dir / "sft" / "checkpoint")
+        sft = SimpleNamespace(params=sft_params, **_read(run_dir / "sft" / "metrics.json", "eval_loss"))
+        reused.append("sft")
+    else:
+        prompts, responses = task.sft_corpus(config.sft_examples, seed=sft_config.seed)
+        bar = progress_bar("sft", not show_progress)
+        with bar:
+            job = bar.add_task("sft", total=sft_config.steps, loss="-")
+            sft = train_sft(sft_config, tok, prompts, responses,
+                            progress=lambda s, l: bar.update(job, completed=s + 1, loss=f"{l:.3f}"))
+        lm = TransformerLM(sft_config.model)
+        ckpt.save(run_dir / "sft" / "checkpoint", sft.params, lm, tok)
+        write_json(run_dir / "sft" / "metrics.json", {"train_loss": sft.train_loss, "eval_step": sft.eval_steps,
+                                                      "eval_loss": sft.eval_loss})
+        wall["sft"] = time.perf_counter() - t0
     summary["sft_heldout_loss"] = sft.eval_loss[-1] if sft.eval_loss else float("nan")
-    log(f"sft: held-out loss {summary['sft_heldout_loss']:.3f} nats/token ({wall['sft']:.0f} s)")
+    log(f"sft: held-out loss {summary['sft_heldout_loss']:.3f} nats/token ({wall.get('sft', 0.0):.0f} s)")
 
     # 2. Preference pairs and the reward model
-    t0 = time.perf_counter()
-    pair_prompts = task.prompts(config.num_pairs, seed=config.seed + 1)
-    sampling = SamplingConfig(max_new_tokens=new_token_room(tok, pair_prompts, lm.config.max_len,
-                                                            config.ppo.max_new_tokens))
-    pairs, bayes = make_preference_pairs(lm, sft.params, tok, pair_prompts, task.gold_reward, sampling=sampling,
-                                         tau=config.tau, flip_prob=config.flip_prob, seed=config.seed)
-    write_preferences(run_dir / "rm" / "pairs.jsonl", pairs)
-    wall["pairs"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     rm_config = _stage_seed(config.rm, config.seed)
-    bar = progress_bar("reward model", not show_progress)
-    with bar:
-        job = bar.add_task("rm", total=None, loss="-")
-        rm = train_reward_model(rm_config, tok, pairs, init_params_from=sft.params, model_config=lm.config,
-                                progress=lambda s, n, l: bar.update(job, completed=s, total=n, loss=f"{l:.3f}"))
-    ckpt.save(run_dir / "rm" / "checkpoint", rm.params, rm.model, tok,
-              extra={"reward_norm": rm.norm, "max_length": rm_config.max_length})
-    write_json(run_dir / "rm" / "metrics.json", rm.history)
-    wall["reward_model"] = time.perf_counter() - t0
+    if resume and (run_dir / "rm" / "metrics.json").exists():
+        rm_model, rm_params, _ = ckpt.load(run_dir / "rm" / "checkpoint")
+        extra = ckpt.load_extra(run_dir / "rm" / "checkpoint")
+        rm = SimpleNamespace(model=rm_model, params=rm_params, norm=extra["reward_norm"],
+                             history=json.loads((run_dir / "rm" / "metrics.json").read_text()))
+        bayes = extra["bayes_accuracy"]
+        reused.append("reward_model")
+    else:
+        t0 = time.perf_counter()
+        pair_prompts = task.prompts(config.num_pairs, seed=config.seed + 1)
+        sampling = SamplingConfig(max_new_tokens=new_token_room(tok, pair_prompts, lm.config.max_len,
+                                                                config.ppo.max_new_tokens))
+        pairs, bayes = make_preference_pairs(lm, sft.params, tok, pair_prompts, task.gold_reward, sampling=sampling,
+                                             tau=config.tau, flip_prob=config.flip_prob, seed=config.seed)
+        write_preferences(run_dir / "rm" / "pairs.jsonl", pairs)
+        wall["pairs"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bar = progress_bar("reward model", not show_progress)
+        with bar:
+            job = bar.add_task("rm", total=None, loss="-")
+            rm = train_reward_model(rm_config, tok, pairs, init_params_from=sft.params, model_config=lm.config,
+                                    progress=lambda s, n, l: bar.update(job, completed=s, total=n, loss=f"{l:.3f}"))
+        ckpt.save(run_dir / "rm" / "checkpoint", rm.params, rm.model, tok,
+                  extra={"reward_norm": rm.norm, "max_length": rm_config.max_length, "bayes_accuracy": bayes})
+        write_json(run_dir / "rm" / "metrics.json", rm.history)
+        wall["reward_model"] = time.perf_counter() - t0
     summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=bayes)
     log(f"reward model: held-out accuracy {summary['rm_heldout_accuracy']:.3f} (Bayes ceiling {bayes:.3f}; "
-        f"{wall['pairs'] + wall['reward_model']:.0f} s)")
+        f"{wall.get('pairs', 0.0) + wall.get('reward_model', 0.0):.0f} s)")
 
     # 3. Evaluation of the SFT policy, and best-of-n from it
     ppo_config = _stage_seed(config.ppo, config.seed)
@@ -205,32 +269,41 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool =
         if mode not in config.modes:
             continue
         t0 = time.perf_counter()
-        state = init_state(ppo_config, programs, sft.params, rm.params)
-        bar = progress_bar(f"ppo ({mode})", not show_progress,
-                           "gold {task.fields[gold]} proxy {task.fields[proxy]} kl {task.fields[kl]}")
-        with bar:
-            job = bar.add_task("ppo", total=ppo_config.iterations, gold="-", proxy="-", kl="-")
-            result = train_rlhf(ppo_config, programs, state, ref_params=sft.params, tokenizer=tok, prompts=source,
-                                rm_params=rm.params, rm_norm=rm.norm, reward=mode, gold_reward=gold_fn,
-                                progress=lambda i, r: bar.update(job, completed=i + 1, gold=f"{r['gold_reward']:.3f}",
-                                                                 proxy=f"{r['proxy_reward']:.3f}",
-                                                                 kl=f"{r['kl_exact']:.2f}"))
-        after = evaluate(result.state.policy_params, eval_key)
         folder = run_dir / f"ppo_{mode}"
-        write_json(folder / "samples.json", after.pop("samples"))
-        write_json(folder / "metrics.json", result.history)
-        write_json(folder / "final.json", after)
-        ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, tok)
-        wall[f"ppo_{mode}"] = time.perf_counter() - t0
+        if resume and (folder / "final.json").exists():
+            history = json.loads((folder / "metrics.json").read_text())
+            after = json.loads((folder / "final.json").read_text())
+            reused.append(f"ppo_{mode}")
+        else:
+            state = init_state(ppo_config, programs, sft.params, rm.params)
+            checkpoints = RunCheckpoints(folder / "checkpoints") if config.checkpoint_every > 0 else None
+            bar = progress_bar(f"ppo ({mode})", not show_progress,
+                               "gold {task.fields[gold]} proxy {task.fields[proxy]} kl {task.fields[kl]}")
+            with bar:
+                job = bar.add_task("ppo", total=ppo_config.iterations, gold="-", proxy="-", kl="-")
+                result = train_rlhf(ppo_config, programs, state, ref_params=sft.params, tokenizer=tok, prompts=source,
+                                    rm_params=rm.params, rm_norm=rm.norm, reward=mode, gold_reward=gold_fn,
+                                    progress=lambda i, r: bar.update(job, completed=i + 1,
+                                                                     gold=f"{r['gold_reward']:.3f}",
+                                                                     proxy=f"{r['proxy_reward']:.3f}",
+                                                                     kl=f"{r['kl_exact']:.2f}"),
+                                    checkpoints=checkpoints, checkpoint_every=config.checkpoint_every)
+            history = result.history
+            after = evaluate(result.state.policy_params, eval_key)
+            ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, tok)
+            write_json(folder / "samples.json", after.pop("samples"))
+            write_json(folder / "metrics.json", history)
+            write_json(folder / "final.json", after)  # last: it marks the stage done
+            wall[f"ppo_{mode}"] = time.perf_counter() - t0
         summary[f"ppo_{mode}"] = {**after, "iterations": ppo_config.iterations,
-                                  "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in result.history[1:]]
-                                                                    or [result.history[0][f"time_{p}"]]))
+                                  "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in history[1:]]
+                                                                    or [history[0][f"time_{p}"]]))
                                                    for p in ("sample", "score", "update")}}
-        sqrt_kl = [math.sqrt(max(h["kl_exact"], 0.0)) for h in result.history]
-        curves_gold[f"PPO on {mode} reward"] = (sqrt_kl, [h["gold_reward"] for h in result.history])
-        curves_proxy[f"PPO on {mode} reward"] = (sqrt_kl, [h["proxy_reward"] for h in result.history])
+        sqrt_kl = [math.sqrt(max(h["kl_exact"], 0.0)) for h in history]
+        curves_gold[f"PPO on {mode} reward"] = (sqrt_kl, [h["gold_reward"] for h in history])
+        curves_proxy[f"PPO on {mode} reward"] = (sqrt_kl, [h["proxy_reward"] for h in history])
         log(f"ppo ({mode}): gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
-            f"KL {after['kl']:.2f} nats/sequence ({wall[f'ppo_{mode}']:.0f} s)")
+            f"KL {after['kl']:.2f} nats/sequence ({wall.get(f'ppo_{mode}', 0.0):.0f} s)")
     final = summary.get("ppo_proxy") or summary.get("ppo_gold")
     if final is not None:
         summary.update(gold_reward_final=final["gold_reward"], proxy_reward_final=final["proxy_reward"],
@@ -242,6 +315,11 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool =
                        ylabel=label, title=f"{config.task}: {label} against KL")
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _read(path: Path, *names: str) -> dict:
+    data = json.loads(path.read_text())
+    return {n: data[n] for n in names}
 
 
 def _best_of_n(programs, sft_params, tok, source: PromptSource, eval_prompts, ns, rm, gold_fn, batch_size,

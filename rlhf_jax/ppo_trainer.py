@@ -32,8 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh
 
 from ppo_jax import losses
+from ppo_jax.checkpoint import RunCheckpoints
 from rlhf_jax.data import padded_chunks
 from rlhf_jax.ppo import (
     TokenBatch,
@@ -46,6 +48,7 @@ from rlhf_jax.ppo import (
 )
 from rlhf_jax.reward_model import pool_last
 from rlhf_jax.sampling import Generation, SamplingConfig, make_generate
+from rlhf_jax.sharding import constrain_batch, constrain_params, data_mesh, put_batch, put_params
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerLM, token_log_probs
 
@@ -105,6 +108,10 @@ class RLHFConfig:
     """Masked whitening of the advantages over each iteration's response tokens."""
     seed: int = 0
     """Seed for prompts, sampling and minibatch order."""
+    devices: int | None = None
+    """Devices to split each batch across, data-parallel (default: all)."""
+    fsdp: bool = False
+    """Also split parameters and optimiser states across the devices (FSDP-style)."""
 
     def validate(self) -> None:
         for name in ("iterations", "batch_size", "max_new_tokens", "epochs", "minibatches"):
@@ -124,6 +131,8 @@ class RLHFConfig:
             raise ValueError(f"gae_lambda: must be in [0, 1], got {self.gae_lambda}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator: must be 'k1' or 'k3', got {self.kl_estimator!r}")
+        if self.devices is not None and self.devices <= 0:
+            raise ValueError(f"devices: must be a positive integer, got {self.devices}")
         if self.value_model not in VALUE_MODELS:
             raise ValueError(f"value_model: must be one of {', '.join(VALUE_MODELS)}, got {self.value_model!r}")
 
@@ -163,12 +172,21 @@ class RLHFPrograms(NamedTuple):
     critic: TransformerLM | None
     policy_tx: optax.GradientTransformation
     critic_tx: optax.GradientTransformation
+    mesh: Mesh | None = None
+    """The devices the programs run on (``config.devices``); None for one device."""
+    fsdp: bool = False
 
 
 def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | None, *, prompt_len: int,
                   max_new_tokens: int, eos_id: int, pad_id: int) -> RLHFPrograms:
-    """Builds the jitted pieces for prompts of ``prompt_len`` tokens and ``max_new_tokens`` responses."""
+    """Builds the jitted pieces for prompts of ``prompt_len`` tokens and ``max_new_tokens`` responses.
+
+    On several devices (``config.devices``) inputs placed by :func:`rlhf_jax.sharding.put_batch`
+    / ``put_params`` run data-parallel, and ``learn`` keeps the parameters and optimiser
+    states it returns where they came from (split across devices with ``config.fsdp``).
+    """
     config.validate()
+    mesh = data_mesh(config.devices)
     shared = config.value_model == "policy-head"
     policy = TransformerLM(policy_config, lm_head=True, scalar_head=shared)
     reference = TransformerLM(policy_config)
@@ -194,6 +212,7 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         return (exact_kl(logits, ref, t) * gen.response_mask).sum(axis=1)
 
     def learn(state: RLHFState, ref_params, gen: Generation, score, key):
+        gen, score = constrain_batch((gen, score), mesh)
         seq, am, mask = gen.sequences, gen.attention_mask, gen.response_mask
         maskf = mask.astype(jnp.float32)
         tokens = seq[:, p:]
@@ -227,16 +246,17 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
             "eos_rate": _ended(gen, eos_id).mean(), "response_length": maskf.sum(axis=1).mean(),
             "value_mean": losses.masked_mean(values, mask), **m,
         }
-        return RLHFState(pp, cp, po, co, kl_coef), metrics
+        return constrain_params(RLHFState(pp, cp, po, co, kl_coef), mesh, config.fsdp), metrics
 
     def iteration(state, ref_params, rm_params, norm_mean, norm_std, prompt_ids, prompt_mask, key):
         k_sample, k_learn = jax.random.split(key)
+        prompt_ids, prompt_mask = constrain_batch((prompt_ids, prompt_mask), mesh)
         gen = generate(state.policy_params, prompt_ids, prompt_mask, k_sample)
         new_state, metrics = learn(state, ref_params, gen, score(rm_params, gen, norm_mean, norm_std), k_learn)
         return new_state, gen, metrics
 
     return RLHFPrograms(generate, jax.jit(score), jax.jit(learn), jax.jit(iteration), jax.jit(kl), policy, critic,
-                        policy_tx, critic_tx)
+                        policy_tx, critic_tx, mesh, config.fsdp)
 
 
 def _ended(gen: Generation, eos_id: int) -> jax.Array:
@@ -256,8 +276,9 @@ def init_state(config: RLHFConfig, programs: RLHFPrograms, sft_params, rm_params
         critic_params = rm_params
     policy_params = jax.tree.map(jnp.asarray, policy_params)
     critic_params = jax.tree.map(jnp.asarray, critic_params)
-    return RLHFState(policy_params, critic_params, programs.policy_tx.init(policy_params),
-                     programs.critic_tx.init(critic_params), jnp.asarray(config.kl_coef, jnp.float32))
+    state = RLHFState(policy_params, critic_params, programs.policy_tx.init(policy_params),
+                      programs.critic_tx.init(critic_params), jnp.asarray(config.kl_coef, jnp.float32))
+    return put_params(state, programs.mesh, programs.fsdp)
 
 
 @dataclass
@@ -297,13 +318,20 @@ def decode_responses(tokenizer: Tokenizer, gen: Generation) -> tuple[list[str], 
 def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, ref_params, tokenizer: Tokenizer,
                prompts: PromptSource, rm_params=None, rm_norm: dict | None = None, reward: str = "proxy",
                gold_reward: Callable[[str, str, bool], float] | None = None,
-               progress: Callable[[int, dict], None] | None = None) -> RLHFResult:
+               progress: Callable[[int, dict], None] | None = None, checkpoints: RunCheckpoints | None = None,
+               checkpoint_every: int = 0) -> RLHFResult:
     """Runs ``config.iterations`` iterations from ``state``; returns the final state and per-iteration metrics.
 
     ``reward="proxy"`` optimises the reward model's score; ``"gold"`` optimises
     ``gold_reward(prompt, response, ended_with_eos)`` computed on the host. Whenever both are
     available both are recorded (``proxy_reward``, ``gold_reward``), with the wall time of
     each phase (``time_sample``, ``time_score``, ``time_update``, seconds).
+
+    Iteration ``i`` draws its prompts and keys from ``(config.seed, i)`` alone, so with
+    ``checkpoints`` (saved every ``checkpoint_every`` iterations and at the end: the state
+    and the history so far) a run resumes from the newest checkpoint and ends exactly as
+    the uninterrupted run. A NaN/inf stops the run naming the iteration and the metric,
+    before the bad state is saved.
     """
     if reward not in REWARDS:
         raise ValueError(f"reward: must be one of {', '.join(REWARDS)}, got {reward!r}")
@@ -312,14 +340,19 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
     if reward == "gold" and gold_reward is None:
         raise ValueError("reward: 'gold' needs the task's gold reward")
     norm = rm_norm or {"mean": 0.0, "std": 1.0}
-    rng = np.random.default_rng(config.seed)
-    key = jax.random.PRNGKey(config.seed)
-    history = []
+    mesh = programs.mesh
+    ref_params, rm_params = put_params((ref_params, rm_params), mesh, programs.fsdp)
+    history, start = [], 0
+    if checkpoints is not None and checkpoints.latest() is not None:
+        start = checkpoints.latest()
+        state, meta = checkpoints.restore(start, state)
+        history = meta["history"]
     t_start = time.perf_counter()
-    for it in range(config.iterations):
-        key, k_sample, k_learn = jax.random.split(key, 3)
+    for it in range(start, config.iterations):
+        rng = np.random.default_rng([config.seed, it])
+        k_sample, k_learn = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), it))
         batch_prompts = prompts.draw(rng, config.batch_size)
-        ids, mask = prompts.encode(batch_prompts)
+        ids, mask = put_batch(prompts.encode(batch_prompts), mesh)
         t0 = time.perf_counter()
         gen = jax.block_until_ready(programs.generate(state.policy_params, ids, mask, k_sample))
         t1 = time.perf_counter()
@@ -332,19 +365,28 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
             texts, ended = decode_responses(tokenizer, gen)
             gold = np.asarray([gold_reward(p, y, bool(e)) for p, y, e in zip(batch_prompts, texts, ended)], np.float32)
             row["gold_reward"] = float(gold.mean())
-        score = proxy if reward == "proxy" else jnp.asarray(gold)
+        score = proxy if reward == "proxy" else put_batch(jnp.asarray(gold), mesh)
         t2 = time.perf_counter()
         state, metrics = programs.learn(state, ref_params, gen, score, k_learn)
         metrics = jax.device_get(metrics)
         t3 = time.perf_counter()
         row.update({k: float(v) for k, v in metrics.items()})
         row.update(time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
-        for name in ("kl", "kl_exact", "policy_loss", "value_loss"):
-            if not np.isfinite(row[name]):
-                raise FloatingPointError(f"iteration {it}: {name} is {row[name]} (lower lr or raise kl_coef)")
+        bad = [k for k, v in row.items() if not np.isfinite(v)]
+        if bad:
+            last = checkpoints.latest() if checkpoints is not None else None
+            kept = f"; last good checkpoint: {checkpoints.path(last)}" if last is not None else ""
+            raise FloatingPointError(f"iteration {it}: non-finite {', '.join(bad)} "
+                                     f"({row[bad[0]]}; lower lr or raise kl_coef){kept}")
         history.append(row)
+        done = it + 1
+        if checkpoints is not None and checkpoint_every > 0 and (done % checkpoint_every == 0
+                                                                  or done == config.iterations):
+            checkpoints.save(done, state, {"history": list(history)})
         if progress is not None:
             progress(it, row)
+    if checkpoints is not None:
+        checkpoints.wait()
     return RLHFResult(state, history, time.perf_counter() - t_start)
 
 

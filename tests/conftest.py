@@ -1,13 +1,33 @@
 import os
+import tempfile
 
 # PITFALLS 17: set before JAX's CPU backend starts (ppo_jax sets it too, on import).
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+
+# One persistent compilation cache for this test run, shared by the xdist workers and the
+# subprocesses the tests start: many tests (and the killed-and-resumed runs) compile the
+# same programs, and on XLA:CPU compiling is most of the suite's time. A size limit turns
+# on JAX's file lock, so concurrent writers and readers never see a half-written entry.
+# Set before JAX is imported: JAX reads these once.
+# The first process to get here (the controller) picks the folder; workers inherit it.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+JIT_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                                  os.path.join(tempfile.gettempdir(), f"ppo-jax-test-jit-cache-{os.getpid()}"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 from dataclasses import dataclass  # noqa: E402
 
 import pytest  # noqa: E402
 
 import ppo_jax  # noqa: E402,F401
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):  # the controller, after every worker is done
+        import shutil
+
+        shutil.rmtree(JIT_CACHE, ignore_errors=True)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The CLI run folder, checkpoints (orbax) and ppo-jax eval."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -99,3 +100,57 @@ def test_study_rejects_a_static_sweep_before_compiling(tmp_path, capsys):
         main(["study", "--sweep", "num_envs=4,8", "--out", str(tmp_path / "s")])
     assert "not a traced field" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
+    import os
+    import signal
+    import time
+
+    from ppo_jax.cli import resume_training
+
+    # 60 updates, a checkpoint every 6: the kill lands with most of the run still to go.
+    args = ["train", "--num-envs", "4", "--num-steps", "64", "--total-timesteps", str(60 * 256), "--update-epochs",
+            "2", "--num-minibatches", "2", "--hidden-sizes", "32", "--eval-episodes", "1", "--checkpoint-every", "6",
+            "--no-progress"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", *args, "--out",
+                             str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 200
+    while not (killed / "checkpoints" / "6").exists():  # orbax renames a checkpoint into place when complete
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 200 s"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()  # it really died mid-run
+
+    main(args + ["--out", str(tmp_path / "whole")])  # the uninterrupted run, here
+    summary = resume_training(str(killed), progress=False)
+    assert 6 <= summary["resumed_from_update"] < 60
+    _, whole, _ = ckpt.restore(tmp_path / "whole" / "checkpoint")
+    _, resumed, _ = ckpt.restore(killed / "checkpoint")
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):  # params, Adam state, normalisers
+        np.testing.assert_array_equal(a, b)
+    m_whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    m_resumed = json.loads((killed / "metrics.json").read_text())
+    assert m_whole["total_loss"] == m_resumed["total_loss"]
+    # A finished run is not resumed again.
+    with pytest.raises(FileExistsError, match="already finished"):
+        resume_training(str(killed), progress=False)
+
+
+def test_a_diverging_run_stops_naming_the_update_and_metric(tmp_path, capsys):
+    out = tmp_path / "nan"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", str(out), "--lr", "1e30", "--critic-lr", "1e30", "--checkpoint-every", "1"] + TINY)
+    err = capsys.readouterr().err
+    assert exc.value.code == 1
+    match = re.search(r"non-finite values at update (\d+) of 4 \(seed 0\) in: (\w+)", err)
+    assert match, err
+    update = int(match.group(1))
+    metrics = json.loads((out / "metrics.json").read_text())  # the updates before it are kept
+    assert np.isfinite(np.asarray(metrics["total_loss"], float)[0, :update - 1]).all()
+    assert not (out / "checkpoints" / str(update)).exists()  # the bad state was never saved
+    if update > 1:
+        assert f"last good checkpoint: {out / 'checkpoints' / str(update - 1)}" in err

@@ -1,6 +1,11 @@
 """rlhf-jax sft / generate end to end, the model checkpoint round trip, and JSONL errors."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -91,7 +96,7 @@ PIPELINE_TINY = ["--sft.model.num-layers", "1", "--sft.model.d-model", "32", "--
                  "--sft.steps", "20", "--sft.warmup-steps", "2", "--sft.batch-size", "16", "--sft-examples", "128",
                  "--num-pairs", "64", "--rm.epochs", "1", "--rm.batch-size", "16", "--ppo.iterations", "2",
                  "--ppo.batch-size", "8", "--ppo.minibatches", "2", "--ppo.epochs", "1", "--eval-prompts", "8",
-                 "--best-of-n", "1", "2", "--no-progress"]
+                 "--best-of-n", "1", "2", "--checkpoint-every", "1", "--no-progress"]
 
 
 def test_pipeline_writes_every_stage_and_the_summary(tmp_path, capsys):
@@ -114,6 +119,31 @@ def test_pipeline_writes_every_stage_and_the_summary(tmp_path, capsys):
                 "explained_variance", "eos_rate", "response_length", "time_sample", "time_score", "time_update"):
         assert key in history[-1], key
     assert "run folder:" in capsys.readouterr().out
+
+    # The same pipeline killed (SIGKILL) after the first PPO checkpoint, then resumed, ends
+    # with the uninterrupted run's policies, bit for bit.
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_jax.cli", "pipeline", "--task", "reviews", "--out",
+                             str(killed), *PIPELINE_TINY], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 250
+    while not (killed / "ppo_proxy" / "checkpoints" / "1").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no PPO checkpoint after 250 s"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "ppo_proxy" / "final.json").exists()
+    main(["pipeline", "--resume", str(killed), "--no-progress"])
+    resumed = json.loads((killed / "summary.json").read_text())
+    assert resumed["stages_loaded_on_resume"] == ["sft", "reward_model"]
+    for mode in ("proxy", "gold"):
+        _, whole_params, _ = ckpt.load(run / f"ppo_{mode}" / "checkpoint")
+        _, resumed_params, _ = ckpt.load(killed / f"ppo_{mode}" / "checkpoint")
+        jax.tree.map(np.testing.assert_array_equal, resumed_params, whole_params)
+        assert resumed[f"ppo_{mode}"]["gold_reward"] == summary[f"ppo_{mode}"]["gold_reward"]
+    with pytest.raises(SystemExit):  # finished: nothing to resume
+        main(["pipeline", "--resume", str(killed), "--no-progress"])
+    assert "already holds a finished pipeline run" in capsys.readouterr().err
 
 
 def test_pipeline_bad_config_fails_before_anything_runs(tmp_path, capsys):

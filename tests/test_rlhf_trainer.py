@@ -179,24 +179,48 @@ def test_ppo_raises_gold_reward_over_sft_on_three_seeds(reviews_models):
         assert result.history[0]["first_minibatch_ratio_deviation"] < 1e-5
 
 
-def test_a_nan_stops_the_run_and_names_the_iteration():
+class _Prompts:  # the tiny model's own token ids, not a real tokenizer's
+    def __init__(self, ids, mask):
+        self.ids, self.mask = ids, mask
+
+    def draw(self, rng, n):
+        return [None] * n
+
+    def encode(self, prompts):
+        return self.ids, self.mask
+
+
+class _Tokenizer:
+    eos_id = 2
+
+    def decode_batch(self, response, response_mask):
+        return [""] * len(response)
+
+
+def test_resumed_run_ends_as_the_uninterrupted_one_and_a_nan_keeps_the_last_good_checkpoint(tmp_path):
+    from ppo_jax.checkpoint import RunCheckpoints
+
     config, programs, sft, rm_params, ids, mask = _tiny()
+    run = functools.partial(train_rlhf, programs=programs, ref_params=sft, tokenizer=_Tokenizer(),
+                            prompts=_Prompts(ids, mask), rm_params=rm_params, checkpoint_every=1)
+    with_iterations = lambda n: config.__class__(**{**config.to_dict(), "iterations": n})  # noqa: E731
+    whole = run(with_iterations(2), state=init_state(config, programs, sft, rm_params),
+                checkpoints=RunCheckpoints(tmp_path / "whole"))
+    # "Killed" after its first checkpoint: the same run stopped after one iteration, then resumed.
+    run(with_iterations(1), state=init_state(config, programs, sft, rm_params), checkpoints=RunCheckpoints(tmp_path / "b"))
+    resumed = run(with_iterations(2), state=init_state(config, programs, sft, rm_params),
+                  checkpoints=RunCheckpoints(tmp_path / "b"))
+    jax.tree.map(np.testing.assert_array_equal, resumed.state, whole.state)
+    assert [r["policy_loss"] for r in resumed.history] == [r["policy_loss"] for r in whole.history]
+    assert len(resumed.history) == 2
 
-    class Prompts:  # the tiny model's own token ids, not a real tokenizer's
-        def draw(self, rng, n):
-            return [None] * n
+    # A NaN score at the second iteration: the error names it and the checkpoint of the first.
+    calls = []
 
-        def encode(self, prompts):
-            return ids, mask
+    def gold(prompt, response, ended):
+        calls.append(1)
+        return float("nan") if len(calls) > config.batch_size else 0.0
 
-    class Tokenizer:
-        eos_id = 2
-
-        def decode_batch(self, response, response_mask):
-            return [""] * len(response)
-
-    state = init_state(config, programs, sft, rm_params)
-    with pytest.raises(FloatingPointError, match="iteration 0: .* is nan"):
-        train_rlhf(config.__class__(**{**config.to_dict(), "iterations": 2}), programs, state, ref_params=sft,
-                   tokenizer=Tokenizer(), prompts=Prompts(), reward="gold",
-                   gold_reward=lambda prompt, response, ended: float("nan"))
+    with pytest.raises(FloatingPointError, match=r"iteration 1: non-finite gold_reward.*last good checkpoint: .*c/1"):
+        run(with_iterations(3), state=init_state(config, programs, sft, rm_params), rm_params=None, reward="gold",
+            gold_reward=gold, checkpoints=RunCheckpoints(tmp_path / "c"))

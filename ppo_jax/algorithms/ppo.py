@@ -59,13 +59,15 @@ def ppo_loss(network, params, mb: Batch, hp, normalize_advantages: bool):
 
 def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax.Array, *,
                update_epochs: int, num_minibatches: int, shared_torso: bool,
-               per_minibatch_adv_norm: bool) -> tuple[Any, Any, dict]:
+               per_minibatch_adv_norm: bool, shard_rows=None) -> tuple[Any, Any, dict]:
     """Runs ``update_epochs`` epochs, each a fresh permutation split into ``num_minibatches``.
 
     Returns new params, optimiser state and metrics averaged over the minibatch steps that
     were applied, plus ``first_minibatch_ratio_deviation`` (``max |r - 1|`` on epoch 0,
     minibatch 0, which must be 0: PITFALLS 4) and ``kl_stop_fraction`` (share of
-    minibatch steps masked by KL early stopping).
+    minibatch steps masked by KL early stopping). ``shard_rows``, if given, constrains each
+    minibatch's rows to be split across devices, so each device takes the gradient of its
+    rows and XLA averages them (data parallelism inside the compiled update).
     """
     batch_size = batch.obs.shape[0]
     mb_size = batch_size // num_minibatches
@@ -75,6 +77,8 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
 
     def minibatch_step(carry, mb):
         params, opt_state, stopped = carry
+        if shard_rows is not None:
+            mb = shard_rows(mb)
         (_, aux), grads = grad_fn(params, mb)
         new_params, new_opt_state = optim.apply_gradients(tx, params, opt_state, grads, lrs)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(stopped, o, n), new, old)  # noqa: E731

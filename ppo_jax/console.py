@@ -1,0 +1,20 @@
+"""The ``ppo-jax`` console script: joins a multi-process run before JAX starts, then runs the CLI.
+
+Kept apart from :mod:`ppo_jax.cli`, whose imports (gymnax) start the XLA backend, after
+which ``jax.distributed.initialize`` is refused.
+"""
+
+import sys
+
+
+def main() -> None:
+    from ppo_jax.distributed import initialize_from_env
+
+    try:
+        initialize_from_env()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
+    except ValueError as err:
+        print(f"ppo-jax: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from ppo_jax.cli import main as cli_main
+
+    cli_main()
