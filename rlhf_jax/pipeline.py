@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,7 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool =
             sft = train_sft(sft_config, tok, prompts, responses,
                             progress=lambda s, l: bar.update(job, completed=s + 1, loss=f"{l:.3f}"))
         lm = TransformerLM(sft_config.model)
+        _clear(run_dir / "sft" / "checkpoint")
         ckpt.save(run_dir / "sft" / "checkpoint", sft.params, lm, tok)
         write_json(run_dir / "sft" / "metrics.json", {"train_loss": sft.train_loss, "eval_step": sft.eval_steps,
                                                       "eval_loss": sft.eval_loss})
@@ -221,6 +223,7 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool =
             job = bar.add_task("rm", total=None, loss="-")
             rm = train_reward_model(rm_config, tok, pairs, init_params_from=sft.params, model_config=lm.config,
                                     progress=lambda s, n, l: bar.update(job, completed=s, total=n, loss=f"{l:.3f}"))
+        _clear(run_dir / "rm" / "checkpoint")
         ckpt.save(run_dir / "rm" / "checkpoint", rm.params, rm.model, tok,
                   extra={"reward_norm": rm.norm, "max_length": rm_config.max_length, "bayes_accuracy": bayes})
         write_json(run_dir / "rm" / "metrics.json", rm.history)
@@ -290,6 +293,7 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool =
                                     checkpoints=checkpoints, checkpoint_every=config.checkpoint_every)
             history = result.history
             after = evaluate(result.state.policy_params, eval_key)
+            _clear(folder / "checkpoint")
             ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, tok)
             write_json(folder / "samples.json", after.pop("samples"))
             write_json(folder / "metrics.json", history)
@@ -315,6 +319,12 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool =
                        ylabel=label, title=f"{config.task}: {label} against KL")
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _clear(checkpoint_dir: Path) -> None:
+    """Removes what a killed run left of a stage's checkpoint: the stage runs again."""
+    if checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
 
 
 def _read(path: Path, *names: str) -> dict:
