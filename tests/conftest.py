@@ -23,6 +23,12 @@ import pytest  # noqa: E402
 import ppo_jax  # noqa: E402,F401
 
 
+def pytest_collection_modifyitems(config, items):
+    """Long tests (marked slow) first: the two workers then end on short tests together
+    instead of one of them idling while the other finishes a long one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_unconfigure(config):
     if _OWN_CACHE and not hasattr(config, "workerinput"):  # the controller, after every worker is done
         import shutil

@@ -77,6 +77,7 @@ def test_eval_of_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_study_reports_iqm_intervals_and_improvement(tmp_path):
     from ppo_jax.stats import iqm
 
@@ -102,6 +103,7 @@ def test_study_rejects_a_static_sweep_before_compiling(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
     import os
     import signal

@@ -27,7 +27,7 @@ def test_cartpole_four_seeds_solve_within_5e5_steps():
 
 
 def test_pendulum_improves_clearly_over_random_policy():
-    config = preset("Pendulum-v1").replace(total_timesteps=300_000)
+    config = preset("Pendulum-v1").replace(total_timesteps=150_000)  # about -135 vs -1150 random
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
     eval_keys = jax.random.split(jax.random.PRNGKey(9), 2)

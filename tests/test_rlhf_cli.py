@@ -95,6 +95,7 @@ PIPELINE_TINY = ["--sft.model.num-layers", "1", "--sft.model.d-model", "32", "--
                  "--best-of-n", "1", "2", "--checkpoint-every", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_stage_and_the_summary(tmp_path, capsys):
     run = tmp_path / "pipe"
     main(["pipeline", "--task", "reviews", "--out", str(run), *PIPELINE_TINY])
