@@ -43,7 +43,7 @@ def test_pendulum_improves_clearly_over_random_policy():
 
 
 def test_trpo_solves_cartpole_within_5e5_steps():
-    config = preset("CartPole-v1", "trpo")
+    config = preset("CartPole-v1", "trpo").replace(total_timesteps=400_000)  # 500 on both seeds here
     keys = jax.random.split(jax.random.PRNGKey(42), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
     returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 2))
@@ -54,7 +54,7 @@ def test_trpo_solves_cartpole_within_5e5_steps():
 
 
 def test_a2c_solves_cartpole_within_5e5_steps():
-    config = preset("CartPole-v1", "a2c")  # 8 envs x 8 steps: one gradient step per 64 samples
+    config = preset("CartPole-v1", "a2c").replace(total_timesteps=300_000)  # 8 envs x 8 steps per gradient step
     keys = jax.random.split(jax.random.PRNGKey(42), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
     returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 2))
@@ -62,9 +62,9 @@ def test_a2c_solves_cartpole_within_5e5_steps():
 
 
 def test_reinforce_improves_clearly_over_random():
-    config = preset("CartPole-v1", "reinforce").replace(total_timesteps=250_000)
+    config = preset("CartPole-v1", "reinforce").replace(total_timesteps=150_000)
     keys = jax.random.split(jax.random.PRNGKey(42), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
     returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 2))
-    # A uniform random policy averages about 22 steps; measured here: about 115.
+    # A uniform random policy averages about 22 steps; measured here: 133 and 128.
     assert np.all(returns >= 80), returns
