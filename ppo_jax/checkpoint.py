@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ppo_jax.config import PPOConfig
+from ppo_jax.distributed import barrier
 from ppo_jax.outputs import write_json
 
 
@@ -36,11 +37,7 @@ def save(directory: str | os.PathLike, config: PPOConfig, state, num_seeds: int 
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "state").exists():
         raise FileExistsError(f"checkpoint: {directory / 'state'} already exists; choose a new directory")
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        # Every process has looked before any writes (all of them call save together).
-        multihost_utils.sync_global_devices(f"ppo_jax.checkpoint.save:{directory}")
+    barrier("ppo_jax.checkpoint.save")  # every process has looked before any writes
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / "state", payload_from_state(state))
     checkpointer.wait_until_finished()

@@ -86,7 +86,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
     ``progress``, if given, is called on the host with the update index after every
     update (through ``jax.debug.callback``; once per seed under ``vmap``).
     ``env_sharding``, if given, maps a pytree whose leaves lead with the environment
-    axis to itself with sharding constraints (see :func:`ppo_jax.distributed.env_constraint`):
+    axis to itself with sharding constraints (see :func:`ppo_jax.distributed.leading_axis_constraint`):
     XLA then runs each device's environments there and averages the gradients of the
     sharded minibatch rows across devices, inside the one compiled program.
     """

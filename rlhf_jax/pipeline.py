@@ -181,7 +181,8 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, show_progress: bool =
     sft_config = _stage_seed(config.sft, config.seed)
     if resume and (run_dir / "sft" / "metrics.json").exists():
         lm, sft_params, _ = ckpt.load(run_dir / "sft" / "checkpoint")
-        sft = SimpleNamespace(params=sft_params, **_read(run_dir / "sft" / "metrics.json", "eval_loss"))
+        sft = SimpleNamespace(params=sft_params,
+                              eval_loss=json.loads((run_dir / "sft" / "metrics.json").read_text())["eval_loss"])
         reused.append("sft")
     else:
         prompts, responses = task.sft_corpus(config.sft_examples, seed=sft_config.seed)
@@ -325,11 +326,6 @@ def _clear(checkpoint_dir: Path) -> None:
     """Removes what a killed run left of a stage's checkpoint: the stage runs again."""
     if checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
-
-
-def _read(path: Path, *names: str) -> dict:
-    data = json.loads(path.read_text())
-    return {n: data[n] for n in names}
 
 
 def _best_of_n(programs, sft_params, tok, source: PromptSource, eval_prompts, ns, rm, gold_fn, batch_size,
