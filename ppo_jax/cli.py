@@ -10,6 +10,8 @@ from typing import Literal
 
 import numpy as np
 
+COMMAND = "ppo-jax train"
+
 USAGE = """usage: ppo-jax {train,study,eval} [--help] [options]
 
   train   train PPO (or --algo a2c|trpo|reinforce|reinforce-baseline) on a gymnax environment, write a run folder
@@ -32,11 +34,14 @@ class TrainArgs(PPOConfig):
     seed: int = 0
     """Base random seed; seed i of the run uses fold(seed, i)."""
     out: str | None = None
-    """Run folder (created); default: a fresh folder under runs/."""
+    """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
     eval_episodes: int = 16
     """Deterministic evaluation episodes per seed at the end."""
     no_progress: bool = False
     """Hide the progress bar."""
+    resume: str | None = None
+    """Continue the stopped or killed run in this folder from its newest intact checkpoint
+    (with the config it was started with: only --devices and --no-progress apply)."""
     devices: int | None = None
     """Devices to split the run across: seeds if several, else environments (default: all that divide it)."""
     checkpoint_every: int = -1
@@ -60,7 +65,7 @@ class StudyArgs(PPOConfig):
     seed: int = 0
     """Base random seed."""
     out: str | None = None
-    """Run folder (created); default: a fresh folder under runs/."""
+    """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
     eval_episodes: int = 16
     """Deterministic evaluation episodes per seed at the end (the final score)."""
     bootstrap_reps: int = 2000
@@ -74,7 +79,8 @@ class EvalArgs:
     """Evaluate a saved checkpoint."""
 
     checkpoint: str
-    """Checkpoint directory (the run folder's checkpoint/)."""
+    """A run folder (its final checkpoint, or its newest periodic one if it did not finish), its
+    checkpoint/, or one periodic checkpoint (RUN/checkpoints/N)."""
     episodes: int = 16
     """Episodes per seed."""
     stochastic: bool = False
@@ -134,7 +140,7 @@ def train_main(argv: list[str]) -> dict:
         args = tyro.cli(ResumeArgs, args=argv, prog="ppo-jax train --resume")
         try:
             return resume_training(args.resume, devices=args.devices, progress=not args.no_progress)
-        except (ValueError, FileNotFoundError, FileExistsError) as err:
+        except (ValueError, OSError) as err:
             _fail(str(err))
     try:
         base = preset(_flag_from_argv(argv, "--env", PPOConfig.env), _flag_from_argv(argv, "--algo", "ppo"))
@@ -153,28 +159,30 @@ def train_main(argv: list[str]) -> dict:
         return run_training(config, num_seeds=args.num_seeds, seed=args.seed, out=args.out,
                             eval_episodes=args.eval_episodes, progress=not args.no_progress, devices=args.devices,
                             checkpoint_every=args.checkpoint_every, check_finite=not args.no_check_finite)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, OSError) as err:
         _fail(str(err))
 
 
 def resume_training(run_dir: str, *, devices: int | None = None, progress: bool = True) -> dict:
     """Continues the run in ``run_dir`` from its newest periodic checkpoint (or from the
     start if it was killed before the first) and finishes it as the uninterrupted run would."""
-    import json
+    import shutil
 
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"resume: no config.json in {run_dir} (is it a ppo-jax train run folder?)")
-    if (Path(run_dir) / "summary.json").exists():
-        raise FileExistsError(f"resume: the run in {run_dir} already finished (summary.json)")
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
-    run = saved.pop("run", None)
+    from ppo_jax.outputs import read_json
+    from ppo_jax.rundir import check_resumable
+
+    path = check_resumable(run_dir, COMMAND) / "config.json"
+    saved = read_json(path)
+    run = saved.pop("run", None) if isinstance(saved, dict) else None
     if run is None:
-        raise ValueError(f"{path}: no 'run' entry (written by an older version; start a new run)")
-    config = PPOConfig.from_dict(saved)
+        raise ValueError(f"{path}: no 'run' entry (not a `{COMMAND}` run folder, or an older version's)")
+    try:
+        config = PPOConfig.from_dict(saved)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    final = Path(run_dir) / "checkpoint"
+    if final.exists():  # a final save that a kill cut short: the finished run writes it again
+        shutil.rmtree(final)
     return run_training(config, out=run_dir, progress=progress, devices=devices, resume=True, **run)
 
 
@@ -200,12 +208,9 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     from ppo_jax import checkpoint as ckpt
     from ppo_jax.distributed import barrier, choose_layout, fetch
     from ppo_jax.evaluate import make_evaluate
-    from ppo_jax.outputs import (
-        new_run_dir,
-        plot_learning_curve,
-        write_json,
-        write_metrics,
-    )
+    from ppo_jax.interrupt import Interrupted
+    from ppo_jax.outputs import plot_learning_curve, write_json, write_metrics
+    from ppo_jax.rundir import check_run_dir, claim_run_dir
     from ppo_jax.runner import NonFiniteError, run_resumable, seed_keys
 
     config.validate()
@@ -216,12 +221,14 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     every = auto_checkpoint_every(config.num_updates) if checkpoint_every == -1 else checkpoint_every
     if jax.process_count() > 1 and not out:
         raise ValueError("out: a multi-process run needs --out, a folder every process can reach")
-    if not resume and out and any((Path(out) / name).exists() for name in ("checkpoint", "checkpoints")):
-        # Refuse before training, not after: a finished run must never fail to save.
-        raise FileExistsError(f"out: {out} already holds a run (checkpoint/); choose a new folder or --resume it")
+    if not resume and out:
+        check_run_dir(out, COMMAND, resumable=True)  # before training: a finished run must never fail to save
     barrier("ppo_jax.run_dir")  # every process has looked before any creates the folder
-    run_dir = Path(out) if out else new_run_dir("runs", f"{config.env}-{algo}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume or not primary:
+        run_dir = Path(out)
+    else:
+        run_dir = claim_run_dir(out, COMMAND, f"{config.env}-{algo}", resumable=True)
+    barrier("ppo_jax.run_dir.created")
     run = {"num_seeds": num_seeds, "seed": seed, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
            "check_finite": check_finite}
     if primary and not resume:
@@ -237,10 +244,13 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     def on_status(message):
         if message == "training":
             bar.update(task, description="training")
-        elif message.startswith("resumed") and primary:
-            console.print(message)
+        elif message.startswith(("resumed", "warning", "stopping")) and primary:
+            console.print(message, soft_wrap=True, highlight=False, markup=False)
 
     checkpoints = ckpt.RunCheckpoints(run_dir / "checkpoints") if every > 0 else None
+    if resume and primary and not (checkpoints and checkpoints.steps()):
+        console.print(f"resume: {run_dir} has no checkpoint yet; training starts again from update 0",
+                      soft_wrap=True, highlight=False, markup=False)
     with bar:
         try:
             result = run_resumable(config, num_seeds=num_seeds, seed=seed, layout=layout, checkpoints=checkpoints,
@@ -251,6 +261,15 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
             if primary:
                 write_metrics(run_dir, err.metrics)
             raise
+        except KeyboardInterrupt:
+            last = checkpoints.latest() if checkpoints is not None else None
+            if last is None:
+                raise Interrupted(None, config.num_updates, None,
+                                  f"interrupted before any checkpoint was saved; {run_dir} holds no progress to resume "
+                                  f"(--checkpoint-every sets how often one is saved)") from None
+            raise Interrupted(last, config.num_updates, checkpoints.path(last),
+                              f"interrupted; the last checkpoint is {checkpoints.path(last)} (update {last} of "
+                              f"{config.num_updates}); continue with: {COMMAND} --resume {run_dir}") from None
     steps_per_seed = config.num_updates * config.batch_size
     trained = config.num_updates - (result.resumed_from or 0)
     sps = trained * config.batch_size * num_seeds / max(result.run_s, 1e-9)
@@ -288,7 +307,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
 def study_main(argv: list[str]) -> dict:
     import tyro
 
-    from ppo_jax.outputs import new_run_dir
+    from ppo_jax.rundir import claim_run_dir
     from ppo_jax.study import grid_points, parse_grid, run_study
 
     env = _flag_from_argv(argv, "--env", PPOConfig.env)
@@ -310,9 +329,7 @@ def study_main(argv: list[str]) -> dict:
             raise ValueError("algos: give at least one update rule")
         for c in configs.values():
             c.validate()
-        run_dir = Path(args.out) if args.out else new_run_dir("runs", f"study-{env}")
-        if (run_dir / "summary.json").exists():
-            raise FileExistsError(f"out: {run_dir} already holds a study (summary.json); choose a new folder")
+        run_dir = claim_run_dir(args.out, "ppo-jax study", f"study-{env}")
 
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -330,7 +347,7 @@ def study_main(argv: list[str]) -> dict:
                                 eval_episodes=args.eval_episodes, run_dir=run_dir, progress=progress,
                                 on_update=lambda a, u, n: bar.update(tasks[a], completed=u),
                                 reps=args.bootstrap_reps)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, OSError) as err:
         _fail(str(err))
     for name, r in summary["results"].items():
         print(f"{name}: IQM {r['iqm']:.1f} [{r['iqm_ci'][0]:.1f}, {r['iqm_ci'][1]:.1f}] over {args.num_seeds} seeds")
@@ -350,7 +367,7 @@ def eval_main(argv: list[str]) -> np.ndarray:
         _fail(f"episodes: must be a positive integer, got {args.episodes}")
     try:
         config, payload, num_seeds = ckpt.restore(args.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         _fail(str(err))
     evaluate = make_evaluate(config, num_episodes=args.episodes, deterministic=not args.stochastic)
     stats = payload["obs_stats"]  # a RunningStats: restore() rebuilds the saved structure
@@ -366,7 +383,7 @@ def eval_main(argv: list[str]) -> np.ndarray:
     return returns
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -386,6 +403,15 @@ def main(argv: list[str] | None = None) -> None:
         study_main(rest)
     else:
         _fail(f"unknown command {command!r}; expected train, study or eval")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt as err:
+        # One line, not a traceback: where the run stands and how to continue it.
+        print(f"ppo-jax: {err}" if str(err) else "ppo-jax: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

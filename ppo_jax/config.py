@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.envs import validate_env_id
+from ppo_jax.validation import require_finite
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class PPOConfig:
 
     def validate(self) -> "PPOConfig":
         """Checks every field before anything compiles; raises ValueError naming the field."""
+        require_finite(self)
         validate_env_id(self.env)
         if self.algo not in ALGORITHMS:
             raise ValueError(f"algo: must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")

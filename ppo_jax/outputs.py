@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import json
 import math
 import os
@@ -13,18 +12,18 @@ from pathlib import Path
 import numpy as np
 
 
-def new_run_dir(base: str | os.PathLike, name: str) -> Path:
-    """A fresh folder ``base/name-YYYYmmdd-HHMMSS[-k]`` that did not exist before."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(base)
-    for k in range(1000):
-        path = base / (f"{name}-{stamp}" + (f"-{k}" if k else ""))
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run folder under {base}")
+def read_json(path: str | os.PathLike, error: type[Exception] = ValueError):
+    """The JSON in ``path``; a missing, unreadable or invalid file raises ``error`` naming the
+    file (and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise error(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
 
 
 def _clean(x):
@@ -70,21 +69,45 @@ def write_metrics(run_dir: Path, metrics: dict[str, np.ndarray]) -> None:
                 writer.writerow([s, u] + [float(np.asarray(metrics[n])[s, u]) for n in names])
 
 
+def carry_forward(returns: np.ndarray) -> np.ndarray:
+    """``returns[seed, update]`` with each NaN (an update in which no episode finished) replaced
+    by the seed's last finished value; NaN before its first finished episode."""
+    returns = np.asarray(returns, dtype=float)
+    index = np.where(np.isfinite(returns), np.arange(returns.shape[-1]), 0)
+    index = np.maximum.accumulate(index, axis=-1)
+    filled = np.take_along_axis(returns, index, axis=-1)
+    seen = np.maximum.accumulate(np.isfinite(returns), axis=-1)
+    return np.where(seen, filled, np.nan)
+
+
 def plot_learning_curve(path: Path, steps: np.ndarray, returns: np.ndarray, title: str) -> None:
-    """Mean over seeds with a band from the min to the max seed; ``returns`` is ``[seeds, updates]``."""
+    """The return of finished episodes against environment steps; ``returns`` is ``[seeds, updates]``.
+
+    An update in which no episode finished (every CartPole update once episodes outlast the
+    rollout) has no return: the seed's last finished value is carried forward, and the
+    points where episodes did finish are marked. Several seeds: their mean, with a min-max band.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     returns = np.asarray(returns, dtype=float)
-    with warnings.catch_warnings():  # updates where no seed finished an episode are all-NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(returns, axis=0)
-        lo, hi = np.nanmin(returns, axis=0), np.nanmax(returns, axis=0)
+    filled = carry_forward(returns)
+    steps = np.asarray(steps)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, mean, label=f"mean over {returns.shape[0]} seed(s)")
-    ax.fill_between(steps, lo, hi, alpha=0.25, label="min-max over seeds")
+    with warnings.catch_warnings():  # updates before any seed finished an episode are all-NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(filled, axis=0)
+        if returns.shape[0] > 1:
+            line = ax.plot(steps, mean, label=f"mean over {returns.shape[0]} seeds (last finished episodes)")[0]
+            ax.fill_between(steps, np.nanmin(filled, axis=0), np.nanmax(filled, axis=0), alpha=0.25,
+                            color=line.get_color(), label="min-max over seeds")
+        else:
+            line = ax.plot(steps, mean, label="last finished episodes (carried forward)")[0]
+            finished = np.isfinite(returns[0])
+            ax.plot(steps[finished], returns[0][finished], "o", markersize=2.5, color=line.get_color(),
+                    label="updates in which episodes finished")
     ax.set_xlabel("environment steps (per seed)")
     ax.set_ylabel("episode return (finished episodes)")
     ax.set_title(title)

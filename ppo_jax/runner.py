@@ -20,6 +20,7 @@ import numpy as np
 from ppo_jax.checkpoint import RunCheckpoints
 from ppo_jax.config import PPOConfig
 from ppo_jax.distributed import ENVS, Layout, fetch, global_array, leading_axis_constraint, place
+from ppo_jax.interrupt import stop_if_requested, stoppable
 from ppo_jax.train import make_train_fns
 
 # NaN by design in an update where no episode finished, so not evidence of divergence.
@@ -76,7 +77,12 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     """Trains ``num_seeds`` seeds on ``layout``, ``checkpoint_every`` updates per compiled
     call (0: all at once), saving after each call when ``checkpoints`` is given (but not
     within ``min_save_interval_s`` seconds of the last save, except at the end) and
-    resuming from its newest checkpoint if it has one.
+    resuming from its newest intact checkpoint if it has one (a damaged one is set aside
+    with a warning through ``on_status``).
+
+    Ctrl-C (with ``checkpoints``): the first stops the run after the chunk in progress,
+    saves it and raises :class:`ppo_jax.interrupt.Interrupted`; a second raises
+    KeyboardInterrupt at once, after any save in flight has finished.
 
     With ``check_finite``, a NaN or inf in a metric or the parameters raises
     :class:`NonFiniteError` naming the update, the seed and the metrics, before the bad
@@ -94,48 +100,51 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     metrics = {k: np.full((num_seeds, num_updates), np.nan if v.dtype.kind == "f" else -1, v.dtype)
                for k, v in shapes.items()}
     done, resumed_from = 0, None
-    if checkpoints is not None and checkpoints.latest() is not None:
-        done = resumed_from = checkpoints.latest()
-        tree, _ = checkpoints.restore(done, {"state": state, "metrics": metrics})
-        state, metrics = tree["state"], {k: np.array(v) for k, v in tree["metrics"].items()}
+    found = checkpoints.restore_latest({"state": state, "metrics": metrics}, warn=status) if checkpoints else None
+    if found is not None:
+        done = resumed_from = found[0]
+        state, metrics = found[1]["state"], {k: np.array(v) for k, v in found[1]["metrics"].items()}
         status(f"resumed from {checkpoints.path(done)} (update {done} of {num_updates})")
 
     programs: dict[int, Any] = {}
     compile_s = run_s = 0.0
     last_save = time.monotonic()
-    while done < num_updates:
-        n = min(every, num_updates - done)
-        if n not in programs:
+    request = lambda: status("stopping after the updates in progress (Ctrl-C again to stop now)")  # noqa: E731
+    with stoppable(checkpoints, on_request=request) as stop:
+        while done < num_updates:
+            n = min(every, num_updates - done)
+            if n not in programs:
+                t0 = time.perf_counter()
+                programs[n] = place(layout, jax.vmap(partial(fns.run, num=n))).lower(state).compile()
+                compile_s += time.perf_counter() - t0
+                status("training")
             t0 = time.perf_counter()
-            programs[n] = place(layout, jax.vmap(partial(fns.run, num=n))).lower(state).compile()
-            compile_s += time.perf_counter() - t0
-            status("training")
-        t0 = time.perf_counter()
-        # A no-op unless XLA chose other placements for the last chunk's outputs than
-        # this program takes (possible in the envs layout).
-        state = jax.device_put(state, programs[n].input_shardings[0][0])
-        out = programs[n](state)
-        chunk = fetch(out.metrics)
-        run_s += time.perf_counter() - t0
-        if check_finite:
-            found = first_nonfinite(chunk, fetch(out.state.params))
-            if found is not None:
-                s, u, names = found
-                for k, v in chunk.items():
-                    metrics[k][:, done:done + u] = v[:, :u]
-                last = checkpoints.latest() if checkpoints is not None else None
-                kept = (f"; last good checkpoint: {checkpoints.path(last)} (update {last})" if last is not None
-                        else "; no checkpoint was saved before it")
-                raise NonFiniteError(f"non-finite values at update {done + u + 1} of {num_updates} (seed {s}) "
-                                     f"in: {', '.join(names)}{kept}", metrics)
-        for k, v in chunk.items():
-            metrics[k][:, done:done + n] = v
-        state, done = out.state, done + n
-        due = time.monotonic() - last_save >= min_save_interval_s or done == num_updates
-        if checkpoints is not None and due:
-            checkpoints.save(done, {"state": state, "metrics": metrics}, {"update": done})
-            last_save = time.monotonic()
-            status(f"checkpoint {checkpoints.path(done)}")
+            # A no-op unless XLA chose other placements for the last chunk's outputs than
+            # this program takes (possible in the envs layout).
+            state = jax.device_put(state, programs[n].input_shardings[0][0])
+            out = programs[n](state)
+            chunk = fetch(out.metrics)
+            run_s += time.perf_counter() - t0
+            if check_finite:
+                found = first_nonfinite(chunk, fetch(out.state.params))
+                if found is not None:
+                    s, u, names = found
+                    for k, v in chunk.items():
+                        metrics[k][:, done:done + u] = v[:, :u]
+                    last = checkpoints.latest() if checkpoints is not None else None
+                    kept = (f"; last good checkpoint: {checkpoints.path(last)} (update {last})" if last is not None
+                            else "; no checkpoint was saved before it")
+                    raise NonFiniteError(f"non-finite values at update {done + u + 1} of {num_updates} (seed {s}) "
+                                         f"in: {', '.join(names)}{kept}", metrics)
+            for k, v in chunk.items():
+                metrics[k][:, done:done + n] = v
+            state, done = out.state, done + n
+            due = time.monotonic() - last_save >= min_save_interval_s or done == num_updates or stop.requested
+            if checkpoints is not None and due:
+                checkpoints.save(done, {"state": state, "metrics": metrics}, {"update": done})
+                last_save = time.monotonic()
+                status(f"checkpoint {checkpoints.path(done)}")
+            stop_if_requested(stop, checkpoints, done, num_updates)
     if checkpoints is not None:
         checkpoints.wait()
     return RunResult(state, metrics, compile_s, run_s, resumed_from)

@@ -4,11 +4,12 @@ A checkpoint directory holds ``params/`` (orbax; committed by rename, so a kille
 leaves no half checkpoint), ``model.json`` (the :class:`TransformerConfig` and which heads
 exist) and ``tokenizer.json`` when the model uses a user's tokenizer (copied, so the
 checkpoint stands alone), with ``tokenizer_meta.json`` naming its special tokens.
+``model.json`` also holds a checksum of each parameter array, checked on load: a damaged
+or partial checkpoint is one :class:`ppo_jax.checkpoint.CheckpointError` naming its folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from ppo_jax.outputs import write_json
+from ppo_jax.checkpoint import CheckpointError, orbax_restore, tree_checksums, verify_checksums
+from ppo_jax.outputs import read_json, write_json
 from rlhf_jax.tokenizer import ByteTokenizer, JsonTokenizer, Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -30,9 +32,10 @@ def save(directory: str | os.PathLike, params, model: TransformerLM, tokenizer: 
         raise FileExistsError(f"checkpoint: {directory / 'params'} already exists; choose a new directory")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / "params", params)
+    checksums = tree_checksums(params)
     checkpointer.wait_until_finished()
     write_json(directory / "model.json", {"config": model.config.to_dict(), "lm_head": model.lm_head,
-                                          "scalar_head": model.scalar_head, "format": 1})
+                                          "scalar_head": model.scalar_head, "format": 1, "checksums": checksums})
     if isinstance(tokenizer, JsonTokenizer):
         shutil.copyfile(tokenizer.path, directory / "tokenizer.json")
         write_json(directory / "tokenizer_meta.json", tokenizer.special_tokens)
@@ -49,21 +52,34 @@ def load_extra(directory: str | os.PathLike) -> dict:
 
 def _read_json(path: Path) -> dict:
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint: {path} is missing (is {path.parent} a model checkpoint?)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
+        raise CheckpointError(f"checkpoint: {path} is missing (is {path.parent} a model checkpoint?)")
+    value = read_json(path, error=CheckpointError)
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def load(directory: str | os.PathLike) -> tuple[TransformerLM, dict, Tokenizer]:
-    """Returns ``(model, params, tokenizer)``."""
+    """Returns ``(model, params, tokenizer)``. ``directory`` is a checkpoint or a run folder
+    holding one as ``checkpoint/``; raises :class:`CheckpointError` naming the folder if it
+    is missing, damaged or incomplete."""
     directory = Path(directory).absolute()
+    if not (directory / "model.json").exists() and (directory / "checkpoint" / "model.json").exists():
+        directory = directory / "checkpoint"
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint: {directory} is not a folder")
     meta = _read_json(directory / "model.json")
-    model = TransformerLM(TransformerConfig.from_dict(meta["config"]), lm_head=meta["lm_head"],
-                          scalar_head=meta["scalar_head"])
+    try:
+        model = TransformerLM(TransformerConfig.from_dict(meta["config"]), lm_head=meta["lm_head"],
+                              scalar_head=meta["scalar_head"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory / 'model.json'}: not a model description "
+                              f"({type(err).__name__}: {err})") from None
+    if not (directory / "params").is_dir():
+        raise CheckpointError(f"checkpoint: {directory} is incomplete (no params/)")
     target = jax.eval_shape(lambda k: init_params(model, k), jax.random.PRNGKey(0))
-    params = ocp.StandardCheckpointer().restore(directory / "params", target)
+    params = orbax_restore(lambda: ocp.StandardCheckpointer().restore(directory / "params", target), directory)
+    verify_checksums(params, meta.get("checksums"), directory)
     if (directory / "tokenizer.json").exists():
         tokenizer = JsonTokenizer(str(directory / "tokenizer.json"), **_read_json(directory / "tokenizer_meta.json"))
     else:

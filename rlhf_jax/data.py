@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -46,10 +47,11 @@ def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequenc
     return rows
 
 
-def load_sft(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Prompts and responses of a JSONL file with ``prompt`` and ``response`` fields."""
-    rows = read_jsonl(path, ("prompt", "response"))
-    return [r["prompt"] for r in rows], [r["response"] for r in rows]
+def load_sft(path: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
+    """Prompts and responses of a JSONL file with ``prompt`` and ``response`` fields, and for
+    each ``"FILE:LINE"`` so later errors can say where it came from."""
+    rows = read_jsonl(path, ("prompt", "response"), numbered=True)
+    return [r["prompt"] for r in rows], [r["response"] for r in rows], [f"{path}:{r['_line']}" for r in rows]
 
 
 def load_preferences(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
@@ -62,6 +64,8 @@ def load_preferences(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
         margin = row.get("margin", 0.0)
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
             raise ValueError(f"{path}:{lineno}: field 'margin' must be a number, got {type(margin).__name__}")
+        if not math.isfinite(margin):  # Python's json reads NaN and Infinity
+            raise ValueError(f"{path}:{lineno}: field 'margin' must be a finite number, got {margin}")
         rows.append({**row, "margin": float(margin)})
         where.append(f"{path}:{lineno}")
     return rows, where

@@ -23,6 +23,7 @@ sequence), averaged over sequences (PITFALLS RM 13).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
@@ -36,6 +37,8 @@ from jax.sharding import Mesh
 
 from ppo_jax import losses
 from ppo_jax.checkpoint import RunCheckpoints
+from ppo_jax.interrupt import stop_if_requested, stoppable
+from ppo_jax.validation import require_finite
 from rlhf_jax.data import padded_chunks
 from rlhf_jax.ppo import (
     TokenBatch,
@@ -114,6 +117,7 @@ class RLHFConfig:
     """Also split parameters and optimiser states across the devices (FSDP-style)."""
 
     def validate(self) -> None:
+        require_finite(self)
         for name in ("iterations", "batch_size", "max_new_tokens", "epochs", "minibatches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
@@ -343,11 +347,26 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
     mesh = programs.mesh
     ref_params, rm_params = put_params((ref_params, rm_params), mesh, programs.fsdp)
     history, start = [], 0
-    if checkpoints is not None and checkpoints.latest() is not None:
-        start = checkpoints.latest()
-        state, meta = checkpoints.restore(start, state)
+    found = checkpoints.restore_latest(state, warn=lambda m: print(m, file=sys.stderr)) if checkpoints else None
+    if found is not None:
+        start, state, meta = found
         history = meta["history"]
     t_start = time.perf_counter()
+    request = lambda: print("stopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr)  # noqa: E731
+    with stoppable(checkpoints, on_request=request) as stop:
+        state, history = _iterations(config, programs, state, history, start, ref_params=ref_params,
+                                     tokenizer=tokenizer, prompts=prompts, rm_params=rm_params, norm=norm,
+                                     reward=reward, gold_reward=gold_reward, progress=progress,
+                                     checkpoints=checkpoints, checkpoint_every=checkpoint_every, stop=stop)
+    if checkpoints is not None:
+        checkpoints.wait()
+    return RLHFResult(state, history, time.perf_counter() - t_start)
+
+
+def _iterations(config, programs, state, history, start, *, ref_params, tokenizer, prompts, rm_params, norm, reward,
+                gold_reward, progress, checkpoints, checkpoint_every, stop):
+    """Iterations ``start..config.iterations`` of :func:`train_rlhf`; returns ``(state, history)``."""
+    mesh = programs.mesh
     for it in range(start, config.iterations):
         rng = np.random.default_rng([config.seed, it])
         k_sample, k_learn = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), it))
@@ -380,14 +399,13 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
                                      f"({row[bad[0]]}; lower lr or raise kl_coef){kept}")
         history.append(row)
         done = it + 1
-        if checkpoints is not None and checkpoint_every > 0 and (done % checkpoint_every == 0
-                                                                  or done == config.iterations):
+        if checkpoints is not None and (stop.requested or checkpoint_every > 0 and (
+                done % checkpoint_every == 0 or done == config.iterations)):
             checkpoints.save(done, state, {"history": list(history)})
         if progress is not None:
             progress(it, row)
-    if checkpoints is not None:
-        checkpoints.wait()
-    return RLHFResult(state, history, time.perf_counter() - t_start)
+        stop_if_requested(stop, checkpoints, done, config.iterations)
+    return state, history
 
 
 def evaluate_policy(programs: RLHFPrograms, policy_params, *, ref_params, tokenizer: Tokenizer, prompts: PromptSource,

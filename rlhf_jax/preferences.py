@@ -37,6 +37,20 @@ def bayes_accuracy(q: np.ndarray) -> float:
     return float(np.mean(np.maximum(q, 1.0 - q)))
 
 
+def expected_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray, label_prob: np.ndarray) -> float:
+    """Expected accuracy of a reward model on labels drawn as these were: a pair it orders as
+    labelled is right with probability ``label_prob`` (the labeller's chance of that label),
+    one it orders the other way with ``1 - label_prob``, a tie with 1/2.
+
+    The same quantity as :func:`bayes_accuracy` (which it equals exactly when the model
+    orders every pair as the gold reward does) without the noise of the one label drawn per
+    pair: on 300 held-out pairs that noise alone has a standard deviation of 2 points.
+    """
+    gap = np.asarray(r_chosen, np.float64) - np.asarray(r_rejected, np.float64)
+    q = np.asarray(label_prob, np.float64)
+    return float(np.mean(np.where(gap > 0, q, np.where(gap < 0, 1.0 - q, 0.5))))
+
+
 def sample_responses(model: TransformerLM, params, tokenizer: Tokenizer, prompts: Sequence[str],
                      sampling: SamplingConfig, key: jax.Array,
                      batch_size: int = 64) -> tuple[list[str], np.ndarray, np.ndarray]:

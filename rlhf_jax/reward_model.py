@@ -21,6 +21,8 @@ import numpy as np
 import optax
 from flax import struct
 
+from ppo_jax.validation import require_finite
+from rlhf_jax.preferences import expected_accuracy
 from rlhf_jax.sft import adamw_warmup_cosine
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
@@ -160,6 +162,7 @@ class RMConfig:
     """Seed for the head's init and the batching."""
 
     def validate(self) -> None:
+        require_finite(self)
         self.model.validate()
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(self, name) <= 0:
@@ -217,6 +220,9 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
     order = rng.permutation(len(data))
     n_held = max(1, int(round(config.heldout_fraction * len(data))))
     heldout, train = data[order[:n_held]], data[order[n_held:]]
+    # Pairs labelled here by sampling carry the labeller's probability: score against it too.
+    heldout_label_prob = (np.asarray([pairs[i]["label_prob"] for i in order[:n_held]])
+                          if all("label_prob" in p for p in pairs) else None)
     if len(train) < config.batch_size:
         raise ValueError(f"batch_size: {config.batch_size} exceeds the {len(train)} training pairs")
     key = jax.random.PRNGKey(config.seed)
@@ -265,6 +271,8 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
             if progress is not None:
                 progress(done, total, float(loss))
         metrics, scores = evaluate(params)
+        if heldout_label_prob is not None:
+            metrics["heldout_expected_accuracy"] = expected_accuracy(*scores, heldout_label_prob)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
                         "train_accuracy": float(np.mean(jax.device_get(accs))), **metrics})
     norm = {"mean": 0.0, "std": 1.0}

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ppo_jax.validation import require_finite
 from rlhf_jax.transformer import KVCache, TransformerLM
 
 
@@ -40,6 +41,7 @@ class SamplingConfig:
     """After EOS, emit PAD (mask 0)."""
 
     def validate(self, vocab_size: int | None = None) -> None:
+        require_finite(self)
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens: must be positive, got {self.max_new_tokens}")
         if not self.temperature > 0:

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from ppo_jax.validation import require_finite
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -53,6 +54,7 @@ class SFTConfig:
     """Seed for initialisation, batching and dropout."""
 
     def validate(self) -> None:
+        require_finite(self)
         self.model.validate()
         for name in ("steps", "batch_size", "max_length", "eval_every"):
             if getattr(self, name) <= 0:
@@ -92,8 +94,11 @@ class SFTBatch:
 
 
 def encode_examples(tokenizer: Tokenizer, prompts: Sequence[str], responses: Sequence[str],
-                    max_length: int) -> SFTBatch:
-    """Right-padded ``[BOS] prompt response [EOS]`` rows with the response's loss mask."""
+                    max_length: int, where: Sequence[str] | None = None) -> SFTBatch:
+    """Right-padded ``[BOS] prompt response [EOS]`` rows with the response's loss mask.
+
+    A response too long for ``max_length`` is an error naming it: ``where[i]`` (e.g.
+    ``"data.jsonl:6"``) says where example ``i`` came from, else ``example i+1``."""
     if len(prompts) != len(responses):
         raise ValueError(f"responses: {len(responses)} responses for {len(prompts)} prompts")
     n = len(prompts)
@@ -104,7 +109,8 @@ def encode_examples(tokenizer: Tokenizer, prompts: Sequence[str], responses: Seq
         prompt_ids = [tokenizer.bos_id] + tokenizer.encode(p)
         response_ids = tokenizer.encode(r) + [tokenizer.eos_id]
         if len(response_ids) >= max_length:
-            raise ValueError(f"example {i}: response of {len(response_ids)} tokens (with EOS) does not fit "
+            at = where[i] if where is not None else f"example {i + 1}"
+            raise ValueError(f"{at}: response of {len(response_ids)} tokens (with EOS) does not fit "
                              f"max_length {max_length} with its prompt")
         prompt_ids = prompt_ids[max(0, len(prompt_ids) + len(response_ids) - max_length):]  # keep the prompt's end
         row = prompt_ids + response_ids

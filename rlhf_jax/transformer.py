@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ppo_jax.validation import require_finite
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -55,6 +57,7 @@ class TransformerConfig:
     parameters, LayerNorm, softmax, logits and log-probs stay float32: PITFALLS RM 18)."""
 
     def validate(self) -> None:
+        require_finite(self)
         for name in ("vocab_size", "max_len", "num_layers", "num_heads", "d_model"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")

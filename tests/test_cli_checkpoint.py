@@ -12,6 +12,7 @@ import pytest
 from ppo_jax import PPOConfig, make_train
 from ppo_jax import checkpoint as ckpt
 from ppo_jax.cli import main
+from procwatch import wait_for, wait_progressing
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,7 +43,7 @@ def test_train_writes_run_folder_and_eval_reads_checkpoint(tmp_path, capsys):
     # A second run into the same folder is refused up front instead of failing to save.
     with pytest.raises(SystemExit) as exc:
         main(["train", "--out", str(out)] + TINY)
-    assert exc.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    assert exc.value.code == 2 and "holds a finished `ppo-jax train` run" in capsys.readouterr().err
 
 
 def test_checkpoint_round_trip_keeps_params_optimizer_and_normaliser(tmp_path):
@@ -60,21 +61,27 @@ def test_checkpoint_round_trip_keeps_params_optimizer_and_normaliser(tmp_path):
         ckpt.save(tmp_path / "ck", config, out.state)
 
 
+def _cli(*args: str) -> tuple[int, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "ppo_jax.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ((_, err),) = wait_progressing([proc])
+    return proc.returncode, err
+
+
 def test_cli_rejects_bad_config_before_compiling():
-    proc = subprocess.run([sys.executable, "-m", "ppo_jax.cli", "train", "--num-minibatches", "3", "--no-progress"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "num_minibatches: 3 does not divide the batch" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "ppo_jax.cli", "train", "--env", "Nope-v0"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "env: unknown environment id 'Nope-v0'" in proc.stderr
+    code, err = _cli("train", "--num-minibatches", "3", "--no-progress")
+    assert code == 2 and "num_minibatches: 3 does not divide the batch" in err
+    code, err = _cli("train", "--env", "Nope-v0")
+    assert code == 2 and "env: unknown environment id 'Nope-v0'" in err
+    code, err = _cli("train", "--lr", "nan")
+    assert code == 2 and "lr: must be a finite number, got nan" in err
 
 
 def test_eval_of_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--checkpoint", str(tmp_path / "nothing")])
     assert exc.value.code == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert f"checkpoint: {tmp_path / 'nothing'} is not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -107,7 +114,6 @@ def test_study_rejects_a_static_sweep_before_compiling(tmp_path, capsys):
 def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
     import os
     import signal
-    import time
 
     from ppo_jax.cli import resume_training
 
@@ -118,11 +124,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_re
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", *args, "--out",
                              str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 200
-    while not (killed / "checkpoints" / "6").exists():  # orbax renames a checkpoint into place when complete
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint after 200 s"
-        time.sleep(0.01)
+    wait_for((killed / "checkpoints" / "6").exists, proc)  # orbax renames a checkpoint into place when complete
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()  # it really died mid-run
@@ -138,7 +140,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_re
     m_resumed = json.loads((killed / "metrics.json").read_text())
     assert m_whole["total_loss"] == m_resumed["total_loss"]
     # A finished run is not resumed again.
-    with pytest.raises(FileExistsError, match="already finished"):
+    with pytest.raises(ValueError, match="already finished"):
         resume_training(str(killed), progress=False)
 
 
@@ -156,3 +158,15 @@ def test_a_diverging_run_stops_naming_the_update_and_metric(tmp_path, capsys):
     assert not (out / "checkpoints" / str(update)).exists()  # the bad state was never saved
     if update > 1:
         assert f"last good checkpoint: {out / 'checkpoints' / str(update - 1)}" in err
+
+
+def test_learning_curve_carries_the_last_finished_return_forward(tmp_path):
+    from ppo_jax.outputs import carry_forward, plot_learning_curve
+
+    nan = np.nan
+    returns = np.array([[nan, 10.0, nan, nan, 30.0, nan], [5.0, nan, 7.0, nan, nan, nan]])
+    np.testing.assert_array_equal(carry_forward(returns), [[nan, 10.0, 10.0, 10.0, 30.0, 30.0],
+                                                           [5.0, 5.0, 7.0, 7.0, 7.0, 7.0]])
+    for seeds in (returns[:1], returns):  # one seed (no band) and several
+        plot_learning_curve(tmp_path / f"curve{len(seeds)}.png", np.arange(6) * 512, seeds, "test")
+        assert (tmp_path / f"curve{len(seeds)}.png").stat().st_size > 0

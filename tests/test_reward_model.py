@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.data import load_preferences, write_preferences
-from rlhf_jax.preferences import bayes_accuracy, label_probability, sample_responses
+from rlhf_jax.preferences import bayes_accuracy, expected_accuracy, label_probability, sample_responses
 from rlhf_jax.reward_model import (
     RewardScorer,
     bradley_terry_loss,
@@ -102,6 +102,16 @@ def test_preference_jsonl_round_trip(tmp_path):
     assert where == [f"{tmp_path / 'x.jsonl'}:1"]
 
 
+def test_expected_accuracy_weighs_each_pair_by_its_label_probability():
+    q = np.array([0.9, 0.6, 0.5, 0.2])
+    # Ordered as labelled, against the label, tie, against the label.
+    got = expected_accuracy(np.array([1.0, -1.0, 0.0, -2.0]), np.array([0.0, 0.0, 0.0, 0.0]), q)
+    np.testing.assert_allclose(got, np.mean([0.9, 0.4, 0.5, 0.8]))
+    # A model that orders every pair as the gold reward does reaches the Bayes ceiling exactly.
+    gold_order = np.where(q >= 0.5, 1.0, -1.0)
+    np.testing.assert_allclose(expected_accuracy(gold_order, np.zeros(4), q), bayes_accuracy(q))
+
+
 def test_label_probability_and_bayes_accuracy():
     q = label_probability(np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0]), tau=0.5, flip_prob=0.1)
     p = 1 / (1 + np.exp(-2.0))
@@ -121,12 +131,18 @@ def test_calibration_and_rank_correlation_helpers():
 @pytest.mark.slow
 @pytest.mark.xdist_group("reviews_models")  # one worker trains the shared fixture
 def test_reward_model_reaches_bayes_ceiling_and_ranks_like_gold(reviews_models):
-    m = reviews_models  # SFT (600 steps), 3000 pairs labelled at tau 0.25, 3 epochs: see conftest.py
+    m = reviews_models  # see conftest.py: SFT, pairs labelled at tau 0.25, the reward model
     tok, result, pairs = m.tokenizer, m.rm, m.pairs
     heldout_bayes = bayes_accuracy([pairs[i]["label_prob"] for i in result.heldout_index])
-    accuracy = result.history[-1]["heldout_accuracy"]
-    print(f"held-out accuracy {accuracy:.3f}, Bayes ceiling {m.bayes:.3f} (held-out pairs {heldout_bayes:.3f})")
-    assert accuracy >= heldout_bayes - 0.05
+    last = result.history[-1]
+    expected, accuracy = last["heldout_expected_accuracy"], last["heldout_accuracy"]
+    print(f"held-out accuracy {accuracy:.3f} (expected {expected:.3f}), Bayes ceiling {m.bayes:.3f} "
+          f"(held-out pairs {heldout_bayes:.3f})")
+    # Within 3 points of the ceiling on seeds 0-2 (2.1, 2.5, 1.3; this fixture is seed 0); the bound
+    # leaves 2 more for other CPUs' rounding.
+    assert expected >= heldout_bayes - 0.05
+    # The one sampled label per pair adds noise (sd ~1.2 points on 800 pairs), hence more room here.
+    assert accuracy >= heldout_bayes - 0.08
     lm = TransformerLM(m.config)
     fresh = reviews.prompts(256, seed=7)
     texts, ended, _ = sample_responses(lm, m.sft_params, tok, fresh, SamplingConfig(max_new_tokens=40),

@@ -34,7 +34,7 @@ def test_sft_then_generate_writes_run_folders(tmp_path, capsys):
     assert len(samples) == 3 and all(s["prompt"] == "q1:" for s in samples)
     with pytest.raises(SystemExit):  # the run folder is taken
         main(["sft", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
-    assert "already holds a run" in capsys.readouterr().err
+    assert "holds a finished `rlhf-jax sft` run" in capsys.readouterr().err
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -60,17 +60,21 @@ def test_jsonl_errors_name_file_and_line(tmp_path, line, message):
         load_sft(path)
 
 
-def test_rm_on_a_jsonl_file_writes_run_folder(tmp_path):
+def test_rm_on_a_jsonl_file_writes_run_folder(tmp_path, capsys):
     rng = np.random.default_rng(0)
     lines = []
     for i in range(80):
         good, bad = (" great", " awful") if rng.random() < 0.5 else (" lovely", " ugly")
+        if i == 5:
+            good = " great" * 20  # longer than max_length: truncated, and said so
         lines.append(json.dumps({"prompt": f"item {i % 7}:", "chosen": good, "rejected": bad}))
     data = tmp_path / "prefs.jsonl"
     data.write_text("\n".join(lines) + "\n")
     main(["rm", "--data", str(data), "--out", str(tmp_path / "rm"), "--model.num-layers", "1", "--model.d-model", "32",
           "--model.num-heads", "2", "--epochs", "2", "--batch-size", "8", "--no-progress"])
+    assert "rm: 1 of 160 sequences were longer than max_length=64 and were truncated" in capsys.readouterr().out
     summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    assert summary["truncated_sequences"] == 1
     assert summary["train_pairs"] + summary["heldout_pairs"] == 80
     assert 0.0 <= summary["heldout_accuracy"] <= 1.0
     for name in ("config.json", "metrics.json", "accuracy.png", "calibration.png", "checkpoint/extra.json"):
@@ -140,7 +144,7 @@ def test_pipeline_writes_every_stage_and_the_summary(tmp_path, capsys):
             == without_times(json.loads((run / "ppo_gold" / "metrics.json").read_text())))
     with pytest.raises(SystemExit):  # finished: nothing to resume
         main(["pipeline", "--resume", str(killed), "--no-progress"])
-    assert "already holds a finished pipeline run" in capsys.readouterr().err
+    assert f"resume: the run in {killed} already finished" in capsys.readouterr().err
 
 
 def test_pipeline_bad_config_fails_before_anything_runs(tmp_path, capsys):

@@ -18,7 +18,7 @@ def test_encoding_masks_prompt_and_padding():
     np.testing.assert_array_equal(data.input_ids[0], [tok.bos_id, 97, 98, 99, 100, tok.eos_id, tok.pad_id, tok.pad_id])
     np.testing.assert_array_equal(data.loss_mask[0], [0, 0, 0, 1, 1, 1, 0, 0])
     np.testing.assert_array_equal(data.attention_mask[1], [1, 1, 1, 1, 1, 0, 0, 0])
-    with pytest.raises(ValueError, match="example 0"):
+    with pytest.raises(ValueError, match="example 1: response of 14 tokens"):
         encode_examples(tok, ["a"], ["long response"], max_length=8)
 
 

@@ -1,0 +1,88 @@
+"""Ctrl-C between chunks of a run: the first press asks the run to stop at the next chunk
+boundary (after saving a checkpoint), the second stops it at once.
+
+A KeyboardInterrupt raised anywhere inside orbax's asynchronous save leaves its writer
+threads and event loop half torn down (hundreds of lines of tracebacks and a temporary
+folder behind); deferring the interrupt to a point where no save is running avoids that.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run at a chunk boundary, after its checkpoint ``path`` (update ``step``) was saved."""
+
+    def __init__(self, step: int | None, total: int, path: Path | None, message: str | None = None):
+        super().__init__(message or f"stopped at update {step} of {total}")
+        self.step, self.total, self.path = step, total, path
+
+
+class StopRequest:
+    requested: bool = False
+
+
+@contextmanager
+def deferred_interrupt(enabled: bool = True, on_request: Callable[[], None] | None = None) -> Iterator[StopRequest]:
+    """Inside, the first SIGINT sets ``.requested`` (and calls ``on_request``) instead of
+    raising; the next one raises KeyboardInterrupt. A no-op off the main thread (Python
+    delivers signals only there) or when not ``enabled``."""
+    stop = StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        stop.requested = True
+        if on_request is not None:
+            on_request()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ctrl-C does nothing inside (for the few milliseconds a pending save takes to finish)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def stoppable(checkpoints, on_request: Callable[[], None] | None = None) -> Iterator[StopRequest]:
+    """:func:`deferred_interrupt` around a run that saves to ``checkpoints`` (a
+    :class:`ppo_jax.checkpoint.RunCheckpoints`, or None: then Ctrl-C is not deferred, as
+    there is nothing to save). On a second Ctrl-C, a save in flight finishes before the
+    KeyboardInterrupt goes on, so no temporary folder is left."""
+    with deferred_interrupt(enabled=checkpoints is not None, on_request=on_request) as stop:
+        try:
+            yield stop
+        except KeyboardInterrupt as err:
+            if checkpoints is not None and not isinstance(err, Interrupted):
+                with sigint_ignored():
+                    checkpoints.wait()
+            raise
+
+
+def stop_if_requested(stop: StopRequest, checkpoints, done: int, total: int) -> None:
+    """Raises :class:`Interrupted` once checkpoint ``done`` (just saved) is on disk, if Ctrl-C asked to stop."""
+    if stop.requested and done < total:
+        checkpoints.wait()
+        raise Interrupted(done, total, checkpoints.path(done))

@@ -1,0 +1,106 @@
+"""Run folders: one rule for every command that writes one.
+
+A command writes into a folder that does not exist yet or is empty, and marks it with
+``run.json`` (the command's name) before anything else. A folder that exists and holds
+anything else is refused: nothing a user put there is ever replaced. If it holds this
+command's own unfinished run, the message says how to resume it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+MARKER = "run.json"
+
+
+def run_command(path: str | os.PathLike) -> str | None:
+    """The command that made the run folder ``path`` (from its ``run.json``), or None."""
+    marker = Path(path) / MARKER
+    try:
+        return json.loads(marker.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_run_dir(out: str | os.PathLike, command: str, *, resumable: bool = False) -> None:
+    """Raises ``ValueError`` (naming the field ``out``) unless ``out`` is missing or an empty folder.
+
+    ``resumable``: ``command --resume OUT`` continues an unfinished run, so say so.
+    """
+    path = Path(out)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"out: {path} exists and is not a folder; choose a new folder")
+    try:
+        names = sorted(p.name for p in path.iterdir())
+    except OSError as err:
+        raise ValueError(f"out: cannot read {path} ({err.strerror})") from err
+    if not names:
+        return
+    if run_command(path) == command:
+        if (path / "summary.json").exists():
+            raise ValueError(f"out: {path} holds a finished `{command}` run; choose a new folder")
+        hint = f"continue it with `{command} --resume {path}` or " if resumable else ""
+        raise ValueError(f"out: {path} holds an unfinished `{command}` run; {hint}choose a new folder")
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise ValueError(f"out: {path} exists and is not empty ({shown}); choose a new or empty folder "
+                     f"(nothing in it is replaced)")
+
+
+def create_run_dir(out: str | os.PathLike, command: str) -> Path:
+    """Creates ``out`` (parents too) and writes its ``run.json``; errors name the field ``out``."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / (MARKER + ".tmp")
+        tmp.write_text(json.dumps({"command": command, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+                                   "format": 1}, indent=2))
+        os.replace(tmp, path / MARKER)
+    except OSError as err:
+        raise ValueError(f"out: cannot create the run folder {path} ({err.strerror or err})") from err
+    return path
+
+
+def new_run_dir(base: str | os.PathLike, name: str) -> Path:
+    """A fresh folder ``base/name-YYYYmmdd-HHMMSS[-k]`` that did not exist before."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(base)
+    for k in range(1000):
+        path = base / (f"{name}-{stamp}" + (f"-{k}" if k else ""))
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise ValueError(f"out: cannot create a run folder under {base} ({err.strerror or err})") from err
+    raise RuntimeError(f"could not create a fresh run folder under {base}")
+
+
+def claim_run_dir(out: str | os.PathLike | None, command: str, default_name: str, *,
+                  resumable: bool = False) -> Path:
+    """The run folder of a new run of ``command``: ``out`` if it is missing or empty (else
+    ``ValueError``), or a fresh ``runs/<default_name>-<time>``; created and marked."""
+    if out is None:
+        return create_run_dir(new_run_dir("runs", default_name), command)
+    check_run_dir(out, command, resumable=resumable)
+    return create_run_dir(out, command)
+
+
+def check_resumable(run_dir: str | os.PathLike, command: str) -> Path:
+    """``run_dir`` as a run folder of ``command`` that has not finished; else ``ValueError``."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ValueError(f"resume: {path} is not a folder")
+    made_by = run_command(path)
+    if made_by is not None and made_by != command:
+        raise ValueError(f"resume: {path} is a `{made_by}` run folder, not a `{command}` one")
+    if not (path / "config.json").exists():
+        raise ValueError(f"resume: no config.json in {path} (is it a `{command}` run folder?)")
+    if (path / "summary.json").exists():
+        raise ValueError(f"resume: the run in {path} already finished (summary.json)")
+    return path

@@ -1,0 +1,18 @@
+"""Checks shared by every config: kept free of heavy imports (rlhf_jax uses it too)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+def require_finite(config, prefix: str = "") -> None:
+    """Raises ValueError naming the first float field of the dataclass ``config`` (nested
+    ones too, as ``outer.inner``) that is NaN or infinite: tyro and Python's json both
+    accept 'nan' and 'inf', and a NaN learning rate trains to garbage without an error."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            require_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{prefix}{f.name}: must be a finite number, got {value!r}")
