@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,13 +13,15 @@ from rlhf_jax.pipeline import PipelineConfig
 from rlhf_jax.progress import progress_bar
 from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.sft import SFTConfig
+from rlhf_jax.transformer import TransformerConfig
 
-USAGE = """usage: rlhf-jax {sft,rm,pipeline,generate} [--help] [options]
+USAGE = """usage: rlhf-jax {sft,rm,pipeline,generate,export} [--help] [options]
 
   sft        supervised fine-tuning on a built-in task or a JSONL file, write a run folder
   rm         train a Bradley-Terry reward model on preference pairs (a task's or a JSONL file)
   pipeline   SFT -> preference pairs -> reward model -> PPO (proxy and gold) and best-of-n, one run folder
   generate   sample responses from a checkpoint: rlhf-jax generate --checkpoint DIR --prompt TEXT
+  export     write a checkpoint as a Hugging Face folder: rlhf-jax export --checkpoint DIR --out HF_DIR
 """
 
 TASKS = ("reviews",)
@@ -29,6 +31,11 @@ TASKS = ("reviews",)
 class SFTArgs(SFTConfig):
     """Supervised fine-tuning: next-token loss on responses only. Writes a run folder."""
 
+    model: str | None = None
+    """A local Hugging Face folder (config.json, safetensors, tokenizer.json: gpt2, llama, qwen2 or
+    mistral) to fine-tune, with its tokenizer; nothing is downloaded."""
+    transformer: TransformerConfig = field(default_factory=lambda: SFTConfig().model)
+    """The transformer trained from scratch (ignored with --model, which brings its own)."""
     task: str = "reviews"
     """Built-in offline task whose SFT corpus to use (ignored with --data)."""
     data: str | None = None
@@ -49,6 +56,11 @@ class SFTArgs(SFTConfig):
 class RMArgs(RMConfig):
     """Reward-model training (Bradley-Terry). Writes a run folder."""
 
+    model: str | None = None
+    """A local Hugging Face folder (gpt2, llama, qwen2 or mistral) whose body the reward model starts
+    from, with its tokenizer (instead of --init; with --task it also samples the pairs)."""
+    transformer: TransformerConfig = field(default_factory=lambda: RMConfig().model)
+    """The transformer trained from scratch (ignored with --model or --init, which bring their own)."""
     task: str = "reviews"
     """Built-in task: its SFT policy samples response pairs that its gold reward labels (ignored with --data)."""
     data: str | None = None
@@ -75,8 +87,10 @@ class RMArgs(RMConfig):
 class GenerateArgs:
     """Sample responses from a saved model."""
 
-    checkpoint: str
-    """Model checkpoint directory (a run folder's checkpoint/)."""
+    checkpoint: str | None = None
+    """Model checkpoint directory (a run folder, or its checkpoint/)."""
+    model: str | None = None
+    """A local Hugging Face folder to sample from instead (gpt2, llama, qwen2 or mistral)."""
     prompt: tuple[str, ...] = ()
     """Prompt text; repeat the flag for several prompts."""
     num_samples: int = 1
@@ -121,7 +135,8 @@ def run_pipeline_command(args: PipelineArgs) -> dict:
     run_dir = summary["run_dir"]
     keys = ("gold_reward_sft", "gold_reward_final", "proxy_reward_final", "kl_final", "rm_heldout_accuracy",
             "bayes_accuracy")
-    print("  ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary))
+    shown = {k: summary.get(k) for k in keys}
+    print("  ".join(f"{k} {v:.3f}" for k, v in shown.items() if isinstance(v, float) and np.isfinite(v)))
     print(f"run folder: {run_dir}")
     return summary
 
@@ -131,8 +146,40 @@ def _fail(msg: str) -> None:
     raise SystemExit(2)
 
 
-def _sft_config(args: SFTArgs) -> SFTConfig:
-    return SFTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SFTConfig)})
+def _config_of(cls, args, model_config):
+    """The library config ``cls`` of CLI ``args``, with ``model_config`` as its transformer."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name != "model"}
+    return cls(model=model_config, **values)
+
+
+def _load_hf(path: str):
+    from rlhf_jax.hf import load_pretrained
+
+    return load_pretrained(path)
+
+
+@dataclass(frozen=True)
+class ExportArgs:
+    """Write a model checkpoint as a Hugging Face folder that transformers loads."""
+
+    checkpoint: str
+    """Model checkpoint (a run folder, or its checkpoint/), with a tokenizer.json tokenizer."""
+    out: str
+    """A new or empty folder for config.json, model.safetensors and the tokenizer files."""
+    kind: str | None = None
+    """model_type to write: gpt2 for arch gpt2; llama (default), qwen2 or mistral for arch llama."""
+
+
+def run_export(args: ExportArgs) -> None:
+    from ppo_jax.rundir import check_run_dir
+    from rlhf_jax import checkpoint as ckpt
+    from rlhf_jax.hf import save_pretrained
+
+    check_run_dir(args.out, "rlhf-jax export")
+    model, params, tokenizer = ckpt.load(args.checkpoint)
+    folder = save_pretrained(args.out, model, params, tokenizer, kind=args.kind)
+    kind = "ForCausalLM" if model.lm_head else "ForSequenceClassification"
+    print(f"wrote a ...{kind} folder: {folder}")
 
 
 def run_sft(args: SFTArgs) -> dict:
@@ -149,8 +196,9 @@ def run_sft(args: SFTArgs) -> dict:
     from rlhf_jax.tokenizer import load_tokenizer
     from rlhf_jax.transformer import TransformerLM
 
-    config = _sft_config(args)
     require_finite(args)
+    pretrained = _load_hf(args.model) if args.model else None
+    config = _config_of(SFTConfig, args, pretrained[0].config if pretrained else args.transformer)
     config.validate()
     for name in ("num_examples", "num_samples"):
         if getattr(args, name) <= 0:
@@ -159,7 +207,7 @@ def run_sft(args: SFTArgs) -> dict:
         raise ValueError(f"task: unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
     if args.out:
         check_run_dir(args.out, "rlhf-jax sft")
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = pretrained[2] if pretrained else load_tokenizer(args.tokenizer)
     if args.data is not None:
         prompts, responses, where = load_sft(args.data)
         encode_examples(tokenizer, prompts, responses, config.max_length, where)  # errors name the line, up front
@@ -170,7 +218,7 @@ def run_sft(args: SFTArgs) -> dict:
 
     run_dir = claim_run_dir(args.out, "rlhf-jax sft", "sft")
     write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
-                                         "tokenizer": args.tokenizer})
+                                         "tokenizer": args.tokenizer, "pretrained": args.model})
     bar = progress_bar("sft", args.no_progress)
     task = bar.add_task("sft", total=config.steps, loss="-")
 
@@ -179,7 +227,8 @@ def run_sft(args: SFTArgs) -> dict:
             bar.update(task, completed=step + 1, loss=f"{loss:.3f}")
 
     with bar:
-        result = train_sft(config, tokenizer, prompts, responses, progress=progress)
+        result = train_sft(config, tokenizer, prompts, responses, progress=progress,
+                           params=pretrained[1] if pretrained else None)
     model = TransformerLM(config.model)
     write_json(run_dir / "metrics.json", {"train_loss": result.train_loss, "eval_step": result.eval_steps,
                                           "eval_loss": result.eval_loss})
@@ -241,8 +290,10 @@ def run_rm(args: RMArgs) -> dict:
     from rlhf_jax.tokenizer import load_tokenizer
     from rlhf_jax.transformer import TransformerLM
 
-    config = RMConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RMConfig)})
     require_finite(args)
+    if args.model and args.init:
+        raise ValueError("model: give --model (a Hugging Face folder) or --init (our checkpoint), not both")
+    config = _config_of(RMConfig, args, args.transformer)
     config.validate()
     if args.data is None and args.task not in TASKS:
         raise ValueError(f"task: unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
@@ -251,7 +302,9 @@ def run_rm(args: RMArgs) -> dict:
     if args.out:
         check_run_dir(args.out, "rlhf-jax rm")
     wall = {}
-    if args.init is not None:
+    if args.model is not None:
+        lm, lm_params, tokenizer = _load_hf(args.model)
+    elif args.init is not None:
         lm, lm_params, tokenizer = ckpt.load(args.init)
     else:
         lm, lm_params, tokenizer = None, None, load_tokenizer(args.tokenizer)
@@ -354,9 +407,11 @@ def run_generate(args: GenerateArgs) -> list[dict]:
     if args.num_samples <= 0:
         raise ValueError(f"num_samples: must be a positive integer, got {args.num_samples}")
     require_finite(args)
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("checkpoint: give --checkpoint (our checkpoint) or --model (a Hugging Face folder)")
     if args.out:
         check_run_dir(args.out, "rlhf-jax generate")
-    model, params, tokenizer = ckpt.load(args.checkpoint)
+    model, params, tokenizer = ckpt.load(args.checkpoint) if args.checkpoint else _load_hf(args.model)
     prompts = [p for p in args.prompt for _ in range(args.num_samples)]
     longest = longest_prompt(tokenizer, prompts)
     max_new = (args.max_new_tokens if args.max_new_tokens is not None
@@ -370,7 +425,8 @@ def run_generate(args: GenerateArgs) -> list[dict]:
     texts, ended, _ = sample_responses(model, params, tokenizer, prompts, sampling, jax.random.PRNGKey(args.seed))
     samples = [{"prompt": p, "response": t, "ended_with_eos": bool(e)} for p, t, e in zip(prompts, texts, ended)]
     run_dir = claim_run_dir(args.out, "rlhf-jax generate", "generate")
-    write_json(run_dir / "samples.json", {"checkpoint": str(args.checkpoint), "sampling": dataclasses.asdict(sampling),
+    write_json(run_dir / "samples.json", {"checkpoint": str(args.checkpoint or args.model),
+                                          "sampling": dataclasses.asdict(sampling),
                                           "seed": args.seed, "samples": samples})
     for s in samples:
         print(f"{s['prompt']!r} -> {s['response']!r}{'' if s['ended_with_eos'] else ' [no EOS]'}")
@@ -395,8 +451,10 @@ def main(argv: list[str] | None = None) -> None:
             run_pipeline_command(tyro.cli(PipelineArgs, args=rest, prog="rlhf-jax pipeline"))
         elif command == "generate":
             run_generate(tyro.cli(GenerateArgs, args=rest, prog="rlhf-jax generate"))
+        elif command == "export":
+            run_export(tyro.cli(ExportArgs, args=rest, prog="rlhf-jax export"))
         else:
-            _fail(f"unknown command {command!r}; expected sft, rm, pipeline or generate")
+            _fail(f"unknown command {command!r}; expected sft, rm, pipeline, generate or export")
     except (ValueError, OSError) as err:
         _fail(str(err))
     except FloatingPointError as err:  # a diverged run: the message names the iteration and checkpoint

@@ -54,13 +54,39 @@ def load_sft(path: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
     return [r["prompt"] for r in rows], [r["response"] for r in rows], [f"{path}:{r['_line']}" for r in rows]
 
 
+ASSISTANT_TURN = "\n\nAssistant:"
+
+
+def split_dialogues(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
+    """``(prompt, chosen, rejected)`` of two whole dialogues in the Anthropic hh-rlhf layout: the
+    prompt is their shared prefix up to and including its last ``"\n\nAssistant:"`` turn."""
+    common = os.path.commonprefix([chosen, rejected])
+    cut = common.rfind(ASSISTANT_TURN)
+    if cut < 0:
+        raise ValueError(f"{where}: no 'prompt' field, and chosen and rejected share no "
+                         f"{ASSISTANT_TURN.strip()!r} turn to take one from")
+    end = cut + len(ASSISTANT_TURN)
+    prompt, chosen, rejected = chosen[:end], chosen[end:], rejected[end:]
+    if not chosen.strip() or not rejected.strip():
+        raise ValueError(f"{where}: after the shared prompt, chosen or rejected is empty")
+    return prompt, chosen, rejected
+
+
 def load_preferences(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
-    """Pairs of a JSONL file with ``prompt``, ``chosen``, ``rejected`` (and optional numeric ``margin``).
+    """Pairs of a JSONL file with ``prompt``, ``chosen``, ``rejected`` (and optional numeric
+    ``margin``), or hh-rlhf's ``chosen`` and ``rejected`` whole dialogues with no ``prompt``
+    (see :func:`split_dialogues`).
 
     Returns the pairs and, for each, ``"FILE:LINE"`` so later errors can say where it came from.
     """
     rows, where = [], []
-    for lineno, row in _numbered(read_jsonl(path, ("prompt", "chosen", "rejected"), optional=("margin",), numbered=True)):
+    for lineno, row in _numbered(read_jsonl(path, ("chosen", "rejected"), optional=("prompt", "margin"),
+                                            numbered=True)):
+        if "prompt" not in row:
+            row["prompt"], row["chosen"], row["rejected"] = split_dialogues(row["chosen"], row["rejected"],
+                                                                            f"{path}:{lineno}")
+        elif not isinstance(row["prompt"], str):
+            raise ValueError(f"{path}:{lineno}: field 'prompt' must be a string, got {type(row['prompt']).__name__}")
         margin = row.get("margin", 0.0)
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
             raise ValueError(f"{path}:{lineno}: field 'margin' must be a number, got {type(margin).__name__}")
@@ -69,6 +95,11 @@ def load_preferences(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
         rows.append({**row, "margin": float(margin)})
         where.append(f"{path}:{lineno}")
     return rows, where
+
+
+def load_prompts(path: str | os.PathLike) -> list[str]:
+    """The ``prompt`` field of each line of a JSONL file."""
+    return [r["prompt"] for r in read_jsonl(path, ("prompt",))]
 
 
 def _numbered(rows):

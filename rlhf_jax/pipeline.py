@@ -22,6 +22,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
+from math import nan
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -35,7 +36,8 @@ from ppo_jax.rundir import check_resumable, claim_run_dir
 from ppo_jax.validation import require_finite
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.best_of_n import best_of_n_curve
-from rlhf_jax.data import padded_chunks, write_preferences
+from rlhf_jax.data import load_preferences, load_prompts, load_sft, padded_chunks, write_preferences
+from rlhf_jax.hf import load_pretrained
 from rlhf_jax.ppo_trainer import (
     PromptSource,
     RLHFConfig,
@@ -61,13 +63,24 @@ MODES = ("proxy", "gold", "best-of-n")
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The whole SFT -> RM -> PPO run on a built-in task."""
+    """The whole SFT -> RM -> PPO run, on a built-in task or on your data and model."""
 
     task: str = "reviews"
-    """Built-in offline task (corpus, prompts and gold reward)."""
-    modes: tuple[str, ...] = MODES
+    """Built-in offline task (corpus, prompts and gold reward); not used with --sft-data etc."""
+    modes: tuple[str, ...] = ()
     """What to run after the reward model: 'proxy' (PPO on the reward model), 'gold' (PPO on
-    the gold reward, the upper bound), 'best-of-n' (the SFT baseline curve)."""
+    the gold reward, the upper bound), 'best-of-n' (the SFT baseline curve). Default: all three
+    on a task; 'proxy' on your data (which has no gold reward)."""
+    model: str | None = None
+    """A local Hugging Face folder (gpt2, llama, qwen2, mistral) to start SFT from, with its
+    tokenizer; replaces --sft.model. Nothing is downloaded."""
+    sft_data: str | None = None
+    """Your SFT data, JSONL with 'prompt' and 'response' (with --pref-data and --prompts)."""
+    pref_data: str | None = None
+    """Your preference pairs, JSONL with 'prompt', 'chosen', 'rejected' (or hh-rlhf's whole
+    'chosen' and 'rejected' dialogues, the prompt being their shared part)."""
+    prompts: str | None = None
+    """Your PPO prompts, JSONL with 'prompt'; the last fifth (at most --eval-prompts) is held out."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised fine-tuning (its model is the policy, reference, reward-model and critic shape)."""
     sft_examples: int = 4096
@@ -92,13 +105,31 @@ class PipelineConfig:
     seed: int = 0
     """Seed of the prompt sets and of each stage (added to the stages' own seeds)."""
 
+    @property
+    def own_data(self) -> bool:
+        """Whether the run uses the user's data files (then there is no gold reward)."""
+        return any(x is not None for x in (self.sft_data, self.pref_data, self.prompts))
+
+    @property
+    def run_modes(self) -> tuple[str, ...]:
+        return self.modes or (("proxy",) if self.own_data else MODES)
+
     def validate(self) -> None:
         require_finite(self)
         if self.task not in TASKS:
             raise ValueError(f"task: unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
         bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
+        if bad:
             raise ValueError(f"modes: each must be one of {', '.join(MODES)}, got {list(self.modes)}")
+        if self.own_data:
+            names = ("sft_data", "pref_data", "prompts")
+            missing = [f"--{n.replace('_', '-')}" for n in names if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"{missing[0][2:].replace('-', '_')}: your own data needs --sft-data, --pref-data and "
+                                 f"--prompts together (missing {', '.join(missing)})")
+            if set(self.run_modes) - {"proxy"}:
+                raise ValueError("modes: 'gold' and 'best-of-n' need a task's gold reward; with your own data "
+                                 "only 'proxy' runs")
         for name in ("sft_examples", "num_pairs", "eval_prompts"):
             if getattr(self, name) <= 1:
                 raise ValueError(f"{name}: must be at least 2, got {getattr(self, name)}")
@@ -109,7 +140,7 @@ class PipelineConfig:
         self.ppo.validate()
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
-        if self.rm.max_length > self.sft.model.max_len:
+        if self.model is None and self.rm.max_length > self.sft.model.max_len:
             raise ValueError(f"rm.max_length: {self.rm.max_length} exceeds sft.model.max_len {self.sft.model.max_len}")
 
     def to_dict(self) -> dict:
@@ -135,6 +166,20 @@ def _from_dict(cls, d: dict):
             value = tuple(value)
         values[name] = value
     return cls(**values)
+
+
+def _load_data(config: PipelineConfig) -> dict:
+    """The user's data files, read (and checked, errors naming file and line) up front:
+    ``{"sft": (prompts, responses) | None, "pairs": (pairs, where) | None,
+    "prompts": (pool, held-out) | None}``."""
+    if not config.own_data:
+        return {"sft": None, "pairs": None, "prompts": None}
+    prompts, responses, _ = load_sft(config.sft_data)
+    everything = load_prompts(config.prompts)
+    held = min(config.eval_prompts, max(1, len(everything) // 5))
+    pool = everything[:-held] or everything
+    return {"sft": (prompts, responses), "pairs": load_preferences(config.pref_data),
+            "prompts": (pool, everything[-held:])}
 
 
 def _stage_seed(config, seed: int):
@@ -163,32 +208,41 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
     """
     config.validate()
     task = TASKS[config.task]
+    data = _load_data(config)  # bad files fail here, before any folder exists
+    sft_config = _stage_seed(config.sft, config.seed)
+    if config.model is not None:
+        pretrained, pretrained_params, tok = load_pretrained(config.model)
+        sft_config = dataclasses.replace(sft_config, model=pretrained.config)
+        if config.rm.max_length > pretrained.config.max_len:
+            raise ValueError(f"rm.max_length: {config.rm.max_length} exceeds the model's max_len "
+                             f"{pretrained.config.max_len}")
+    else:
+        pretrained_params, tok = None, ByteTokenizer()
     if resume:
         run_dir = check_resumable(run_dir, COMMAND)
     else:
         run_dir = claim_run_dir(run_dir, COMMAND, "pipeline", resumable=True)
         write_json(run_dir / "config.json", config.to_dict())
-    tok = ByteTokenizer()
+    modes = config.run_modes
     wall: dict[str, float] = {}
     reused: list[str] = []
-    summary: dict = {"task": config.task, "run_dir": str(run_dir), "device": str(jax.devices()[0].platform),
-                     "wall_s": wall, "stages_loaded_on_resume": reused}
-    gold_fn = lambda prompt, response, ended: task.gold_reward(response, ended)  # noqa: E731
+    summary: dict = {"task": None if config.own_data else config.task, "run_dir": str(run_dir),
+                     "device": str(jax.devices()[0].platform), "wall_s": wall, "stages_loaded_on_resume": reused}
+    gold_fn = None if config.own_data else lambda prompt, response, ended: task.gold_reward(response, ended)  # noqa: E731
 
     # 1. SFT
     t0 = time.perf_counter()
-    sft_config = _stage_seed(config.sft, config.seed)
     if resume and (run_dir / "sft" / "metrics.json").exists():
         lm, sft_params, _ = ckpt.load(run_dir / "sft" / "checkpoint")
         sft = SimpleNamespace(params=sft_params,
                               eval_loss=read_json(run_dir / "sft" / "metrics.json")["eval_loss"])
         reused.append("sft")
     else:
-        prompts, responses = task.sft_corpus(config.sft_examples, seed=sft_config.seed)
+        prompts, responses = data["sft"] or task.sft_corpus(config.sft_examples, seed=sft_config.seed)
         bar = progress_bar("sft", not show_progress)
         with bar:
             job = bar.add_task("sft", total=sft_config.steps, loss="-")
-            sft = train_sft(sft_config, tok, prompts, responses,
+            sft = train_sft(sft_config, tok, prompts, responses, params=pretrained_params,
                             progress=lambda s, l: bar.update(job, completed=s + 1, loss=f"{l:.3f}"))
         lm = TransformerLM(sft_config.model)
         _clear(run_dir / "sft" / "checkpoint")
@@ -210,11 +264,16 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
         reused.append("reward_model")
     else:
         t0 = time.perf_counter()
-        pair_prompts = task.prompts(config.num_pairs, seed=config.seed + 1)
-        sampling = SamplingConfig(max_new_tokens=new_token_room(tok, pair_prompts, lm.config.max_len,
-                                                                config.ppo.max_new_tokens))
-        pairs, bayes = make_preference_pairs(lm, sft.params, tok, pair_prompts, task.gold_reward, sampling=sampling,
-                                             tau=config.tau, flip_prob=config.flip_prob, seed=config.seed)
+        if data["pairs"] is not None:
+            (pairs, where), bayes = data["pairs"], None
+        else:
+            pair_prompts = task.prompts(config.num_pairs, seed=config.seed + 1)
+            sampling = SamplingConfig(max_new_tokens=new_token_room(tok, pair_prompts, lm.config.max_len,
+                                                                    config.ppo.max_new_tokens))
+            pairs, bayes = make_preference_pairs(lm, sft.params, tok, pair_prompts, task.gold_reward,
+                                                 sampling=sampling, tau=config.tau, flip_prob=config.flip_prob,
+                                                 seed=config.seed)
+            where = None
         write_preferences(run_dir / "rm" / "pairs.jsonl", pairs)
         wall["pairs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -222,6 +281,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
         with bar:
             job = bar.add_task("rm", total=None, loss="-")
             rm = train_reward_model(rm_config, tok, pairs, init_params_from=sft.params, model_config=lm.config,
+                                    where=where,
                                     progress=lambda s, n, l: bar.update(job, completed=s, total=n, loss=f"{l:.3f}"))
         _clear(run_dir / "rm" / "checkpoint")
         ckpt.save(run_dir / "rm" / "checkpoint", rm.params, rm.model, tok,
@@ -230,13 +290,18 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
         wall["reward_model"] = time.perf_counter() - t0
     summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=bayes,
                    rm_heldout_expected_accuracy=rm.history[-1].get("heldout_expected_accuracy"))
-    log(f"reward model: held-out accuracy {summary['rm_heldout_accuracy']:.3f} (Bayes ceiling {bayes:.3f}; "
+    ceiling = f"Bayes ceiling {bayes:.3f}; " if bayes is not None else ""
+    log(f"reward model: held-out accuracy {summary['rm_heldout_accuracy']:.3f} ({ceiling}"
         f"{wall.get('pairs', 0.0) + wall.get('reward_model', 0.0):.0f} s)")
 
     # 3. Evaluation of the SFT policy, and best-of-n from it
     ppo_config = _stage_seed(config.ppo, config.seed)
-    eval_prompts = task.prompts(config.eval_prompts, seed=config.seed + 3)
-    source = PromptSource(tok, task.prompts(1024, seed=config.seed + 2), also=eval_prompts)
+    if data["prompts"] is not None:
+        pool, eval_prompts = data["prompts"]
+    else:
+        pool, eval_prompts = task.prompts(1024, seed=config.seed + 2), task.prompts(config.eval_prompts,
+                                                                                  seed=config.seed + 3)
+    source = PromptSource(tok, pool, also=eval_prompts)
     width = source.width
     max_new = min(ppo_config.max_new_tokens, lm.config.max_len - width)
     if max_new <= 0:
@@ -257,7 +322,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
     log(f"sft policy: gold reward {before['gold_reward']:.3f}, proxy {before['proxy_reward']:.3f}")
 
     curves_gold, curves_proxy = {}, {}
-    if "best-of-n" in config.modes:
+    if "best-of-n" in modes:
         t0 = time.perf_counter()
         rows = _best_of_n(programs, sft.params, tok, source, eval_prompts, config.best_of_n, rm, gold_fn,
                           ppo_config.batch_size, jax.random.PRNGKey(config.seed + 5))
@@ -270,7 +335,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
 
     # 4. PPO against the proxy and/or the gold reward
     for mode in ("proxy", "gold"):
-        if mode not in config.modes:
+        if mode not in modes:
             continue
         t0 = time.perf_counter()
         folder = run_dir / f"ppo_{mode}"
@@ -288,7 +353,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
                 result = train_rlhf(ppo_config, programs, state, ref_params=sft.params, tokenizer=tok, prompts=source,
                                     rm_params=rm.params, rm_norm=rm.norm, reward=mode, gold_reward=gold_fn,
                                     progress=lambda i, r: bar.update(job, completed=i + 1,
-                                                                     gold=f"{r['gold_reward']:.3f}",
+                                                                     gold=f"{r.get('gold_reward', nan):.3f}",
                                                                      proxy=f"{r['proxy_reward']:.3f}",
                                                                      kl=f"{r['kl_exact']:.2f}"),
                                     checkpoints=checkpoints, checkpoint_every=config.checkpoint_every)
@@ -305,7 +370,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
                                                                     or [history[0][f"time_{p}"]]))
                                                    for p in ("sample", "score", "update")}}
         sqrt_kl = [math.sqrt(max(h["kl_exact"], 0.0)) for h in history]
-        curves_gold[f"PPO on {mode} reward"] = (sqrt_kl, [h["gold_reward"] for h in history])
+        if gold_fn is not None:
+            curves_gold[f"PPO on {mode} reward"] = (sqrt_kl, [h["gold_reward"] for h in history])
         curves_proxy[f"PPO on {mode} reward"] = (sqrt_kl, [h["proxy_reward"] for h in history])
         log(f"ppo ({mode}): gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
             f"KL {after['kl']:.2f} nats/sequence ({wall.get(f'ppo_{mode}', 0.0):.0f} s)")

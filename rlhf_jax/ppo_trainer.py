@@ -303,7 +303,7 @@ class PromptSource:
         if not pool:
             raise ValueError("prompts: the prompt pool is empty")
         self.tokenizer, self.pool = tokenizer, list(pool)
-        self.width = max(len(tokenizer.encode(p)) + 1 for p in [*self.pool, *also])
+        self.width = max(len(tokenizer.encode(p)) + len(tokenizer.bos_ids) for p in [*self.pool, *also])
 
     def encode(self, prompts: Sequence[str]):
         batch = self.tokenizer.encode_batch(list(prompts), padding_side="left", add_bos=True, max_length=self.width)

@@ -73,7 +73,7 @@ def sample_responses(model: TransformerLM, params, tokenizer: Tokenizer, prompts
 
 def longest_prompt(tokenizer: Tokenizer, prompts: Sequence[str]) -> int:
     """Tokens in the longest prompt with its BOS."""
-    return max(len(tokenizer.encode(p)) + 1 for p in prompts)
+    return max(len(tokenizer.encode(p)) + len(tokenizer.bos_ids) for p in prompts)
 
 
 def new_token_room(tokenizer: Tokenizer, prompts: Sequence[str], max_len: int, cap: int) -> int:

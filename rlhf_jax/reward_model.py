@@ -107,7 +107,7 @@ def encode_sequences(tokenizer: Tokenizer, prompts: Sequence[str], responses: Se
     mask = np.zeros((len(prompts), max_length), np.int32)
     truncated = 0
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        prompt_ids, response_ids = [tokenizer.bos_id] + tokenizer.encode(p), tokenizer.encode(r)
+        prompt_ids, response_ids = tokenizer.bos_ids + tokenizer.encode(p), tokenizer.encode(r)
         n = len(prompt_ids) + len(response_ids) + 1
         if n > max_length:
             if overlong == "reject":

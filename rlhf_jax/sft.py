@@ -106,7 +106,7 @@ def encode_examples(tokenizer: Tokenizer, prompts: Sequence[str], responses: Seq
     attn = np.zeros((n, max_length), np.int32)
     loss = np.zeros((n, max_length), np.int32)
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        prompt_ids = [tokenizer.bos_id] + tokenizer.encode(p)
+        prompt_ids = tokenizer.bos_ids + tokenizer.encode(p)
         response_ids = tokenizer.encode(r) + [tokenizer.eos_id]
         if len(response_ids) >= max_length:
             at = where[i] if where is not None else f"example {i + 1}"

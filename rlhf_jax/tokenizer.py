@@ -28,9 +28,15 @@ class Tokenizer:
     """What a tokenizer must provide: ``encode``, ``decode``, the special ids and ``vocab_size``."""
 
     pad_id: int
-    bos_id: int
+    bos_id: int | None
+    """None: the tokenizer has no BOS token, and nothing is prepended (Qwen2)."""
     eos_id: int
     vocab_size: int
+
+    @property
+    def bos_ids(self) -> list[int]:
+        """What goes before a prompt: ``[bos_id]``, or nothing without a BOS token."""
+        return [] if self.bos_id is None else [self.bos_id]
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -44,7 +50,7 @@ class Tokenizer:
                              "a reward model cannot find the end of a response otherwise")
         for name in ("pad_id", "bos_id", "eos_id"):
             value = getattr(self, name)
-            if not 0 <= value < self.vocab_size:
+            if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name}: {value} is outside the vocabulary [0, {self.vocab_size})")
 
     def encode_batch(self, texts: Sequence[str], *, max_length: int | None = None, padding_side: str = "left",
@@ -59,7 +65,7 @@ class Tokenizer:
             raise ValueError(f"truncation_side: must be 'left' or 'right', got {truncation_side!r}")
         seqs = []
         for text in texts:
-            ids = ([self.bos_id] if add_bos else []) + self.encode(text) + ([self.eos_id] if add_eos else [])
+            ids = (self.bos_ids if add_bos else []) + self.encode(text) + ([self.eos_id] if add_eos else [])
             seqs.append(ids)
         return pad_sequences(seqs, self.pad_id, max_length=max_length, padding_side=padding_side,
                              truncation_side=truncation_side)
@@ -124,7 +130,8 @@ class JsonTokenizer(Tokenizer):
     The special tokens are looked up by their strings; a missing one is an error naming it.
     """
 
-    def __init__(self, path: str, *, pad_token: str = "<pad>", bos_token: str = "<s>", eos_token: str = "</s>"):
+    def __init__(self, path: str, *, pad_token: str | None = "<pad>", bos_token: str | None = "<s>",
+                 eos_token: str = "</s>"):
         try:
             from tokenizers import Tokenizer as HFTokenizer
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -137,10 +144,15 @@ class JsonTokenizer(Tokenizer):
         self.special_tokens = {"pad_token": pad_token, "bos_token": bos_token, "eos_token": eos_token}
         ids = {}
         for field, token in (("pad_token", pad_token), ("bos_token", bos_token), ("eos_token", eos_token)):
+            if token is None and field != "eos_token":
+                ids[field] = None
+                continue
             token_id = self._tok.token_to_id(token)
             if token_id is None:
                 raise ValueError(f"{path}: {field} {token!r} is not in the vocabulary")
             ids[field] = token_id
+        if ids["pad_token"] is None:  # e.g. GPT-2: pad with an id that is never taken for EOS or BOS
+            ids["pad_token"] = next(i for i in range(3) if i not in (ids["eos_token"], ids["bos_token"]))
         self.pad_id, self.bos_id, self.eos_id = ids["pad_token"], ids["bos_token"], ids["eos_token"]
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.check_special_ids()
@@ -150,6 +162,21 @@ class JsonTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def save_hf(self, folder) -> None:
+        """``tokenizer.json`` and a ``tokenizer_config.json`` naming the special tokens, as
+        transformers reads them (a pad token only if the vocabulary has one)."""
+        import json
+        import shutil
+        from pathlib import Path
+
+        folder = Path(folder)
+        shutil.copyfile(self.path, folder / "tokenizer.json")
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": self.special_tokens["eos_token"]}
+        for key in ("bos_token", "pad_token"):
+            if self.special_tokens[key] is not None:
+                config[key] = self.special_tokens[key]
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
 def load_tokenizer(path: str | None = None, **special_tokens) -> Tokenizer:

@@ -150,3 +150,16 @@ def test_reward_model_reaches_bayes_ceiling_and_ranks_like_gold(reviews_models):
     gold = [reviews.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
     scores = RewardScorer(result.model, result.params, tok, norm=result.norm).score(fresh, texts)
     assert rank_correlation(scores, gold) > 0.6
+
+
+def test_hh_rlhf_dialogues_split_at_the_last_shared_assistant_turn(tmp_path):
+    path = tmp_path / "hh.jsonl"
+    turn = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: A joke?\n\nAssistant:"
+    rows = [{"chosen": turn + " Sure: puns.", "rejected": turn + " No."},
+            {"chosen": "\n\nHuman: x", "rejected": "\n\nHuman: y"}]
+    path.write_text(json.dumps(rows[0]) + "\n")
+    pairs, _ = load_preferences(path)
+    assert pairs == [{"prompt": turn, "chosen": " Sure: puns.", "rejected": " No.", "margin": 0.0}]
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
+    with pytest.raises(ValueError, match=r"hh.jsonl:2: no 'prompt' field, and chosen and rejected share no"):
+        load_preferences(path)

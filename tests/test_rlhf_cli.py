@@ -15,7 +15,8 @@ from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
 pytestmark = pytest.mark.timeout(300)
 
-TINY = ["--model.num-layers", "1", "--model.d-model", "32", "--model.num-heads", "2", "--steps", "20",
+TINY = ["--transformer.num-layers", "1", "--transformer.d-model", "32", "--transformer.num-heads", "2",
+        "--steps", "20",
         "--warmup-steps", "2", "--eval-every", "10", "--batch-size", "8", "--num-samples", "4", "--no-progress"]
 
 
@@ -70,8 +71,8 @@ def test_rm_on_a_jsonl_file_writes_run_folder(tmp_path, capsys):
         lines.append(json.dumps({"prompt": f"item {i % 7}:", "chosen": good, "rejected": bad}))
     data = tmp_path / "prefs.jsonl"
     data.write_text("\n".join(lines) + "\n")
-    main(["rm", "--data", str(data), "--out", str(tmp_path / "rm"), "--model.num-layers", "1", "--model.d-model", "32",
-          "--model.num-heads", "2", "--epochs", "2", "--batch-size", "8", "--no-progress"])
+    main(["rm", "--data", str(data), "--out", str(tmp_path / "rm"), "--transformer.num-layers", "1",
+          "--transformer.d-model", "32", "--transformer.num-heads", "2", "--epochs", "2", "--batch-size", "8", "--no-progress"])
     assert "rm: 1 of 160 sequences were longer than max_length=64 and were truncated" in capsys.readouterr().out
     summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
     assert summary["truncated_sequences"] == 1
