@@ -10,10 +10,20 @@ import sys
 import jax
 
 
+def cpu_model() -> str:
+    """The CPU's model name (machines here differ: Xeons with AMX, EPYCs with AVX2 only)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def machine() -> dict:
-    """Device, platform, CPU count and versions: timings mean nothing without them."""
-    return {"device": str(jax.devices()[0]), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "jax": jax.__version__, "python": sys.version.split()[0], "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    """Device, CPU model, platform, CPU count and versions: timings mean nothing without them."""
+    return {"device": str(jax.devices()[0]), "cpu_model": cpu_model(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": sys.version.split()[0],
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def write_result(path: str, result: dict) -> None:

@@ -43,6 +43,7 @@ from rlhf_jax.ppo_trainer import (
     RLHFConfig,
     decode_responses,
     evaluate_policy,
+    frozen_params,
     init_state,
     make_programs,
     train_rlhf,
@@ -212,7 +213,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
     sft_config = _stage_seed(config.sft, config.seed)
     if config.model is not None:
         pretrained, pretrained_params, tok = load_pretrained(config.model)
-        sft_config = dataclasses.replace(sft_config, model=pretrained.config)
+        runtime = {"remat": config.sft.model.remat, "compute_dtype": config.sft.model.compute_dtype}
+        sft_config = dataclasses.replace(sft_config, model=dataclasses.replace(pretrained.config, **runtime))
         if config.rm.max_length > pretrained.config.max_len:
             raise ValueError(f"rm.max_length: {config.rm.max_length} exceeds the model's max_len "
                              f"{pretrained.config.max_len}")
@@ -309,9 +311,10 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
                          f"{width}-token prompts")
     programs = make_programs(ppo_config, lm.config, rm.model, prompt_len=width, max_new_tokens=max_new,
                              eos_id=tok.eos_id, pad_id=tok.pad_id)
+    ref_frozen, rm_frozen = frozen_params(ppo_config, (sft.params, rm.params))
     evaluate = lambda params, key: evaluate_policy(  # noqa: E731
-        programs, params, ref_params=sft.params, tokenizer=tok, prompts=source, eval_prompts=eval_prompts, key=key,
-        batch_size=ppo_config.batch_size, rm_params=rm.params, rm_norm=rm.norm, gold_reward=gold_fn)
+        programs, params, ref_params=ref_frozen, tokenizer=tok, prompts=source, eval_prompts=eval_prompts, key=key,
+        batch_size=ppo_config.batch_size, rm_params=rm_frozen, rm_norm=rm.norm, gold_reward=gold_fn)
     t0 = time.perf_counter()
     eval_key = jax.random.PRNGKey(config.seed + 4)
     before = evaluate(sft.params, eval_key)

@@ -115,9 +115,14 @@ class RLHFConfig:
     """Devices to split each batch across, data-parallel (default: all)."""
     fsdp: bool = False
     """Also split parameters and optimiser states across the devices (FSDP-style)."""
+    frozen_dtype: str = "float32"
+    """Parameters of the frozen reference and reward models: 'float32', or 'bfloat16' (half the
+    memory; upcast to float32 in each matmul, activations and log-probs stay float32)."""
 
     def validate(self) -> None:
         require_finite(self)
+        if self.frozen_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"frozen_dtype: must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}")
         for name in ("iterations", "batch_size", "max_new_tokens", "epochs", "minibatches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
@@ -319,6 +324,13 @@ def decode_responses(tokenizer: Tokenizer, gen: Generation) -> tuple[list[str], 
     return tokenizer.decode_batch(response, mask), ((response == tokenizer.eos_id) & (mask == 1)).any(axis=1)
 
 
+def frozen_params(config: RLHFConfig, params):
+    """``params`` (of models that do not learn) in ``config.frozen_dtype``."""
+    if config.frozen_dtype == "bfloat16":
+        return jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    return params
+
+
 def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, ref_params, tokenizer: Tokenizer,
                prompts: PromptSource, rm_params=None, rm_norm: dict | None = None, reward: str = "proxy",
                gold_reward: Callable[[str, str, bool], float] | None = None,
@@ -345,7 +357,7 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
         raise ValueError("reward: 'gold' needs the task's gold reward")
     norm = rm_norm or {"mean": 0.0, "std": 1.0}
     mesh = programs.mesh
-    ref_params, rm_params = put_params((ref_params, rm_params), mesh, programs.fsdp)
+    ref_params, rm_params = put_params(frozen_params(config, (ref_params, rm_params)), mesh, programs.fsdp)
     history, start = [], 0
     found = checkpoints.restore_latest(state, warn=lambda m: print(m, file=sys.stderr)) if checkpoints else None
     if found is not None:

@@ -309,10 +309,11 @@ class TransformerLM(nn.Module):
             query_slots = index + jnp.arange(t)
         positions = positions_from_mask(mask, offset)
         embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init, name="wte")
-        x = embed(input_ids)
+        # Activations stay float32 whatever the parameters' dtype (bfloat16 frozen models).
+        x = embed(input_ids).astype(jnp.float32)
         if cfg.arch == "gpt2":
             x = x + nn.Embed(cfg.max_len, cfg.d_model, embedding_init=nn.initializers.normal(0.01),
-                             name="wpe")(positions)
+                             name="wpe")(positions).astype(jnp.float32)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         # deterministic (argument 7, counting self) is a Python bool: static under remat.
         block = nn.remat(Block, static_argnums=(7,)) if cfg.remat else Block

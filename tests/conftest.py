@@ -25,8 +25,20 @@ import ppo_jax  # noqa: E402,F401
 
 def pytest_collection_modifyitems(config, items):
     """Long tests (marked slow) first: the two workers then end on short tests together
-    instead of one of them idling while the other finishes a long one."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    instead of one of them idling while the other finishes a long one. Of the tests that
+    share the trained reviews models, the one that trains them goes first and the other
+    last among the long ones, so it finds them ready instead of waiting (pytest-xdist's
+    xdist_group does not keep tests on one worker under pytest 9)."""
+
+    trains = {"reviews_models": "test_reward_model_reaches", "ppo_on_four_devices": "test_sharded_ppo"}
+
+    def order(item):
+        for fixture, first in trains.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                return (0, 0) if first in item.nodeid else (0, 2)
+        return (0, 1) if item.get_closest_marker("slow") is not None else (1, 0)
+
+    items.sort(key=order)
 
 
 def pytest_unconfigure(config):
@@ -50,8 +62,16 @@ class ReviewsModels:
 
 @pytest.fixture(scope="session")
 def reviews_models() -> ReviewsModels:
-    """Trained once per session (about 100 s on 2 CPU cores), shared by the reward-model
-    regression and the end-to-end RLHF test."""
+    """Trained once per test run (about 100 s on 2 CPU cores), shared by the reward-model
+    regression and the end-to-end RLHF test: the first worker to need it trains it and leaves
+    it in the run's cache folder; a worker that needs it meanwhile waits, then loads it."""
+    import jax
+    from shared_cache import computed_once
+
+    return computed_once("reviews_models", lambda: jax.device_get(_train_reviews_models()))
+
+
+def _train_reviews_models() -> ReviewsModels:
     from rlhf_jax.preferences import make_preference_pairs
     from rlhf_jax.reward_model import RMConfig, train_reward_model
     from rlhf_jax.sampling import SamplingConfig

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from procwatch import wait_progressing
+from shared_cache import computed_once
 
 # The subprocesses are waited on by their progress (CPU time), not by the clock, so load
 # cannot fail a healthy run; this timeout only bounds a livelock that keeps a CPU busy.
@@ -34,10 +34,9 @@ def _run_script(part: str) -> dict:
 
 @pytest.fixture(scope="module")
 def ppo_on_four_devices():
-    return _run_script("ppo")
+    return computed_once("ppo_on_four_devices", lambda: _run_script("ppo"))
 
 
-@pytest.mark.xdist_group("multidevice_ppo")  # with the next test, so the fixture runs once
 def test_sharded_ppo_matches_one_device_for_seeds_and_environments(ppo_on_four_devices):
     seeds, envs = ppo_on_four_devices["ppo_seeds"], ppo_on_four_devices["ppo_envs"]
     assert seeds["layout"] == "4 cpu devices, split by seeds"
@@ -51,7 +50,6 @@ def test_sharded_ppo_matches_one_device_for_seeds_and_environments(ppo_on_four_d
         "devices: 4 devices do not divide num_seeds=3 (a run splits its seeds evenly across devices)")
 
 
-@pytest.mark.xdist_group("multidevice_ppo")
 def test_two_processes_train_together_as_one_run(tmp_path, ppo_on_four_devices):
     with socket.socket() as s:
         s.bind(("localhost", 0))

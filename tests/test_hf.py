@@ -39,7 +39,7 @@ def test_logits_and_scores_equal_transformers(arch):
     assert tok.pad_id not in (tok.eos_id, tok.bos_id)  # masks decide padding, and a pad is never EOS
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "mistral"])  # learned positions; RoPE with GQA and its own head_dim
+@pytest.mark.parametrize("arch", ARCHS)
 def test_kv_cache_decoding_equals_the_full_forward(arch):
     exp = _expected(arch)
     model, params, _ = load_pretrained(FIXTURES / arch / "lm")
@@ -90,7 +90,8 @@ def test_bfloat16_parameters_halve_memory_and_stay_close():
     logits = model.apply({"params": params}, jnp.asarray(exp["input_ids"]), jnp.asarray(exp["attention_mask"])).logits
     real = exp["attention_mask"].astype(bool)
     assert logits.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(logits)[real], exp["logits"][real], atol=0.05)
+    # Only the weights are rounded (activations stay float32): 0.002 on logits of size 0.4 here.
+    np.testing.assert_allclose(np.asarray(logits)[real], exp["logits"][real], atol=0.01)
 
 
 def test_activation_checkpointing_changes_nothing_but_memory():

@@ -14,10 +14,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from procwatch import wait_for, wait_progressing
 
 from ppo_jax import checkpoint as ckpt
 from ppo_jax.cli import main
-from procwatch import wait_for, wait_progressing
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -129,7 +129,6 @@ def test_calibration_and_rank_correlation_helpers():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reviews_models")  # one worker trains the shared fixture
 def test_reward_model_reaches_bayes_ceiling_and_ranks_like_gold(reviews_models):
     m = reviews_models  # see conftest.py: SFT, pairs labelled at tau 0.25, the reward model
     tok, result, pairs = m.tokenizer, m.rm, m.pairs

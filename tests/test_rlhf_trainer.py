@@ -148,7 +148,6 @@ def test_bfloat16_matmuls_match_float32_and_their_gradients():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reviews_models")  # one worker trains the shared fixture
 def test_ppo_raises_gold_reward_over_sft_on_three_seeds(reviews_models):
     """End to end on the reviews task: the reward model trained on SFT samples, then 10
     PPO iterations against it; every seed's gold reward on held-out prompts rises."""
