@@ -406,6 +406,9 @@ def _main(argv: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ppo_jax import compile_cache
+
+    compile_cache.enable()
     try:
         _main(argv)
     except KeyboardInterrupt as err:

@@ -239,7 +239,10 @@ def preset(env_id: str, algo: str = "ppo") -> PPOConfig:
     """The tuned configuration for ``env_id`` and update rule ``algo`` (defaults where none)."""
     validate_env_id(env_id)
     config = PPOConfig(env=env_id, **{**_PRESET_OVERRIDES.get(env_id, {}), "algo": algo})
-    return config.replace(**_ALGO_OVERRIDES.get((env_id, algo), {}))
+    config = config.replace(**_ALGO_OVERRIDES.get((env_id, algo), {}))
+    # The budget in whole updates (5e5 steps in 512-step batches: 976 updates, 499,712 steps),
+    # so a preset's default run has no remainder to warn about.
+    return config.replace(total_timesteps=config.num_updates * config.batch_size)
 
 
 def preset_names() -> list[str]:

@@ -441,6 +441,10 @@ def run_generate(args: GenerateArgs) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     import tyro
 
+    from ppo_jax import compile_cache
+
+    compile_cache.enable()
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

@@ -170,3 +170,24 @@ def test_learning_curve_carries_the_last_finished_return_forward(tmp_path):
     for seeds in (returns[:1], returns):  # one seed (no band) and several
         plot_learning_curve(tmp_path / f"curve{len(seeds)}.png", np.arange(6) * 512, seeds, "test")
         assert (tmp_path / f"curve{len(seeds)}.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_second_run_loads_its_programs_from_the_persistent_cache(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["PPO_JAX_COMPILATION_CACHE"] = str(tmp_path / "cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every program, however fast it compiled
+    summaries = []
+    for run in ("first", "second"):
+        proc = subprocess.Popen([sys.executable, "-m", "ppo_jax.cli", "train", "--out", str(tmp_path / run)] + TINY,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        ((_, err),) = wait_progressing([proc])
+        assert proc.returncode == 0, err
+        summaries.append(json.loads((tmp_path / run / "summary.json").read_text()))
+        if run == "first":
+            entries = set(os.listdir(tmp_path / "cache"))
+            assert len(entries) >= 3  # the training chunk, init, evaluation, ...
+    assert set(os.listdir(tmp_path / "cache")) == entries  # the second run compiled nothing new
+    assert summaries[0]["final_return_per_seed"] == summaries[1]["final_return_per_seed"]

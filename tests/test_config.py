@@ -55,3 +55,32 @@ def test_config_round_trips_through_dict():
     assert PPOConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="unknown field"):
         PPOConfig.from_dict({"learning_rate": 1.0})
+
+
+def test_preset_defaults_run_whole_updates_without_a_warning():
+    import warnings
+
+    from ppo_jax.config import ALGORITHMS
+
+    for name in preset_names():
+        for algo in ALGORITHMS:
+            config = preset(name, algo)
+            assert config.total_timesteps % config.batch_size == 0, (name, algo)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a UserWarning here would fail the test
+                make_train(config)
+    cartpole = preset("CartPole-v1")  # 5e5 steps in 512-step batches, rounded down to whole updates
+    assert (cartpole.total_timesteps, cartpole.num_updates) == (499_712, 976)
+
+
+def test_compilation_cache_folder_and_switch(tmp_path, monkeypatch):
+    from ppo_jax import compile_cache
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("PPO_JAX_COMPILATION_CACHE", "0")
+    assert compile_cache.enable() is None
+    monkeypatch.setenv("PPO_JAX_COMPILATION_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache.default_folder() == tmp_path / "ppo-jax" / "xla"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "own"))
+    assert compile_cache.enable() is None  # JAX's own setting wins
