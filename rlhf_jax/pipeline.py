@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from ppo_jax.checkpoint import RunCheckpoints
+from ppo_jax.interrupt import Interrupted
 from ppo_jax.outputs import plot_lines, read_json, write_json
 from ppo_jax.rundir import check_resumable, claim_run_dir
 from ppo_jax.validation import require_finite
@@ -208,7 +209,6 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
     from its newest intact checkpoint: the run ends with what the uninterrupted run ends with.
     """
     config.validate()
-    task = TASKS[config.task]
     data = _load_data(config)  # bad files fail here, before any folder exists
     sft_config = _stage_seed(config.sft, config.seed)
     if config.model is not None:
@@ -225,6 +225,22 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
     else:
         run_dir = claim_run_dir(run_dir, COMMAND, "pipeline", resumable=True)
         write_json(run_dir / "config.json", config.to_dict())
+    try:
+        return _stages(config, run_dir, resume=resume, data=data, tok=tok, sft_config=sft_config,
+                       pretrained_params=pretrained_params, show_progress=show_progress, log=log)
+    except KeyboardInterrupt as err:
+        # One line: where the run stands and how to continue it (finished stages are kept).
+        where = (f"the PPO stage stopped after iteration {err.step} of {err.total} (checkpoint {err.path})"
+                 if isinstance(err, Interrupted) else "finished stages are kept")
+        raise Interrupted(getattr(err, "step", None), getattr(err, "total", 0), getattr(err, "path", None),
+                          f"interrupted; {where}; continue with: {COMMAND} --resume {run_dir}") from None
+
+
+def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, tok, sft_config: SFTConfig,
+            pretrained_params, show_progress: bool, log: Callable[[str], None]) -> dict:
+    """The stages of :func:`run_pipeline`, in ``run_dir`` (already claimed or checked)."""
+    task = TASKS[config.task]
+
     modes = config.run_modes
     wall: dict[str, float] = {}
     reused: list[str] = []

@@ -257,3 +257,25 @@ def test_non_finite_and_overlong_data_name_file_and_line(tmp_path, capsys):
     line = _fails(capsys, ["sft", "--data", str(sft), "--out", str(tmp_path / "out")], _rlhf_main)
     assert f"{sft}:6: response of 201 tokens" in line
     assert not (tmp_path / "out").exists()  # refused before any folder was made
+
+
+def test_an_interrupted_pipeline_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import rlhf_jax.pipeline as pipeline
+    from ppo_jax.interrupt import Interrupted
+
+    def stopped(*args, **kwargs):  # the PPO stage, as Ctrl-C leaves it after its checkpoint 1 of 2
+        raise Interrupted(1, 2, tmp_path / "pipe" / "ppo_proxy" / "checkpoints" / "1")
+
+    monkeypatch.setattr(pipeline, "train_rlhf", stopped)
+    tiny = ["--sft.model.num-layers", "1", "--sft.model.d-model", "16", "--sft.model.num-heads", "2",
+            "--sft.steps", "4", "--sft.warmup-steps", "1", "--sft.batch-size", "8", "--sft-examples", "32",
+            "--num-pairs", "32", "--rm.epochs", "1", "--rm.batch-size", "8", "--modes", "proxy",
+            "--ppo.batch-size", "8", "--ppo.minibatches", "2", "--eval-prompts", "8", "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        _rlhf_main(["pipeline", "--out", str(tmp_path / "pipe"), *tiny])
+    assert exc.value.code == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"rlhf-jax: interrupted; the PPO stage stopped after iteration 1 of 2 (checkpoint "
+                    f"{tmp_path / 'pipe' / 'ppo_proxy' / 'checkpoints' / '1'}); continue with: "
+                    f"rlhf-jax pipeline --resume {tmp_path / 'pipe'}")
+    assert (tmp_path / "pipe" / "rm" / "checkpoint" / "model.json").exists()  # finished stages are kept
