@@ -165,13 +165,13 @@ def test_resume_without_a_checkpoint_says_it_starts_again(tmp_path, capsys, fini
 @pytest.mark.slow
 def test_ctrl_c_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_path):
     run = tmp_path / "run"
-    # Long enough (3000 updates, a save every 30) that the signal lands mid-run on any machine.
-    args = ["train", "--num-envs", "4", "--num-steps", "16", "--total-timesteps", str(3000 * 64),
+    # Long enough (2000 updates, a save every 100) that the signal lands mid-run on any machine.
+    args = ["train", "--num-envs", "4", "--num-steps", "16", "--total-timesteps", str(2000 * 64),
             "--update-epochs", "1", "--num-minibatches", "1", "--hidden-sizes", "8", "--eval-episodes", "1",
-            "--checkpoint-every", "30", "--no-progress", "--out", str(run)]
+            "--checkpoint-every", "100", "--no-progress", "--out", str(run)]
     proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for((run / "checkpoints" / "30").exists, proc)
+    wait_for((run / "checkpoints" / "100").exists, proc)
     proc.send_signal(signal.SIGINT)
     ((_, err),) = wait_progressing([proc])
     assert proc.returncode == 130, err
@@ -179,8 +179,8 @@ def test_ctrl_c_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_path
     assert len(lines) <= 2 and "Traceback" not in err, err  # "stopping after ..." and the final line
     step = int(lines[-1].split("(update ")[1].split(" ")[0])
     assert lines[-1] == (f"ppo-jax: interrupted; the last checkpoint is {run.absolute() / 'checkpoints' / str(step)} "
-                         f"(update {step} of 3000); continue with: ppo-jax train --resume {run}")
-    assert 30 <= step < 3000 and not (run / "summary.json").exists()
+                         f"(update {step} of 2000); continue with: ppo-jax train --resume {run}")
+    assert 100 <= step < 2000 and not (run / "summary.json").exists()
     assert not [p.name for p in (run / "checkpoints").iterdir() if "tmp" in p.name]  # no half-written save
     proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", "train", "--resume",
                              str(run), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
