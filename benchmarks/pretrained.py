@@ -18,9 +18,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from common import write_result
-from shapes import MODELS
+from shapes import MODELS, add_arguments
 
 from rlhf_jax.hf import config_from_hf
 from rlhf_jax.sampling import SamplingConfig, make_generate
@@ -38,12 +37,7 @@ def best_of(fn, repeats: int) -> tuple[float, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/pretrained.json")
+    add_arguments(parser, "benchmarks/results/pretrained.json")
     args = parser.parse_args()
     results = {}
     for name in args.models:

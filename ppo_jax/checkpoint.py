@@ -177,39 +177,27 @@ def restore(directory: str | os.PathLike) -> tuple[PPOConfig, dict, int | None]:
 
 def _restore_periodic(run_dir: Path, step: int | None) -> tuple[PPOConfig, dict, int | None]:
     """The payload of periodic checkpoint ``step`` (None: the newest intact one) of ``run_dir``."""
-    from ppo_jax.train import make_train_fns
-
-    config = load_config(run_dir, run=True)
-    num_seeds = read_json(run_dir / "config.json", error=CheckpointError).get("run", {}).get("num_seeds", 1)
-    init = make_train_fns(config).init
-    keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-    state = _single_device(jax.eval_shape(jax.vmap(init), keys))
-    checkpoints = RunCheckpoints(run_dir / "checkpoints", create=False)
-    steps = [step] if step is not None else sorted(checkpoints.steps(), reverse=True)
-    if not steps:
-        raise CheckpointError(f"checkpoint: {run_dir} has no checkpoint yet "
-                              f"(no checkpoint/, nothing in checkpoints/)")
-    like = {"state": state, "metrics": _metrics_like(config, init, num_seeds)}
-    for i, s in enumerate(steps):
-        try:
-            tree, _ = checkpoints.restore(s, like)
-            return config, payload_from_state(tree["state"]), num_seeds
-        except CheckpointError as err:
-            if i + 1 == len(steps):
-                raise
-            print(f"warning: {err}; using the one before it", file=sys.stderr)
-    raise AssertionError("unreachable")
-
-
-def _metrics_like(config: PPOConfig, init, num_seeds: int) -> dict:
     from functools import partial
 
     from ppo_jax.train import make_train_fns
 
-    run = make_train_fns(config).run
-    keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-    shapes = jax.eval_shape(lambda k: jax.vmap(partial(run, num=1))(jax.vmap(init)(k)).metrics, keys)
-    return {k: np.zeros((num_seeds, config.num_updates), v.dtype) for k, v in shapes.items()}
+    config = load_config(run_dir, run=True)
+    num_seeds = read_json(run_dir / "config.json", error=CheckpointError).get("run", {}).get("num_seeds", 1)
+    fns = make_train_fns(config)
+    state = jax.eval_shape(jax.vmap(fns.init), jax.random.split(jax.random.PRNGKey(0), num_seeds))
+    metrics = jax.eval_shape(jax.vmap(partial(fns.run, num=1)), state).metrics
+    like = {"state": _single_device(state),  # only shapes and dtypes matter for the metrics
+            "metrics": {k: np.zeros((num_seeds, config.num_updates), v.dtype) for k, v in metrics.items()}}
+    checkpoints = RunCheckpoints(run_dir / "checkpoints", create=False)
+    if step is not None:
+        tree, _ = checkpoints.restore(step, like)
+    else:
+        found = checkpoints.restore_latest(like, warn=lambda m: print(m, file=sys.stderr), set_aside=False)
+        if found is None:
+            raise CheckpointError(f"checkpoint: {run_dir} has no intact checkpoint "
+                                  f"(no checkpoint/, nothing intact in checkpoints/)")
+        tree = found[1]
+    return config, payload_from_state(tree["state"]), num_seeds
 
 
 class RunCheckpoints:
@@ -245,10 +233,6 @@ class RunCheckpoints:
         """Blocks until the last :meth:`save` is on disk."""
         self.manager.wait_until_finished()
 
-    def close(self) -> None:
-        """Finishes the save in flight and stops orbax's background threads."""
-        self.manager.close()
-
     def path(self, step: int) -> Path:
         return self.directory / str(step)
 
@@ -280,14 +264,19 @@ class RunCheckpoints:
         verify_checksums(out["tree"], meta.pop("checksums", None), where)
         return out["tree"], meta
 
-    def restore_latest(self, like, warn=None) -> tuple[int, object, dict] | None:
+    def restore_latest(self, like, warn=None, set_aside: bool = True) -> tuple[int, object, dict] | None:
         """``(step, tree, meta)`` of the newest checkpoint that reads back intact, or None if
-        there is none. A damaged one is renamed ``<step>.damaged`` (kept for a look, out of
-        the way of the step that will be saved again) after ``warn(message)`` names it."""
+        there is none. ``warn(message)`` names each damaged one skipped; with ``set_aside``
+        (a run that will save again) it is renamed ``<step>.damaged``: kept for a look, out of
+        the way of the step that will be saved again."""
         for step in reversed(self.steps()):
             try:
                 return (step, *self.restore(step, like))
             except CheckpointError as err:
+                if warn is not None:
+                    warn(f"warning: skipped a damaged checkpoint: {err}")
+                if not set_aside:
+                    continue
                 if jax.process_index() == 0:
                     aside = self.directory / f"{step}.damaged"
                     k = 1
@@ -296,6 +285,4 @@ class RunCheckpoints:
                     os.replace(self.path(step), aside)
                 barrier("ppo_jax.checkpoint.damaged")
                 self.manager.reload()
-                if warn is not None:
-                    warn(f"warning: skipped a damaged checkpoint: {err}")
         return None

@@ -198,8 +198,7 @@ def run_sft(args: SFTArgs) -> dict:
 
     require_finite(args)
     pretrained = _load_hf(args.model) if args.model else None
-    runtime = {"remat": args.transformer.remat, "compute_dtype": args.transformer.compute_dtype}
-    config = _config_of(SFTConfig, args, dataclasses.replace(pretrained[0].config, **runtime) if pretrained
+    config = _config_of(SFTConfig, args, pretrained[0].config.with_runtime_of(args.transformer) if pretrained
                         else args.transformer)
     config.validate()
     for name in ("num_examples", "num_samples"):
@@ -306,8 +305,7 @@ def run_rm(args: RMArgs) -> dict:
     wall = {}
     if args.model is not None:
         lm, lm_params, tokenizer = _load_hf(args.model)
-        lm = TransformerLM(dataclasses.replace(lm.config, remat=args.transformer.remat,
-                                               compute_dtype=args.transformer.compute_dtype))
+        lm = TransformerLM(lm.config.with_runtime_of(args.transformer))
     elif args.init is not None:
         lm, lm_params, tokenizer = ckpt.load(args.init)
     else:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppo_jax.outputs import read_json
 from rlhf_jax.tokenizer import JsonTokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -35,12 +36,9 @@ class HFFormatError(ValueError):
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HFFormatError(f"{path}: missing (is {path.parent} a Hugging Face model folder?)") from None
-    except json.JSONDecodeError as err:
-        raise HFFormatError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    if not path.exists():
+        raise HFFormatError(f"{path}: missing (is {path.parent} a Hugging Face model folder?)")
+    return read_json(path, error=HFFormatError)
 
 
 def config_from_hf(hf: dict, where: Path) -> TransformerConfig:
@@ -224,13 +222,8 @@ def load_tokenizer(folder: Path, pad_token_id: int | None = None) -> JsonTokeniz
                     specials[key] = value.get("content") if isinstance(value, dict) else value
     if not specials.get("eos_token"):
         raise HFFormatError(f"{folder / 'tokenizer_config.json'}: missing key 'eos_token'")
-    if not specials.get("pad_token") and pad_token_id is not None:  # config.json's, if the files name none
-        pad = JsonTokenizer(str(path), eos_token=specials["eos_token"], pad_token=None, bos_token=None)
-        token = pad._tok.id_to_token(pad_token_id)
-        if token is not None and token != specials["eos_token"]:
-            specials["pad_token"] = token
     return JsonTokenizer(str(path), eos_token=specials["eos_token"], bos_token=specials.get("bos_token"),
-                         pad_token=specials.get("pad_token"))
+                         pad_token=specials.get("pad_token"), pad_id=pad_token_id)
 
 
 def load_pretrained(path: str | os.PathLike, dtype: str = "float32", *, lm_head: bool = True,
@@ -291,8 +284,6 @@ def save_pretrained(path: str | os.PathLike, model: TransformerLM, params: dict,
     kind = kind or ("gpt2" if cfg.arch == "gpt2" else "llama")
     if (kind == "gpt2") != (cfg.arch == "gpt2") or kind not in ARCHITECTURES:
         raise ValueError(f"kind: {kind!r} does not fit arch {cfg.arch!r}")
-    if kind == "gpt2" and cfg.dropout:
-        cfg = cfg  # dropout is a training setting; the exported model runs without it
     if not isinstance(tokenizer, JsonTokenizer):
         raise ValueError("tokenizer: export needs a tokenizer.json tokenizer (the byte tokenizer has no HF form)")
     folder = Path(path)

@@ -213,8 +213,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
     sft_config = _stage_seed(config.sft, config.seed)
     if config.model is not None:
         pretrained, pretrained_params, tok = load_pretrained(config.model)
-        runtime = {"remat": config.sft.model.remat, "compute_dtype": config.sft.model.compute_dtype}
-        sft_config = dataclasses.replace(sft_config, model=dataclasses.replace(pretrained.config, **runtime))
+        sft_config = dataclasses.replace(sft_config, model=pretrained.config.with_runtime_of(config.sft.model))
         if config.rm.max_length > pretrained.config.max_len:
             raise ValueError(f"rm.max_length: {config.rm.max_length} exceeds the model's max_len "
                              f"{pretrained.config.max_len}")
@@ -240,7 +239,6 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
             pretrained_params, show_progress: bool, log: Callable[[str], None]) -> dict:
     """The stages of :func:`run_pipeline`, in ``run_dir`` (already claimed or checked)."""
     task = TASKS[config.task]
-
     modes = config.run_modes
     wall: dict[str, float] = {}
     reused: list[str] = []
@@ -369,8 +367,8 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
                                "gold {task.fields[gold]} proxy {task.fields[proxy]} kl {task.fields[kl]}")
             with bar:
                 job = bar.add_task("ppo", total=ppo_config.iterations, gold="-", proxy="-", kl="-")
-                result = train_rlhf(ppo_config, programs, state, ref_params=sft.params, tokenizer=tok, prompts=source,
-                                    rm_params=rm.params, rm_norm=rm.norm, reward=mode, gold_reward=gold_fn,
+                result = train_rlhf(ppo_config, programs, state, ref_params=ref_frozen, tokenizer=tok, prompts=source,
+                                    rm_params=rm_frozen, rm_norm=rm.norm, reward=mode, gold_reward=gold_fn,
                                     progress=lambda i, r: bar.update(job, completed=i + 1,
                                                                      gold=f"{r.get('gold_reward', nan):.3f}",
                                                                      proxy=f"{r['proxy_reward']:.3f}",

@@ -128,10 +128,12 @@ class JsonTokenizer(Tokenizer):
     """A user's ``tokenizer.json`` (Hugging Face ``tokenizers`` format), read from disk only.
 
     The special tokens are looked up by their strings; a missing one is an error naming it.
+    Without a pad token, ``pad_id`` (a model's ``pad_token_id``) pads if it is neither EOS nor
+    BOS, else a low id that is neither: masks, not ids, decide what is padding.
     """
 
     def __init__(self, path: str, *, pad_token: str | None = "<pad>", bos_token: str | None = "<s>",
-                 eos_token: str = "</s>"):
+                 eos_token: str = "</s>", pad_id: int | None = None):
         try:
             from tokenizers import Tokenizer as HFTokenizer
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -152,7 +154,12 @@ class JsonTokenizer(Tokenizer):
                 raise ValueError(f"{path}: {field} {token!r} is not in the vocabulary")
             ids[field] = token_id
         if ids["pad_token"] is None:  # e.g. GPT-2: pad with an id that is never taken for EOS or BOS
-            ids["pad_token"] = next(i for i in range(3) if i not in (ids["eos_token"], ids["bos_token"]))
+            taken = (ids["eos_token"], ids["bos_token"])
+            if pad_id is not None and pad_id not in taken and self._tok.id_to_token(pad_id) is not None:
+                ids["pad_token"] = pad_id  # the model's own choice (config.json's pad_token_id)
+                self.special_tokens["pad_token"] = self._tok.id_to_token(pad_id)
+            else:
+                ids["pad_token"] = next(i for i in range(3) if i not in taken)
         self.pad_id, self.bos_id, self.eos_id = ids["pad_token"], ids["bos_token"], ids["eos_token"]
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.check_special_ids()

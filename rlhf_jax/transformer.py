@@ -109,6 +109,11 @@ class TransformerConfig:
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
 
+    def with_runtime_of(self, other: "TransformerConfig") -> "TransformerConfig":
+        """This shape with ``other``'s choices of how to run it (``remat``, ``compute_dtype``):
+        a loaded model's shape comes from its files, these from the user's flags."""
+        return dataclasses.replace(self, remat=other.remat, compute_dtype=other.compute_dtype)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from shapes import MODELS  # noqa: E402
+from shapes import MODELS, add_arguments  # noqa: E402
 
 
 def best_of(fn, repeats):
@@ -36,12 +36,7 @@ def best_of(fn, repeats):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/pretrained_hf.json")
+    add_arguments(parser, "benchmarks/results/pretrained_hf.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     results = {}
@@ -69,7 +64,7 @@ def main() -> None:
                                       max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=1)
 
         row = {"params": sum(p.numel() for p in model.parameters())}
-        for phase, fn in (("forward", model.eval() and forward), ("forward_backward", backward), ("sample", sample)):
+        for phase, fn in (("forward", forward), ("forward_backward", backward), ("sample", sample)):
             model.eval()  # no dropout in any phase, as ours
             best, times = best_of(fn, args.repeats)
             row[phase] = {"best_s": best, "all_s": times}
