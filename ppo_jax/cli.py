@@ -44,6 +44,9 @@ class TrainArgs(PPOConfig):
     (with the config it was started with: only --devices and --no-progress apply)."""
     devices: int | None = None
     """Devices to split the run across: seeds if several, else environments (default: all that divide it)."""
+    processes: int | None = None
+    """Local processes to split the seeds across, one per core (default on a CPU: as many as there are
+    cores, or the most that divide --num-seeds; 1 turns it off, as does PPO_JAX_PROCESSES=1)."""
     checkpoint_every: int = -1
     """Updates between checkpoints in OUT/checkpoints (-1: a tenth of the run, at most one save a minute; 0: only the final one)."""
     no_check_finite: bool = False
@@ -91,12 +94,10 @@ class EvalArgs:
 
 def _flag_from_argv(argv: list[str], flag: str, default: str) -> str:
     """The value of ``--flag`` in ``argv`` (before tyro parses it: it picks the preset)."""
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return default
+    from ppo_jax.local_processes import flag_value
+
+    value = flag_value(argv, flag)
+    return default if value is None else value
 
 
 def _config_of(args: TrainArgs) -> PPOConfig:
@@ -116,6 +117,8 @@ class ResumeArgs:
     """Run folder of the run to continue."""
     devices: int | None = None
     """Devices to use (default: all that divide the run evenly)."""
+    processes: int | None = None
+    """Local processes to split the seeds across (default on a CPU: one per core; 1: off)."""
     no_progress: bool = False
     """Hide the progress bar."""
 
@@ -195,6 +198,9 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     Raises :class:`ppo_jax.runner.NonFiniteError` (after writing the metrics so far) when
     ``check_finite`` finds a NaN or inf.
     """
+    import importlib
+    from concurrent.futures import ThreadPoolExecutor
+
     import jax
     from rich.console import Console
     from rich.progress import (
@@ -251,12 +257,25 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     if resume and primary and not (checkpoints and checkpoints.steps()):
         console.print(f"resume: {run_dir} has no checkpoint yet; training starts again from update 0",
                       soft_wrap=True, highlight=False, markup=False)
+    evaluate = jax.jit(jax.vmap(make_evaluate(config, num_episodes=eval_episodes, deterministic=True)))
+    eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10_000_019))(seed_keys(seed, num_seeds))
+    background = ThreadPoolExecutor(1)
+    eval_program = []
+
+    def compile_evaluation(abstract) -> None:
+        # On the second core while the first trains (training one seed keeps one core busy).
+        shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731  (host arrays, one device)
+        like = jax.tree.map(shape, (abstract.params, abstract.env_state.obs_stats))
+        eval_program.append(background.submit(lambda: evaluate.lower(*like, eval_keys).compile()))
+        background.submit(importlib.import_module, "matplotlib.pyplot")  # for the plot at the end
+
     with bar:
         try:
             result = run_resumable(config, num_seeds=num_seeds, seed=seed, layout=layout, checkpoints=checkpoints,
                                    checkpoint_every=every, check_finite=check_finite,
                                    progress=on_update if progress and primary else None, on_status=on_status,
-                                   min_save_interval_s=AUTO_SAVE_INTERVAL_S if checkpoint_every == -1 else 0.0)
+                                   min_save_interval_s=AUTO_SAVE_INTERVAL_S if checkpoint_every == -1 else 0.0,
+                                   on_abstract_state=compile_evaluation)
         except NonFiniteError as err:
             if primary:
                 write_metrics(run_dir, err.metrics)
@@ -275,8 +294,8 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     sps = trained * config.batch_size * num_seeds / max(result.run_s, 1e-9)
 
     host_state = fetch(result.state)
-    evaluate = jax.jit(jax.vmap(make_evaluate(config, num_episodes=eval_episodes, deterministic=True)))
-    eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10_000_019))(seed_keys(seed, num_seeds))
+    evaluate = eval_program[0].result() if eval_program else evaluate
+    background.shutdown()
     eval_returns = np.asarray(evaluate(host_state.params, host_state.env_state.obs_stats, eval_keys))
     final_return_per_seed = eval_returns.mean(axis=1)
 
@@ -405,9 +424,16 @@ def _main(argv: list[str] | None = None) -> None:
         _fail(f"unknown command {command!r}; expected train, study or eval")
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"ppo-jax: warning: {message}\n"  # a user's setting, not a source line to look at
+
+
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
     from ppo_jax import compile_cache
 
+    warnings.formatwarning = _one_line_warning
     compile_cache.enable()
     try:
         _main(argv)

@@ -142,6 +142,14 @@ class PPOConfig:
             raise ValueError(
                 f"num_minibatches: {self.num_minibatches} does not divide the batch "
                 f"num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}")
+        if self.algo in ("reinforce", "reinforce-baseline"):
+            from ppo_jax.envs import env_spec
+
+            limit = env_spec(self.env).max_steps
+            if self.num_steps < limit:
+                raise ValueError(
+                    f"num_steps: {self.algo} learns from whole episodes, so a rollout must hold the longest one: "
+                    f"num_steps >= {limit} ({self.env}'s time limit), got {self.num_steps}")
         if self.total_timesteps < self.batch_size:
             raise ValueError(
                 f"total_timesteps: {self.total_timesteps} is below one update "
@@ -240,6 +248,11 @@ def preset(env_id: str, algo: str = "ppo") -> PPOConfig:
     validate_env_id(env_id)
     config = PPOConfig(env=env_id, **{**_PRESET_OVERRIDES.get(env_id, {}), "algo": algo})
     config = config.replace(**_ALGO_OVERRIDES.get((env_id, algo), {}))
+    if algo in ("reinforce", "reinforce-baseline"):
+        from ppo_jax.envs import env_spec
+
+        # Whole episodes: a rollout as long as the time limit, in whole 64-step blocks.
+        config = config.replace(num_steps=max(config.num_steps, -(-env_spec(env_id).max_steps // 64) * 64))
     # The budget in whole updates (5e5 steps in 512-step batches: 976 updates, 499,712 steps),
     # so a preset's default run has no remainder to warn about.
     return config.replace(total_timesteps=config.num_updates * config.batch_size)

@@ -8,13 +8,21 @@ import sys
 
 
 def main() -> None:
+    from ppo_jax import local_processes
     from ppo_jax.distributed import initialize_from_env
 
     try:
+        processes = local_processes.plan(sys.argv[1:])  # every core for several seeds on a CPU
+        local = local_processes.launch(sys.argv[1:], processes) if processes > 1 else None
         initialize_from_env()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
     except ValueError as err:
         print(f"ppo-jax: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     from ppo_jax.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    except BaseException:
+        if local is not None:
+            local.stop()
+        raise

@@ -18,15 +18,53 @@ and the normaliser statistics end up in the final train state and checkpoints.
 from __future__ import annotations
 
 import difflib
+import importlib
+import sys
+import types
 from dataclasses import dataclass
 from typing import Any
 
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from gymnax.environments import spaces
+
+
+def _import_gymnax():
+    """``import gymnax`` without loading seaborn and matplotlib.pyplot.
+
+    gymnax imports them at module level for the rendering of a few environments; loading
+    them (and the scipy and pandas under seaborn) took 1-2 s of every command's start.
+    While gymnax is imported they are stand-ins that import the real module on first use.
+    """
+    stand_ins = {}
+    for name in ("seaborn", "matplotlib.pyplot"):
+        if name in sys.modules:
+            continue
+
+        def forward(attr, name=name):
+            if sys.modules.get(name) is stand_ins[name]:
+                del sys.modules[name]
+            return getattr(importlib.import_module(name), attr)
+
+        stand_ins[name] = types.ModuleType(name)
+        stand_ins[name].__getattr__ = forward
+        sys.modules[name] = stand_ins[name]
+    try:
+        return importlib.import_module("gymnax")
+    finally:
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+
+
+gymnax = _import_gymnax()
+from gymnax.environments import spaces  # noqa: E402
+
+from ppo_jax import cpu_prng  # noqa: E402
+
+# Every program that steps an environment draws many tiny random arrays: fuse their hash.
+cpu_prng.install()
 
 OBS_CLIP = 10.0
 NORM_EPS = 1e-8
@@ -153,6 +191,19 @@ class VecEnv:
         zeros = jnp.zeros((self.num_envs,), jnp.float32)
         state = VecEnvState(env_state, RunningStats.create(obs.shape[1:]), RunningStats.create(()),
                             zeros, zeros, jnp.zeros((self.num_envs,), jnp.int32))
+        if self.normalize_observations:
+            state = state.replace(obs_stats=state.obs_stats.update(obs))
+            obs = normalize_obs(obs, state.obs_stats)
+        return obs, state
+
+    def restart(self, key: jax.Array, state: VecEnvState) -> tuple[jax.Array, VecEnvState]:
+        """Fresh episodes in every environment, keeping the running normaliser statistics
+        (for update rules that learn from whole episodes only)."""
+        obs, env_state = self._reset(jax.random.split(key, self.num_envs), self.params)
+        obs = self._flat(obs)
+        zeros = jnp.zeros((self.num_envs,), jnp.float32)
+        state = state.replace(env_state=env_state, discounted_return=zeros, episode_return=zeros,
+                              episode_length=jnp.zeros((self.num_envs,), jnp.int32))
         if self.normalize_observations:
             state = state.replace(obs_stats=state.obs_stats.update(obs))
             obs = normalize_obs(obs, state.obs_stats)

@@ -73,12 +73,17 @@ def first_nonfinite(metrics: dict[str, np.ndarray], params) -> tuple[int, int, l
 def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layout,
                   checkpoints: RunCheckpoints | None = None, checkpoint_every: int = 0,
                   check_finite: bool = True, progress: Callable[[Any], None] | None = None,
-                  on_status: Callable[[str], None] | None = None, min_save_interval_s: float = 0.0) -> RunResult:
+                  on_status: Callable[[str], None] | None = None, min_save_interval_s: float = 0.0,
+                  on_abstract_state: Callable[[Any], None] | None = None) -> RunResult:
     """Trains ``num_seeds`` seeds on ``layout``, ``checkpoint_every`` updates per compiled
     call (0: all at once), saving after each call when ``checkpoints`` is given (but not
     within ``min_save_interval_s`` seconds of the last save, except at the end) and
     resuming from its newest intact checkpoint if it has one (a damaged one is set aside
     with a warning through ``on_status``).
+
+    ``on_abstract_state``, if given, is called with the train state's shapes (a pytree of
+    ``jax.ShapeDtypeStruct``) once the training program is compiled, e.g. to compile an
+    evaluation program while training runs.
 
     Ctrl-C (with ``checkpoints``): the first stops the run after the chunk in progress,
     saves it and raises :class:`ppo_jax.interrupt.Interrupted`; a second raises
@@ -94,9 +99,19 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     shard = leading_axis_constraint(layout.mesh, ENVS) if layout.axis == ENVS else None
     fns = make_train_fns(config, progress=progress, env_sharding=shard)
     keys = global_array(layout, seed_keys(seed, num_seeds))
-    state = place(layout, jax.vmap(fns.init))(keys)
+    init = place(layout, jax.vmap(fns.init))
 
-    shapes = jax.eval_shape(jax.vmap(partial(fns.run, num=1)), state).metrics
+    def compile_chunk(n: int, like) -> Any:
+        return place(layout, jax.vmap(partial(fns.run, num=n))).lower(like).compile()
+
+    state = init(keys)
+    first = min(every, num_updates)
+    t0 = time.perf_counter()
+    programs: dict[int, Any] = {first: compile_chunk(first, state)}
+    compile_s = time.perf_counter() - t0
+    if on_abstract_state is not None:
+        on_abstract_state(jax.eval_shape(lambda s: s, state))
+    shapes = programs[first].out_info.metrics  # [num_seeds, first] each
     metrics = {k: np.full((num_seeds, num_updates), np.nan if v.dtype.kind == "f" else -1, v.dtype)
                for k, v in shapes.items()}
     done, resumed_from = 0, None
@@ -106,8 +121,8 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
         state, metrics = found[1]["state"], {k: np.array(v) for k, v in found[1]["metrics"].items()}
         status(f"resumed from {checkpoints.path(done)} (update {done} of {num_updates})")
 
-    programs: dict[int, Any] = {}
-    compile_s = run_s = 0.0
+    run_s = 0.0
+    status("training")
     last_save = time.monotonic()
     request = lambda: status("stopping after the updates in progress (Ctrl-C again to stop now)")  # noqa: E731
     with stoppable(checkpoints, on_request=request) as stop:
@@ -115,9 +130,8 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
             n = min(every, num_updates - done)
             if n not in programs:
                 t0 = time.perf_counter()
-                programs[n] = place(layout, jax.vmap(partial(fns.run, num=n))).lower(state).compile()
+                programs[n] = compile_chunk(n, state)
                 compile_s += time.perf_counter() - t0
-                status("training")
             t0 = time.perf_counter()
             # A no-op unless XLA chose other placements for the last chunk's outputs than
             # this program takes (possible in the envs layout).

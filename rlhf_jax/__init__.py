@@ -4,3 +4,6 @@ Importing ``ppo_jax`` first sets the XLA:CPU flag that avoids a known deadlock (
 """
 
 import ppo_jax  # noqa: F401  (sets XLA_FLAGS before JAX starts)
+from ppo_jax import cpu_prng
+
+cpu_prng.install()  # sampling draws a small random array per token: fuse its hash

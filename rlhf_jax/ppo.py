@@ -16,6 +16,7 @@ from flax import struct
 
 from ppo_jax import gae as gae_lib
 from ppo_jax import losses
+from ppo_jax.packing import shuffled_indices
 from rlhf_jax.reward_model import last_token_index
 from rlhf_jax.transformer import token_log_probs
 
@@ -195,7 +196,7 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
             return (pp, cp, po, co), {**aux, "value_loss": vl}
 
         def epoch(carry, k):
-            perm = jax.random.permutation(k, b)[: size * minibatches].reshape(minibatches, size)
+            perm = shuffled_indices(k, b)[: size * minibatches].reshape(minibatches, size)
             return jax.lax.scan(minibatch, carry, perm)
 
         carry, aux = jax.lax.scan(epoch, (policy_params, critic_params, policy_opt, critic_opt),

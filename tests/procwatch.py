@@ -26,11 +26,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15 of stat)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and every process it started (a run's worker processes
+    do the work while the parent waits for them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        total += cpu_seconds(p)
+        stack.extend(children.get(p, []))
+    return total
+
+
 def wait_progressing(procs: list[subprocess.Popen], *, stall_s: float = 120.0, min_cpu_s: float = 1.0,
                      poll_s: float = 0.5) -> list[tuple[str, str]]:
     """Waits for every process to exit and returns their ``(stdout, stderr)``; kills them all
-    and raises ``TimeoutError`` if, while any is running, they use less than ``min_cpu_s``
-    CPU seconds between them in ``stall_s`` seconds (they are stuck, not slow)."""
+    and raises ``TimeoutError`` if, while any is running, they (and the processes they
+    started) use less than ``min_cpu_s`` CPU seconds between them in ``stall_s`` seconds
+    (they are stuck, not slow)."""
     import threading
 
     outputs: list[tuple[str, str] | None] = [None] * len(procs)

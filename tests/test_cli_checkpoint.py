@@ -89,7 +89,7 @@ def test_study_reports_iqm_intervals_and_improvement(tmp_path):
     from ppo_jax.stats import iqm
 
     run = tmp_path / "study"
-    main(["study", "--algos", "a2c", "reinforce", "--num-seeds", "3", "--total-timesteps", "1024",
+    main(["study", "--algos", "a2c", "reinforce", "--num-seeds", "3", "--total-timesteps", "2048",
           "--sweep", "lr=1e-3,3e-4", "--bootstrap-reps", "100", "--eval-episodes", "2", "--out", str(run),
           "--no-progress"])
     summary = json.loads((run / "summary.json").read_text())

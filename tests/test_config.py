@@ -22,6 +22,8 @@ pytestmark = pytest.mark.timeout(60)
     (dict(algo="trpo", shared_torso=True), r"shared_torso: trpo steps the policy and the critic separately"),
     (dict(algo="trpo", trpo_delta=0.0), r"trpo_delta: must be a positive"),
     (dict(cg_iters=0), r"cg_iters: must be a positive integer"),
+    (dict(algo="reinforce"), r"num_steps: reinforce learns from whole episodes, so a rollout must hold the longest "
+                             r"one: num_steps >= 500 \(CartPole-v1's time limit\), got 128"),
 ])
 def test_bad_config_names_the_field(changes, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -84,3 +86,12 @@ def test_compilation_cache_folder_and_switch(tmp_path, monkeypatch):
     assert compile_cache.default_folder() == tmp_path / "ppo-jax" / "xla"
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "own"))
     assert compile_cache.enable() is None  # JAX's own setting wins
+
+
+def test_reinforce_presets_hold_a_whole_episode_per_rollout():
+    from ppo_jax.envs import env_spec
+
+    for name in ["CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0"]:
+        for algo in ("reinforce", "reinforce-baseline"):
+            config = preset(name, algo).validate()
+            assert env_spec(name).max_steps <= config.num_steps < env_spec(name).max_steps + 64, (name, algo)

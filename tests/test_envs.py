@@ -107,3 +107,29 @@ def test_minatar_observations_are_flattened():
 def test_unknown_env_lists_valid_ids():
     with pytest.raises(ValueError, match=r"env: unknown environment id 'CartPole-v2'.*CartPole-v1"):
         validate_env_id("CartPole-v2")
+
+
+def test_restart_begins_fresh_episodes_and_keeps_the_normaliser_statistics():
+    env = VecEnv("CartPole-v1", 3, normalize_observations=True, normalize_rewards=True)
+    state, _ = jax.jit(lambda: run_steps(env, 40, lambda o: jnp.zeros((3,), jnp.int32)))()
+    obs, fresh = jax.jit(env.restart)(jax.random.PRNGKey(5), state)
+    np.testing.assert_array_equal(fresh.episode_length, 0)
+    np.testing.assert_array_equal(fresh.episode_return, 0.0)
+    np.testing.assert_array_equal(fresh.discounted_return, 0.0)
+    np.testing.assert_array_equal(fresh.env_state.time, 0)
+    # The running statistics go on (with the new observations merged in), not from scratch.
+    assert float(fresh.obs_stats.count) == float(state.obs_stats.count) + 3
+    assert float(fresh.return_stats.count) == float(state.return_stats.count)
+    raw = jnp.stack([fresh.env_state.x, fresh.env_state.x_dot, fresh.env_state.theta, fresh.env_state.theta_dot], 1)
+    np.testing.assert_allclose(obs, normalize_obs(raw, fresh.obs_stats), rtol=1e-6)
+
+
+def test_importing_the_environments_leaves_seaborn_unloaded():
+    import subprocess
+    import sys
+
+    code = ("import sys; import ppo_jax.envs, gymnax; print('seaborn' in sys.modules); "
+            "env, params = gymnax.make('Pong-misc'); import gymnax.environments.misc.pong as pong; "
+            "print(callable(pong.sns.color_palette))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]  # not loaded at import; still there for gymnax's rendering

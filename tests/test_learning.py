@@ -62,9 +62,10 @@ def test_a2c_solves_cartpole_within_5e5_steps():
 
 
 def test_reinforce_improves_clearly_over_random():
-    config = preset("CartPole-v1", "reinforce").replace(total_timesteps=150_000)
+    config = preset("CartPole-v1", "reinforce").replace(total_timesteps=73 * 2048)  # 73 whole-episode rollouts
     keys = jax.random.split(jax.random.PRNGKey(42), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
     returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 2))
-    # A uniform random policy averages about 22 steps; measured here: 133 and 128.
-    assert np.all(returns >= 80), returns
+    # A uniform random policy averages about 22 steps; measured here: 193 and 160 (133 and 128
+    # when rollouts continued episodes and long ones gave only their tails).
+    assert np.all(returns >= 100), returns

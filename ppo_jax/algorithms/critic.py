@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from ppo_jax import losses, optim
 from ppo_jax.networks import ActorCritic
+from ppo_jax.packing import shuffled_indices
 
 
 def regress_critic(network, tx, flat: dict, unflatten, opt_state: dict, obs: jax.Array, targets: jax.Array,
@@ -33,7 +34,7 @@ def regress_critic(network, tx, flat: dict, unflatten, opt_state: dict, obs: jax
         return (new["critic"], new_state["critic"]), value_loss
 
     def epoch(carry, k):
-        perm = jax.random.permutation(k, n)[: size * minibatches].reshape(minibatches, size)
+        perm = shuffled_indices(k, n)[: size * minibatches].reshape(minibatches, size)
         return jax.lax.scan(step, carry, perm)
 
     (vec, state), value_losses = jax.lax.scan(epoch, (flat["critic"], opt_state["critic"]),

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax import losses, optim
-from ppo_jax.packing import permute_rows
+from ppo_jax.packing import permute_rows, shuffled_indices
 
 
 @struct.dataclass
@@ -90,7 +90,7 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
         return (params, opt_state, stopped), jnp.stack([aux[k] for k in names])
 
     def epoch(carry, epoch_key):
-        shuffled = permute_rows(batch, jax.random.permutation(epoch_key, batch_size))
+        shuffled = permute_rows(batch, shuffled_indices(epoch_key, batch_size))
         mbs = jax.tree.map(lambda x: x.reshape((num_minibatches, mb_size) + x.shape[1:]), shuffled)
         return jax.lax.scan(minibatch_step, carry, mbs)
 

@@ -2,9 +2,12 @@
 
 ``grad J ~ mean_t grad log pi(a_t|s_t) (G_t - b(s_t))`` with ``G_t`` the discounted
 reward-to-go of eq. (4), summed to the episode's end: no critic in the target and no
-bootstrapping. An episode still running when the rollout ends has no complete ``G_t``, so
-those steps are masked out; the next rollout continues that episode, and its steps there
-form a complete tail once it ends (``G_t`` needs only the rewards from ``t`` on).
+bootstrapping. Every rollout starts fresh episodes and is at least as long as the time
+limit, so each episode's first one ends inside it, whole; a later episode still running
+when the rollout ends has no complete ``G_t`` and its steps are masked out. (With rollouts
+that continued episodes across updates, an episode longer than the rollout contributed only
+its tail, and the policy never learnt from the first steps of long episodes: CartPole
+returns stalled near the 128-step rollout length.)
 With ``baseline=True`` the state baseline ``b(s) = V(s)`` (corollary 4.2: any function of
 the state leaves the estimator unbiased) is fitted to ``G`` by regression, which lowers the
 estimator's variance (theorem 4.4); without it ``b = 0``.

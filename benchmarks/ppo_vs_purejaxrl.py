@@ -1,0 +1,191 @@
+"""ppo_jax against the real PureJaxRL, side by side: steps/s and compile time, written as JSON.
+
+Each round runs PureJaxRL's own ``purejaxrl/ppo.py`` (through ``run_purejaxrl.py`` of the
+peers folder, with the peer's interpreter and gymnax 0.0.9) and then ours in a fresh
+process, with the same configuration (PureJaxRL's CartPole one: 4 envs x 128 steps, 4
+epochs x 4 minibatches, lr 2.5e-4 annealed, value clipping 0.2, 5e5 steps); odd rounds run
+ours first, so a machine that drifts slower or faster favours neither. A speed ratio is
+only meaningful between runs of one session: that is what the rounds are.
+
+    python benchmarks/ppo_vs_purejaxrl.py --peers ../shared/peers \\
+        --peer-python ~/peers/venv_purejaxrl/bin/python --peer-src ~/peers/purejaxrl \\
+        --seeds 1 8 --rounds 3 --out benchmarks/results/ppo_vs_purejaxrl_cpu_2core.json
+
+``--peers`` holds ``run_purejaxrl.py``; ``setup.sh`` there makes the peer's interpreter and
+says how to get the source. ``--ours-processes 2`` adds a row for ours with the seeds split
+over two processes (the multi-core default of ``ppo-jax train --num-seeds``). Every run
+also reports the final policy's return (64 sampled episodes per seed), so a speed-up that
+broke learning shows. Not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"  # the flag ppo_jax sets; the peer gets it too
+
+
+def ours_once(args) -> dict:
+    """Our side of a round, in this (fresh) process; the same protocol as the peer's runner."""
+    import jax
+    import numpy as np
+
+    from ppo_jax import PPOConfig, make_train
+    from ppo_jax.evaluate import make_evaluate
+
+    config = PPOConfig(env=args.env, num_envs=args.num_envs, num_steps=128, update_epochs=4, num_minibatches=4,
+                       total_timesteps=int(args.total_timesteps) // (args.num_envs * 128) * args.num_envs * 128,
+                       lr=2.5e-4, critic_lr=2.5e-4, value_clip_eps=0.2)
+    train = make_train(config)
+    seeds = args.seeds
+    # One seed without vmap, as the peer's runner does it (and as `ppo-jax train` does).
+    fn = jax.jit(jax.vmap(train)) if seeds > 1 else jax.jit(lambda key: jax.tree.map(lambda x: x[None], train(key[0])))
+    keys = jax.random.split(jax.random.PRNGKey(args.seed0), seeds)
+    warm = jax.random.split(jax.random.PRNGKey(args.seed0 + 10_000), seeds)
+    t0 = time.perf_counter()
+    compiled = fn.lower(keys).compile()
+    compile_s = time.perf_counter() - t0
+    run_times = []
+    for i in range(args.runs):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(keys if i == args.runs - 1 else warm))
+        run_times.append(time.perf_counter() - t0)
+    evaluate = jax.jit(jax.vmap(make_evaluate(config, num_episodes=64, deterministic=False)))
+    per_seed = np.asarray(evaluate(out.state.params, out.state.env_state.obs_stats,
+                                   jax.random.split(jax.random.PRNGKey(args.seed0 + 777), seeds))).mean(axis=1)
+    steps = config.num_updates * config.batch_size
+    return {"peer": "ppo_jax", "seeds": seeds, "compile_s": compile_s, "run_s": run_times[-1],
+            "run_times_s": run_times, "sps": steps * seeds / run_times[-1], "steps_per_seed": steps,
+            "final_return_mean": float(per_seed.mean()), "final_return_per_seed": per_seed.tolist()}
+
+
+def run_json(cmd: list[str], env: dict) -> dict:
+    """Runs a side's process and returns the JSON line it prints last (its stderr on failure)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def ours_split(args, seeds: int, processes: int, env: dict) -> dict:
+    """Ours with the seeds split over ``processes`` concurrent processes (one per core)."""
+    per = seeds // processes
+    cmd = [sys.executable, os.path.abspath(__file__), "--ours-once", "--seeds", str(per),
+           "--env", args.env, "--num-envs", str(args.num_envs), "--total-timesteps", str(args.total_timesteps),
+           "--runs", str(args.runs)]
+    procs = [subprocess.Popen(cmd + ["--seed0", str(args.seed0 + 100 * i)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for i in range(processes)]
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate()
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+        if p.returncode != 0 or not lines:
+            raise RuntimeError(f"split run failed (exit {p.returncode}):\n{stderr[-3000:]}")
+        outs.append(json.loads(lines[-1]))
+    # The processes run concurrently, so a run ends with the slowest; each one's fastest run counts.
+    run_s = max(min(o["run_times_s"]) for o in outs)
+    returns = [r for o in outs for r in o["final_return_per_seed"]]
+    return {"peer": f"ppo_jax x{processes} processes", "seeds": seeds, "compile_s": max(o["compile_s"] for o in outs),
+            "run_s": run_s, "steps_per_seed": outs[0]["steps_per_seed"],
+            "sps": outs[0]["steps_per_seed"] * seeds / run_s,
+            "final_return_mean": sum(returns) / len(returns), "final_return_per_seed": returns}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peers", default=os.path.join(HERE, "..", "..", "shared", "peers"),
+                   help="folder holding run_purejaxrl.py")
+    p.add_argument("--peer-python", help="the interpreter with PureJaxRL's dependencies (gymnax 0.0.9)")
+    p.add_argument("--peer-src", help="a PureJaxRL checkout (has purejaxrl/ppo.py)")
+    p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--num-envs", type=int, default=4)
+    p.add_argument("--total-timesteps", type=float, default=5e5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--runs", type=int, default=3,
+                   help="timed runs after the compile; the fastest counts (the least disturbed by the machine)")
+    p.add_argument("--ours-processes", type=int, default=0,
+                   help="also time ours with the seeds split over this many processes (0: not)")
+    p.add_argument("--seed0", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/ppo_vs_purejaxrl.json")
+    p.add_argument("--ours-once", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.ours_once:
+        args.seeds = args.seeds[0]
+        print(json.dumps(ours_once(args)), flush=True)
+        return
+    if not (args.peer_python and args.peer_src):
+        p.error("--peer-python and --peer-src are required (see the peers folder's setup.sh)")
+    runner = os.path.join(args.peers, "run_purejaxrl.py")
+    if not os.path.exists(runner):
+        p.error(f"--peers: {runner} does not exist")
+
+    sys.path.insert(0, HERE)
+    from common import write_result
+
+    env = dict(os.environ, XLA_FLAGS=XLA_FLAG, PPO_JAX_COMPILATION_CACHE="0")
+    rows = []
+
+    def save() -> None:
+        summary = {}
+        for seeds in args.seeds:
+            for kind in ["ppo_jax"] + ([f"ppo_jax x{args.ours_processes} processes"] if args.ours_processes else []):
+                ratios = [r["sps_ratio"][kind] for r in rows if r["seeds"] == seeds and kind in r["sps_ratio"]]
+                compile_ratios = [r["compile_ratio"][kind] for r in rows
+                                  if r["seeds"] == seeds and kind in r["compile_ratio"]]
+                if ratios:
+                    summary[f"{kind}, {seeds} seeds"] = {
+                        "median_sps_ratio": statistics.median(ratios), "sps_ratios": ratios,
+                        "median_compile_ratio": statistics.median(compile_ratios) if compile_ratios else None}
+        write_result(args.out, {"benchmark": "ppo_vs_purejaxrl", "env": args.env, "num_envs": args.num_envs,
+                                "total_timesteps": int(args.total_timesteps), "rounds": rows,
+                                "summary": summary, "note": "ratios are ours / PureJaxRL (above 1: ours faster); "
+                                "compile ratio is PureJaxRL's compile time / ours (above 1: ours compiles faster)"})
+
+    for rnd in range(args.rounds):
+        for seeds in args.seeds:
+            peer_cmd = [args.peer_python, runner, "--src", args.peer_src, "--env", args.env,
+                        "--total-timesteps", str(args.total_timesteps), "--num-envs", str(args.num_envs),
+                        "--seeds", str(seeds), "--seed0", str(args.seed0), "--runs", str(args.runs)]
+            ours_cmd = [sys.executable, os.path.abspath(__file__), "--ours-once", "--seeds", str(seeds),
+                        "--env", args.env, "--num-envs", str(args.num_envs),
+                        "--total-timesteps", str(args.total_timesteps), "--runs", str(args.runs),
+                        "--seed0", str(args.seed0)]
+            sides = [("purejaxrl", lambda: run_json(peer_cmd, env)), ("ppo_jax", lambda: run_json(ours_cmd, env))]
+            if args.ours_processes and seeds % args.ours_processes == 0 and seeds >= args.ours_processes:
+                sides.append((f"ppo_jax x{args.ours_processes} processes",
+                              lambda: ours_split(args, seeds, args.ours_processes, env)))
+            if rnd % 2:
+                sides = sides[1:] + sides[:1]
+            results = {name: fn() for name, fn in sides}
+            for r in results.values():
+                r["run_s"] = min(r.get("run_times_s") or [r["run_s"]])
+                r["sps"] = r["steps_per_seed"] * r["seeds"] / r["run_s"]
+            peer = results["purejaxrl"]
+            row = {"round": rnd, "seeds": seeds, "order": [name for name, _ in sides],
+                   "results": {name: {k: r.get(k) for k in ("sps", "compile_s", "run_s", "run_times_s",
+                                                            "final_return_mean", "final_return_per_seed")}
+                               for name, r in results.items()},
+                   "sps_ratio": {name: r["sps"] / peer["sps"] for name, r in results.items() if name != "purejaxrl"},
+                   "compile_ratio": {name: peer["compile_s"] / r["compile_s"] for name, r in results.items()
+                                     if name != "purejaxrl" and r.get("compile_s")}}
+            rows.append(row)
+            line = ", ".join(f"{name} {r['sps']:,.0f} sps (compile {r['compile_s']:.1f} s, return "
+                             f"{r['final_return_mean']:.0f})" for name, r in results.items())
+            print(f"round {rnd} seeds {seeds}: {line}", flush=True)
+            save()  # after every row, so an interrupted run keeps what it measured
+    for key, s in json.load(open(args.out))["summary"].items():
+        print(f"{key}: median ratio {s['median_sps_ratio']:.2f}x steps/s, compile {s['median_compile_ratio']:.2f}x")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

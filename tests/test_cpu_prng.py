@@ -1,0 +1,46 @@
+"""The unrolled threefry lowering on CPU draws the very same bits as JAX's rolled one."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from ppo_jax import cpu_prng
+
+pytestmark = pytest.mark.timeout(120)
+
+DRAWS = """
+import json, sys
+import jax, jax.numpy as jnp
+from ppo_jax import envs  # installs the lowering unless PPO_JAX_UNROLLED_THREEFRY=0
+
+def draws(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"split": jax.random.key_data(jax.random.split(jax.random.wrap_key_data(key), 5)).sum(),
+            "uniform": jax.random.uniform(k1, (7,)), "normal": jax.random.normal(k2, (3, 2)),
+            "categorical": jax.random.categorical(k3, jnp.zeros((64, 4))),
+            "permutation": jax.random.permutation(k1, 50), "fold": jax.random.fold_in(k2, 12345)}
+
+keys = jax.random.split(jax.random.PRNGKey(3), 4)
+out = {"jit": jax.jit(draws)(keys[0]), "vmap": jax.jit(jax.vmap(draws))(keys)}
+print(json.dumps(jax.tree.map(lambda x: jnp.asarray(x).tolist(), out)))
+"""
+
+
+def _draws(unrolled: bool) -> dict:
+    env = {**os.environ, "PPO_JAX_UNROLLED_THREEFRY": "1" if unrolled else "0", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", DRAWS], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout)
+
+
+def test_unrolled_threefry_draws_the_same_bits_as_jax_default():
+    assert _draws(unrolled=True) == _draws(unrolled=False)
+
+
+def test_random_draws_compile_without_a_loop():
+    assert cpu_prng.install()
+    text = jax.jit(lambda k: jax.random.uniform(k, (3,))).lower(jax.random.PRNGKey(0)).compile().as_text()
+    assert " while(" not in text  # JAX's own CPU lowering has a five-round loop here
