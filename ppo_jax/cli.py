@@ -262,10 +262,10 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     background = ThreadPoolExecutor(1)
     eval_program = []
 
-    def compile_evaluation(abstract) -> None:
+    def compile_evaluation(state) -> None:
         # On the second core while the first trains (training one seed keeps one core busy).
         shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731  (host arrays, one device)
-        like = jax.tree.map(shape, (abstract.params, abstract.env_state.obs_stats))
+        like = jax.tree.map(shape, (state.params, state.env_state.obs_stats))
         eval_program.append(background.submit(lambda: evaluate.lower(*like, eval_keys).compile()))
         background.submit(importlib.import_module, "matplotlib.pyplot")  # for the plot at the end
 
@@ -275,7 +275,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
                                    checkpoint_every=every, check_finite=check_finite,
                                    progress=on_update if progress and primary else None, on_status=on_status,
                                    min_save_interval_s=AUTO_SAVE_INTERVAL_S if checkpoint_every == -1 else 0.0,
-                                   on_abstract_state=compile_evaluation)
+                                   on_compiled=compile_evaluation)
         except NonFiniteError as err:
             if primary:
                 write_metrics(run_dir, err.metrics)

@@ -94,6 +94,12 @@ class PPOConfig:
         return self.batch_size // self.num_minibatches
 
     @property
+    def whole_episodes(self) -> bool:
+        """REINFORCE's update rules learn from whole episodes (eq. 4): each rollout starts fresh
+        episodes and must hold the longest one."""
+        return self.algo in ("reinforce", "reinforce-baseline")
+
+    @property
     def num_updates(self) -> int:
         return self.total_timesteps // self.batch_size
 
@@ -142,7 +148,7 @@ class PPOConfig:
             raise ValueError(
                 f"num_minibatches: {self.num_minibatches} does not divide the batch "
                 f"num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}")
-        if self.algo in ("reinforce", "reinforce-baseline"):
+        if self.whole_episodes:
             from ppo_jax.envs import env_spec
 
             limit = env_spec(self.env).max_steps
@@ -248,7 +254,7 @@ def preset(env_id: str, algo: str = "ppo") -> PPOConfig:
     validate_env_id(env_id)
     config = PPOConfig(env=env_id, **{**_PRESET_OVERRIDES.get(env_id, {}), "algo": algo})
     config = config.replace(**_ALGO_OVERRIDES.get((env_id, algo), {}))
-    if algo in ("reinforce", "reinforce-baseline"):
+    if config.whole_episodes:
         from ppo_jax.envs import env_spec
 
         # Whole episodes: a rollout as long as the time limit, in whole 64-step blocks.

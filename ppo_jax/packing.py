@@ -63,7 +63,7 @@ def shuffled_indices(key: jax.Array, n: int) -> jax.Array:
     sorts random keys with the indices as a second operand, and XLA:CPU sorts two operands
     through a generic comparator: 95 us for 512 rows against 17 us here, about a tenth of a
     CartPole PPO update. The cost: two rows whose random high bits tie keep their index
-    order (for 512 rows, about one permutation in 60 has one such pair). Larger batches use
+    order (for 512 rows, about one permutation in 64 has one such pair). Larger batches use
     ``jax.random.permutation``.
     """
     if n > PACKED_SORT_MAX_ROWS:

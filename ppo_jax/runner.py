@@ -74,16 +74,15 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
                   checkpoints: RunCheckpoints | None = None, checkpoint_every: int = 0,
                   check_finite: bool = True, progress: Callable[[Any], None] | None = None,
                   on_status: Callable[[str], None] | None = None, min_save_interval_s: float = 0.0,
-                  on_abstract_state: Callable[[Any], None] | None = None) -> RunResult:
+                  on_compiled: Callable[[Any], None] | None = None) -> RunResult:
     """Trains ``num_seeds`` seeds on ``layout``, ``checkpoint_every`` updates per compiled
     call (0: all at once), saving after each call when ``checkpoints`` is given (but not
     within ``min_save_interval_s`` seconds of the last save, except at the end) and
     resuming from its newest intact checkpoint if it has one (a damaged one is set aside
     with a warning through ``on_status``).
 
-    ``on_abstract_state``, if given, is called with the train state's shapes (a pytree of
-    ``jax.ShapeDtypeStruct``) once the training program is compiled, e.g. to compile an
-    evaluation program while training runs.
+    ``on_compiled``, if given, is called with the initial train state once the training
+    program is compiled, e.g. to compile an evaluation program while training runs.
 
     Ctrl-C (with ``checkpoints``): the first stops the run after the chunk in progress,
     saves it and raises :class:`ppo_jax.interrupt.Interrupted`; a second raises
@@ -109,8 +108,8 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     t0 = time.perf_counter()
     programs: dict[int, Any] = {first: compile_chunk(first, state)}
     compile_s = time.perf_counter() - t0
-    if on_abstract_state is not None:
-        on_abstract_state(jax.eval_shape(lambda s: s, state))
+    if on_compiled is not None:
+        on_compiled(state)
     shapes = programs[first].out_info.metrics  # [num_seeds, first] each
     metrics = {k: np.full((num_seeds, num_updates), np.nan if v.dtype.kind == "f" else -1, v.dtype)
                for k, v in shapes.items()}

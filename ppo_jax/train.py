@@ -96,7 +96,6 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
     network = make_network(config, spec)
     num_updates = config.num_updates
     shard = env_sharding or (lambda tree: tree)
-    whole_episodes = config.algo in ("reinforce", "reinforce-baseline")
 
     def make_env(hp: HParams) -> VecEnv:
         return VecEnv(config.env, config.num_envs, normalize_observations=config.normalize_observations,
@@ -121,7 +120,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
             key, k_roll, k_update = jax.random.split(state.key, 3)
             policy_fn = lambda o: network.apply({"params": state.params}, o, method=ActorCritic.policy)  # noqa: E731
             env_state, obs = state.env_state, state.obs
-            if whole_episodes:
+            if config.whole_episodes:
                 # Every rollout starts fresh episodes, so each one that starts in it ends in it
                 # (num_steps >= the time limit): eq. (4) needs whole episodes, and an episode cut
                 # at the rollout's end would only ever contribute its tail.
@@ -135,7 +134,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
             flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
             lr_scale = 1.0 - state.update / num_updates if config.anneal_lr else 1.0
             lrs = optim.group_lrs(hp.lr, hp.critic_lr, config.shared_torso, lr_scale)
-            if config.algo in ("reinforce", "reinforce-baseline"):
+            if config.whole_episodes:
                 # Monte-Carlo reward-to-go of complete episodes (eq. 4): no bootstrap, no GAE.
                 returns = gae_lib.reward_to_go(traj.reward, traj.done, hp.gamma)
                 mask = complete_episode_mask(traj.done)
