@@ -75,6 +75,9 @@ class StudyArgs(PPOConfig):
     """Bootstrap replicates for the confidence intervals."""
     no_progress: bool = False
     """Hide progress messages."""
+    processes: int | None = None
+    """Local processes to split the seeds across, one per core (default on a CPU: as many as there are
+    cores, or the most that divide --num-seeds; 1 turns it off, as does PPO_JAX_PROCESSES=1)."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     from ppo_jax.evaluate import make_evaluate
     from ppo_jax.interrupt import Interrupted
     from ppo_jax.outputs import plot_learning_curve, write_json, write_metrics
-    from ppo_jax.rundir import check_run_dir, claim_run_dir
+    from ppo_jax.rundir import check_run_dir, claim_run_dir, ppo_run_name
     from ppo_jax.runner import NonFiniteError, run_resumable, seed_keys
 
     config.validate()
@@ -233,7 +236,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     if resume or not primary:
         run_dir = Path(out)
     else:
-        run_dir = claim_run_dir(out, COMMAND, f"{config.env}-{algo}", resumable=True)
+        run_dir = claim_run_dir(out, COMMAND, ppo_run_name("train", config.env, algo), resumable=True)
     barrier("ppo_jax.run_dir.created")
     run = {"num_seeds": num_seeds, "seed": seed, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
            "check_finite": check_finite}
@@ -324,9 +327,11 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
 
 
 def study_main(argv: list[str]) -> dict:
+    import jax
     import tyro
 
-    from ppo_jax.rundir import claim_run_dir
+    from ppo_jax.distributed import barrier
+    from ppo_jax.rundir import check_run_dir, claim_run_dir, ppo_run_name
     from ppo_jax.study import grid_points, parse_grid, run_study
 
     env = _flag_from_argv(argv, "--env", PPOConfig.env)
@@ -348,13 +353,19 @@ def study_main(argv: list[str]) -> dict:
             raise ValueError("algos: give at least one update rule")
         for c in configs.values():
             c.validate()
-        run_dir = claim_run_dir(args.out, "ppo-jax study", f"study-{env}")
+        primary = jax.process_index() == 0
+        if jax.process_count() > 1:
+            if not args.out:
+                raise ValueError("out: a multi-process study needs --out, a folder every process can reach")
+            check_run_dir(args.out, "ppo-jax study")
+        barrier("ppo_jax.study_dir")  # every process has looked before the first creates the folder
+        run_dir = claim_run_dir(args.out, "ppo-jax study", ppo_run_name("study", env, "")) if primary else Path(args.out)
 
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), console=Console(stderr=True), disable=args.no_progress)
+                       TimeElapsedColumn(), console=Console(stderr=True), disable=args.no_progress or not primary)
         tasks = {a: bar.add_task(f"{a} (compiling)", total=c.num_updates) for a, c in configs.items()}
 
         def progress(algo, status):

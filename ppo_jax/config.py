@@ -229,8 +229,12 @@ _PRESET_OVERRIDES: dict[str, dict] = {
     "Pendulum-v1": dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, update_epochs=10,
                         num_minibatches=32, lr=1e-3, critic_lr=1e-3, gamma=0.95, gae_lambda=0.95,
                         ent_coef=0.0, normalize_observations=True, normalize_rewards=True),
-    "MountainCarContinuous-v0": dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, update_epochs=10,
-                                     num_minibatches=32, lr=3e-4, critic_lr=3e-4, ent_coef=0.0,
+    # The goal's reward is all there is to find, and a seed whose first episodes all miss it
+    # learns to stand still: 16 envs x 256 steps left 3-4 of 16 seeds at return 0, while 64
+    # parallel first episodes (x 64 steps, the same batch) left none of 16 (gamma 0.99 or 0.999;
+    # 0.999 saves more energy: 95.7 against 94.2).
+    "MountainCarContinuous-v0": dict(total_timesteps=1_000_000, num_envs=64, num_steps=64, update_epochs=10,
+                                     num_minibatches=32, lr=3e-4, critic_lr=3e-4, ent_coef=0.0, gamma=0.999,
                                      normalize_observations=True, normalize_rewards=True),
 }
 # MinAtar: flattened 10x10xC observations into a wider MLP, as PureJaxRL does.

@@ -11,9 +11,10 @@ def main() -> None:
     from ppo_jax import local_processes
     from ppo_jax.distributed import initialize_from_env
 
+    argv = sys.argv[1:]
     try:
-        processes = local_processes.plan(sys.argv[1:])  # every core for several seeds on a CPU
-        local = local_processes.launch(sys.argv[1:], processes) if processes > 1 else None
+        processes = local_processes.plan(argv)  # every core for several seeds on a CPU
+        local = local_processes.launch(argv, processes) if processes > 1 else None
         initialize_from_env()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
     except ValueError as err:
         print(f"ppo-jax: error: {err}", file=sys.stderr)
@@ -21,7 +22,7 @@ def main() -> None:
     from ppo_jax.cli import main as cli_main
 
     try:
-        cli_main()
+        cli_main(local.argv if local is not None else argv)
     except BaseException:
         if local is not None:
             local.stop()

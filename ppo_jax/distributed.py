@@ -19,7 +19,9 @@ same code runs on all of them (single program, multiple data).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -58,6 +60,13 @@ def initialize_from_env() -> bool:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"JAX_PROCESS_ID: must be in [0, JAX_NUM_PROCESSES={n}), got {i}")
     jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=i)
+    # The CPU collectives (gloo) print a line to the C++ stdout when they first connect, which
+    # would land in the middle of the run's report: connect them now, quietly.
+    from jax.experimental import multihost_utils
+
+    barrier("ppo_jax.start")
+    with _quiet_stdout():
+        multihost_utils.process_allgather(np.zeros(1, np.int32))
     return True
 
 
@@ -128,13 +137,15 @@ def place(layout: Layout, fn: Callable) -> Callable:
     return jax.jit(fn)
 
 
-def global_array(layout: Layout, value: np.ndarray) -> jax.Array:
-    """A host array as one array over the layout's devices (split along its leading seed
-    axis in the seeds layout, replicated otherwise); works across processes."""
+def global_array(layout: Layout, value: np.ndarray, spec: P | None = None) -> jax.Array:
+    """A host array as one array over the layout's devices (split as ``spec`` says; by
+    default along its leading seed axis in the seeds layout, replicated otherwise); works
+    across processes."""
     value = np.asarray(value)
     if layout.mesh is None:
         return jax.device_put(value)
-    spec = P(SEEDS) if layout.axis == SEEDS else P()
+    if spec is None:
+        spec = P(SEEDS) if layout.axis == SEEDS else P()
     sharding = NamedSharding(layout.mesh, spec)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
@@ -159,3 +170,17 @@ def fetch(tree):
         barrier("ppo_jax.fetch")
         return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
     return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """The file descriptor 1 on /dev/null (what C++ code prints there too)."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)

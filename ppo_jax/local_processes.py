@@ -4,11 +4,11 @@ XLA:CPU runs one small training program on about one core, and several seeds vma
 one program do not spread over more (the matmuls are too small to split). Host devices in
 one process do not help either: two of them ran 2 seeds at 1.05x one device, and several
 vmapped seeds per host device can deadlock XLA:CPU. Separate processes do scale, so on a
-CPU-only machine ``ppo-jax train --num-seeds N`` starts one process per core (the most that
-divide N evenly), joined by ``jax.distributed`` on this machine: the same multi-process run
-as on several hosts, with its seeds layout, so each seed computes exactly what it computes
-alone. Process 0 is the command itself (it prints and writes the run folder); the others
-run quietly and are stopped with it.
+CPU-only machine ``ppo-jax train --num-seeds N`` and ``ppo-jax study`` start one process per
+core (the most that divide N evenly), joined by ``jax.distributed`` on this machine: the same
+multi-process run as on several hosts, with its seeds layout, so each seed computes exactly
+what it computes alone. Process 0 is the command itself (it prints and writes the run
+folder); the others run quietly and are stopped with it.
 
 Off with ``--processes 1`` or ``PPO_JAX_PROCESSES=1``; also not used with ``--devices``, on
 machines with an accelerator, or inside a run that is already multi-process.
@@ -56,7 +56,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _num_seeds(argv: list[str]) -> int | None:
+# Commands that split their seeds over processes, with their default --num-seeds (the
+# defaults of cli.TrainArgs and cli.StudyArgs, read here before anything imports JAX).
+SEED_COMMANDS = {"train": 1, "study": 8}
+
+
+def _num_seeds(argv: list[str], default: int) -> int | None:
     resume = flag_value(argv, "--resume")
     if resume is not None:  # the run's own seed count, from the folder it is resuming
         try:
@@ -65,7 +70,7 @@ def _num_seeds(argv: list[str]) -> int | None:
             return None  # the command itself reports what is wrong with the folder
     raw = flag_value(argv, "--num-seeds")
     try:
-        return int(raw) if raw is not None else 1
+        return int(raw) if raw is not None else default
     except ValueError:
         return None  # tyro reports the bad value
 
@@ -75,11 +80,11 @@ def plan(argv: list[str]) -> int:
 
     Raises ValueError for a ``--processes`` that is not a positive divisor of the seeds.
     """
-    if not argv or argv[0] != "train" or "-h" in argv or "--help" in argv:
+    if not argv or argv[0] not in SEED_COMMANDS or "-h" in argv or "--help" in argv:
         return 1
     if os.environ.get("JAX_COORDINATOR_ADDRESS") or flag_value(argv, "--devices") is not None:
         return 1
-    seeds = _num_seeds(argv[1:])
+    seeds = _num_seeds(argv[1:], SEED_COMMANDS[argv[0]])
     raw = flag_value(argv, "--processes") or os.environ.get("PPO_JAX_PROCESSES")
     if raw is not None:
         try:
@@ -122,6 +127,16 @@ class LocalRun:
         self.processes = processes
         self.children: list[tuple[subprocess.Popen, object]] = []
         self.ending = threading.Event()
+        self.reserved: Path | None = None
+        if flag_value(argv, "--out") is None and flag_value(argv, "--resume") is None:
+            # Every process writes into one folder, so it is named here, once, for all of them.
+            from ppo_jax.rundir import new_run_dir, ppo_run_name
+
+            env, algo = flag_value(argv, "--env") or "CartPole-v1", flag_value(argv, "--algo") or "ppo"
+            self.reserved = new_run_dir("runs", ppo_run_name(argv[0], env, algo))
+            argv = [*argv, "--out", str(self.reserved)]
+        self.argv = argv
+        """The command every process runs (with ``--out`` added when it was not given)."""
         address = f"localhost:{_free_port()}"
         common = {"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": str(processes)}
         for i in range(1, processes):
@@ -156,6 +171,11 @@ class LocalRun:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if self.reserved is not None:
+            try:
+                self.reserved.rmdir()  # the folder named for a run that failed before writing anything
+            except OSError:
+                pass
 
     def _at_exit(self) -> None:
         # Registered before jax.distributed's own exit handler, so it runs after it: by then
@@ -171,7 +191,8 @@ class LocalRun:
 
 def launch(argv: list[str], processes: int) -> LocalRun:
     """Makes this process number 0 of a ``processes``-process run of ``ppo-jax ARGV`` on
-    this machine and starts the others. Call before anything starts JAX's backend (and
+    this machine and starts the others; this process then runs ``LocalRun.argv`` (ARGV, with
+    a fresh run folder under runs/ as ``--out`` if it had none). Call before anything starts JAX's backend (and
     before ``jax.distributed.initialize``), and ``stop()`` if the command fails.
 
     The others print nothing: their stderr is kept in a temporary file and shown if one

@@ -81,6 +81,11 @@ def new_run_dir(base: str | os.PathLike, name: str) -> Path:
     raise RuntimeError(f"could not create a fresh run folder under {base}")
 
 
+def ppo_run_name(command: str, env: str, algo: str) -> str:
+    """The default run folder name (before its time stamp) of ``ppo-jax COMMAND``."""
+    return f"study-{env}" if command == "study" else f"{env}-{algo}"
+
+
 def claim_run_dir(out: str | os.PathLike | None, command: str, default_name: str, *,
                   resumable: bool = False) -> Path:
     """The run folder of a new run of ``command``: ``out`` if it is missing or empty (else

@@ -16,10 +16,13 @@ from typing import Callable
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from ppo_jax.config import TRACED_FIELDS, PPOConfig, stack_hparams
+from ppo_jax.distributed import SEEDS, Layout, choose_layout, fetch, global_array
 from ppo_jax.evaluate import make_evaluate
 from ppo_jax.outputs import plot_lines, write_json
+from ppo_jax.runner import seed_keys
 from ppo_jax.stats import (
     iqm,
     probability_of_improvement,
@@ -71,27 +74,34 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
     for c in configs.values():  # every config is checked before anything compiles
         for p in points:
             c.replace(**p).validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(np.arange(num_seeds))
+    primary = jax.process_index() == 0
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    layout = seeds_layout(num_seeds)
+    # Arrays lead with [grid, seeds]: the same seeds at every grid point (common random numbers).
+    grid_seeds = P(None, SEEDS)
+    keys = seed_keys(seed, num_seeds)
+    eval_keys = np.broadcast_to(np.asarray(jax.vmap(lambda k: jax.random.fold_in(k, 10_000_019))(keys)),
+                                (len(points), num_seeds, 2))
+    keys, eval_keys = global_array(layout, keys), global_array(layout, eval_keys, grid_seeds)
     results, curves, wall = {}, {}, {}
     for algo, config in configs.items():
         if progress is not None:
             progress(algo, "training")
         t0 = time.perf_counter()
-        hps = stack_hparams([config.replace(**p) for p in points])
+        hps = jax.tree.map(lambda v: global_array(layout, v, P()), stack_hparams([config.replace(**p) for p in points]))
         callback = None
         if on_update is not None:
             callback = lambda u, a=algo, n=config.num_updates: on_update(a, int(np.max(np.asarray(u))) + 1, n)  # noqa: E731
         train = make_train(config, progress=callback)
-        # [grid, seeds]: the same seeds at every grid point (common random numbers).
-        run = jax.jit(jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0)))
-        out = jax.block_until_ready(run(keys, hps))
-        evaluate = jax.jit(jax.vmap(jax.vmap(make_evaluate(config, num_episodes=eval_episodes, deterministic=True))))
-        eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10_000_019))(keys)
-        eval_keys = np.broadcast_to(eval_keys, (len(points),) + eval_keys.shape)
-        finals = np.asarray(evaluate(out.state.params, out.state.env_state.obs_stats, eval_keys)).mean(-1)
-        returns = np.asarray(out.metrics["episode_return"])  # [grid, seeds, updates]
-        steps = np.asarray(out.metrics["env_steps"])[0, 0]
+        run = on_seeds(layout, jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0)),
+                       (P(SEEDS), P()), grid_seeds)
+        out = run(keys, hps)
+        evaluate = on_seeds(layout, jax.vmap(jax.vmap(make_evaluate(config, num_episodes=eval_episodes,
+                                                                    deterministic=True))), grid_seeds, grid_seeds)
+        finals = evaluate(out.state.params, out.state.env_state.obs_stats, eval_keys)
+        finals, returns, steps = fetch((finals, out.metrics["episode_return"], out.metrics["env_steps"]))
+        finals, steps = finals.mean(-1), steps[0, 0]  # returns: [grid, seeds, updates]
         wall[algo] = time.perf_counter() - t0
         for g, point in enumerate(points):
             name = point_name(algo, point)
@@ -107,7 +117,10 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
     summary = {"env": base.env, "num_seeds": num_seeds, "seed": seed, "eval_episodes": eval_episodes,
                "configs": {a: c.to_dict() for a, c in configs.items()}, "grid": grid, "results": results,
                "probability_of_improvement": improvement, "wall_s": wall, "device": str(jax.devices()[0].platform),
+               "layout": layout.describe(),
                "run_dir": str(run_dir)}
+    if not primary:
+        return summary
     write_json(run_dir / "curves.json", curves)
     write_json(run_dir / "summary.json", summary)
     series = {name: (c["env_steps"], c["iqm"], c["ci_low"], c["ci_high"]) for name, c in curves.items()}
@@ -118,6 +131,25 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
                xlabel="algorithm / grid point", ylabel="final deterministic return (IQM, 95% CI)",
                title=f"{base.env}: final return")
     return summary
+
+
+def seeds_layout(num_seeds: int) -> Layout:
+    """The seeds over every process's devices in a multi-process run (one process per core
+    on a CPU, see :mod:`ppo_jax.local_processes`); one device otherwise."""
+    if jax.process_count() == 1:
+        return Layout(None, None)
+    layout = choose_layout(num_seeds, num_envs=1)
+    if layout.axis != SEEDS:
+        raise ValueError(f"num_seeds: a multi-process study splits its seeds over processes; got {num_seeds}")
+    return layout
+
+
+def on_seeds(layout: Layout, fn: Callable, in_specs, out_specs) -> Callable:
+    """``fn`` jitted, and on the seeds layout each device runs it on its own seeds."""
+    if layout.mesh is None:
+        return jax.jit(fn)
+    # check_vma=False: the seeds never communicate (as in ppo_jax.distributed.place).
+    return jax.jit(jax.shard_map(fn, mesh=layout.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False))
 
 
 def _curve_with_band(steps: np.ndarray, returns: np.ndarray, *, reps: int, seed: int, points: int = 50) -> dict:

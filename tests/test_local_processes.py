@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from procwatch import wait_progressing
 
@@ -30,7 +31,10 @@ def test_plan_takes_the_most_cores_that_divide_the_seeds(cpu, monkeypatch, tmp_p
     assert plan(["train", "--num-seeds=6"]) == 3
     assert plan(["train", "--num-seeds", "5"]) == 1  # 5 seeds do not split over 2-4 processes evenly
     assert plan(["train", "--num-seeds", "2"]) == 2
-    assert plan(["study", "--num-seeds", "8"]) == 1
+    assert plan(["study", "--num-seeds", "8"]) == 4
+    assert plan(["study"]) == 4  # the study's default of 8 seeds
+    assert plan(["study", "--num-seeds", "1"]) == 1
+    assert plan(["eval", "--num-seeds", "8"]) == 1
     assert plan(["train", "--num-seeds", "8", "--help"]) == 1
     # Off: the flag, the environment variable, an explicit device count, an accelerator.
     assert plan(["train", "--num-seeds", "8", "--processes", "1"]) == 1
@@ -51,6 +55,13 @@ def test_plan_takes_the_most_cores_that_divide_the_seeds(cpu, monkeypatch, tmp_p
 
 
 @pytest.mark.timeout(30)
+def test_the_default_seed_counts_are_the_commands_own():
+    from ppo_jax.cli import StudyArgs, TrainArgs
+
+    assert local_processes.SEED_COMMANDS == {"train": TrainArgs.num_seeds, "study": StudyArgs.num_seeds}
+
+
+@pytest.mark.timeout(30)
 def test_a_process_count_that_does_not_divide_the_seeds_is_refused(cpu):
     with pytest.raises(ValueError, match=r"processes: 3 processes do not divide num_seeds=8"):
         plan(["train", "--num-seeds", "8", "--processes", "3"])
@@ -58,24 +69,43 @@ def test_a_process_count_that_does_not_divide_the_seeds_is_refused(cpu):
         plan(["train", "--num-seeds", "8", "--processes", "0"])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)  # a hang fails here; the wait below goes by CPU progress, not wall time
-def test_the_default_multi_seed_run_uses_every_core(tmp_path):
-    out = tmp_path / "run"
+TINY = ["--num-envs", "4", "--num-steps", "16", "--total-timesteps", "512", "--update-epochs", "1",
+        "--num-minibatches", "2", "--hidden-sizes", "16", "--num-seeds", "2", "--eval-episodes", "2", "--no-progress"]
+
+
+def _ppo_jax(args: list[str], cwd: Path, returncode: int = 0) -> str:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     for name in ("JAX_COORDINATOR_ADDRESS", "PPO_JAX_PROCESSES", "XLA_FLAGS"):
         env.pop(name, None)
-    args = ["train", "--num-envs", "4", "--num-steps", "16", "--total-timesteps", "512", "--update-epochs", "1",
-            "--num-minibatches", "2", "--hidden-sizes", "16", "--num-seeds", "2", "--eval-episodes", "2",
-            "--no-progress", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     ((stdout, stderr),) = wait_progressing([proc])
-    assert proc.returncode == 0, stderr[-4000:]
-    summary = json.loads((out / "summary.json").read_text())
-    if local_processes.usable_cores() >= 2:
-        assert summary["layout"] == "2 cpu devices on 2 processes, split by seeds"
-    else:
-        assert summary["layout"] == "1 device (cpu)"
-    assert len(summary["final_return_per_seed"]) == 2
-    assert "seed 1:" in stdout and not stderr.strip(), stderr
+    assert proc.returncode == returncode, stderr[-4000:]
+    if returncode:
+        return stderr
+    assert not stderr.strip() and "Gloo" not in stdout, (stdout, stderr)  # nothing but the run's own report
+    return stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a hang fails here; the wait below goes by CPU progress, not wall time
+def test_the_default_multi_seed_runs_use_every_core(tmp_path):
+    several = local_processes.usable_cores() >= 2
+    layout = "2 cpu devices on 2 processes, split by seeds" if several else "1 device (cpu)"
+    # No --out: every process writes into the one fresh folder under runs/.
+    stdout = _ppo_jax(["train", *TINY], tmp_path)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("CartPole-v1-ppo-") and f"run folder: runs/{run.name}" in stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["layout"] == layout
+    assert len(summary["final_return_per_seed"]) == 2 and "seed 1:" in stdout
+    # A run that fails leaves no empty folder behind.
+    stderr = _ppo_jax(["train", *TINY, "--clip-eps", "-1"], tmp_path, returncode=2)
+    assert "clip_eps" in stderr and list((tmp_path / "runs").iterdir()) == [run]
+
+    _ppo_jax(["study", "--algos", "ppo", "--out", "split", *TINY], tmp_path)
+    _ppo_jax(["study", "--algos", "ppo", "--out", "one", "--processes", "1", *TINY], tmp_path)
+    split, one = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("split", "one"))
+    assert split["layout"] == layout and one["layout"] == "1 device (cpu)"
+    # Each seed computes what it computes alone (float rounding aside).
+    np.testing.assert_allclose(split["results"]["ppo"]["scores"], one["results"]["ppo"]["scores"], rtol=1e-4)
