@@ -2,7 +2,7 @@
 
 import os as _os
 
-# PITFALLS 17: XLA:CPU's concurrency-optimised scheduler can deadlock vmapped programs
+# XLA:CPU's concurrency-optimised scheduler can deadlock vmapped programs
 # that contain a batched QR (orthogonal init) on a 2-core machine. Turning it off cost
 # nothing measurable; it only has effect if set before the CPU backend starts.
 _FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"

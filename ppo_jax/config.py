@@ -175,7 +175,7 @@ class PPOConfig:
         return self
 
     def warn_remainder(self) -> None:
-        """PITFALLS 16: ``num_updates = total // batch``; say what the floor drops."""
+        """``num_updates = total // batch`` drops a remainder of steps silently; say what it drops."""
         remainder = self.total_timesteps % self.batch_size
         if remainder:
             warnings.warn(

@@ -1,4 +1,4 @@
-"""Evaluation episodes on a fresh environment with their own key (PITFALLS 15).
+"""Evaluation episodes on a fresh environment with their own key (never the training envs' state or stream).
 
 The loop is a ``lax.scan`` bounded by the environment's time limit (or ``max_steps``), so
 an environment that never ends cannot hang it. Observations are normalised with the

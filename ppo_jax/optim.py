@@ -3,7 +3,7 @@
 With separate actor and critic networks (listing 6) each network has its own
 optimiser, learning rate and gradient-norm clip; with a shared torso there is one
 group, ``"all"``. The learning rate is applied outside optax so that it can be a traced
-value annealed by the update index (PITFALLS 6: ``1 - update / num_updates``, i.e.
+value annealed by the update index (annealing counts updates, not optimiser steps: ``1 - update / num_updates``, i.e.
 ``count // (epochs * minibatches)`` in optimiser steps), and so that a masked
 (KL-stopped) step leaves both parameters and optimiser state untouched.
 
@@ -26,7 +26,8 @@ ADAM_EPS = 1e-5
 
 
 def make_tx(max_grad_norm: float | jax.Array) -> optax.GradientTransformation:
-    """Global-norm clipping (not per-element, PITFALLS 7), then Adam's scaling, PyTorch-style eps 1e-5."""
+    """Global-norm clipping (not per-element, which turns the step), then Adam's scaling with
+    PyTorch-style eps 1e-5."""
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.scale_by_adam(eps=ADAM_EPS))
 
 

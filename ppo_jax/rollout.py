@@ -16,7 +16,7 @@ class Transition:
     """A time-major batch ``[T, N, ...]`` of what the update rules consume.
 
     ``next_obs[t]`` is the observation the step actually reached: the final
-    observation on an episode end, never the reset observation (PITFALLS 1-2), so
+    observation on an episode end, never the reset observation (the bug of bootstrapping from the next episode), so
     ``V(next_obs)`` is the right bootstrap on truncation and at the rollout's end.
     """
 

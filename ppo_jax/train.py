@@ -146,7 +146,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
             else:
                 advantages = gae_lib.gae(traj.reward, values, next_values, traj.terminated, traj.truncated,
                                          hp.gamma, hp.gae_lambda)
-                targets = gae_lib.value_targets(advantages, values)  # before normalisation (PITFALLS 3)
+                targets = gae_lib.value_targets(advantages, values)  # before normalising the advantages
                 batch_norm = config.normalize_advantages and (config.algo != "ppo" or not config.per_minibatch_adv_norm)
                 if batch_norm:
                     advantages = losses.normalize_advantages(advantages)

@@ -1,6 +1,6 @@
 """RLHF on Flax transformers: tokenizer, transformer with KV cache, sampling and SFT.
 
-Importing ``ppo_jax`` first sets the XLA:CPU flag that avoids a known deadlock (PITFALLS 17).
+Importing ``ppo_jax`` first sets the XLA:CPU flag that avoids a known deadlock of vmapped programs.
 """
 
 import ppo_jax  # noqa: F401  (sets XLA_FLAGS before JAX starts)

@@ -3,7 +3,7 @@
 The token MDP of definition 10.20: the state is ``[x; y_<t]``, the action the token ``y_t``.
 Everything here takes ``[B, N]`` arrays over the N response positions with a response mask
 (1 on sampled tokens up to and including EOS), so prompt tokens never enter a sum and
-padding after EOS gets no reward, value or advantage (PITFALLS RM 5). GAE is
+padding after EOS gets no reward, value or advantage. GAE is
 ``ppo_jax.gae.gae`` and the losses are ``ppo_jax.losses`` with masks: no second copy.
 """
 
@@ -16,7 +16,7 @@ from flax import struct
 
 from ppo_jax import gae as gae_lib
 from ppo_jax import losses
-from ppo_jax.packing import shuffled_indices
+from ppo_jax.minibatches import minibatch_epochs
 from rlhf_jax.reward_model import last_token_index
 from rlhf_jax.transformer import token_log_probs
 
@@ -24,7 +24,7 @@ from rlhf_jax.transformer import token_log_probs
 def response_log_probs(model, params, sequences: jax.Array, attention_mask: jax.Array, prompt_len: int,
                        temperature: float = 1.0) -> jax.Array:
     """``log pi(y_t | x, y_<t)`` of each response token, from the logits one position earlier
-    (PITFALLS RM 1), with the sampling temperature applied (PITFALLS RM 8). ``[B, N]``."""
+    (the shift by one), with the sampling temperature applied (as when sampling). ``[B, N]``."""
     logits = model.apply({"params": params}, sequences, attention_mask).logits
     return token_log_probs(logits[:, prompt_len - 1:-1], sequences[:, prompt_len:], temperature)
 
@@ -48,7 +48,7 @@ def per_token_rewards(score: jax.Array, logp: jax.Array, ref_logp: jax.Array, re
     """Eq. (54): ``r_t = -beta kl_t`` on every response token, plus the score on the last one.
 
     The score lands on the last real response token (EOS when there is one), never on
-    padding (PITFALLS RM 5, 11); a row with no response token gets nothing.
+    padding, and only once; a row with no response token gets nothing.
     Returns ``(rewards, kl)``, both ``[B, N]`` and 0 outside the mask.
     """
     mask = response_mask.astype(jnp.float32)
@@ -64,7 +64,7 @@ def adaptive_kl_beta(beta: float | jax.Array, kl: float | jax.Array, target: flo
     """The adaptive KL controller of Ziegler et al. (2019).
 
     ``beta <- beta * (1 + clip(kl / target - 1, -0.2, 0.2) * num_samples / horizon)``, with
-    ``kl`` the mean *summed* KL per sequence in nats (PITFALLS RM 13), so beta rises when the
+    ``kl`` the mean *summed* KL per sequence in nats (not a per-token mean), so beta rises when the
     policy drifts past ``target`` and falls when it stays closer.
     """
     error = jnp.clip(kl / target - 1.0, -0.2, 0.2)
@@ -131,7 +131,7 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
     epoch. The policy loss is ``ppo_jax.losses.clipped_surrogate_loss`` minus the entropy
     bonus, the value loss ``ppo_jax.losses.value_loss`` (clipped when ``value_clip_eps > 0``),
     both token means over the response mask (every real token weighs the same, so long
-    responses weigh more: PITFALLS RM 19). Dropout is off throughout (PITFALLS RM 7).
+    responses weigh more). Dropout is off throughout (it would make the first ratio differ from 1).
 
     With ``critic=None`` the values come from the policy's own scalar head: one optimiser
     (``policy_tx``) on ``policy_loss + vf_coef * value_loss``, and ``critic_params`` /
@@ -176,12 +176,8 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
     @jax.jit
     def update(policy_params, critic_params, policy_opt, critic_opt, batch: TokenBatch, key, clip_eps,
                value_clip_eps, ent_coef, vf_coef=0.5):
-        b = batch.sequences.shape[0]
-        size = b // minibatches
-
-        def minibatch(carry, idx):
+        def minibatch(carry, mb):
             pp, cp, po, co = carry
-            mb = jax.tree.map(lambda x: x[idx], batch)
             if shared:
                 (_, aux), g = jax.value_and_grad(joint_loss, has_aux=True)(pp, mb, clip_eps, value_clip_eps,
                                                                            ent_coef, vf_coef)
@@ -195,12 +191,8 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
             cp = optax.apply_updates(cp, updates)
             return (pp, cp, po, co), {**aux, "value_loss": vl}
 
-        def epoch(carry, k):
-            perm = shuffled_indices(k, b)[: size * minibatches].reshape(minibatches, size)
-            return jax.lax.scan(minibatch, carry, perm)
-
-        carry, aux = jax.lax.scan(epoch, (policy_params, critic_params, policy_opt, critic_opt),
-                                  jax.random.split(key, epochs))
+        carry, aux = minibatch_epochs(minibatch, (policy_params, critic_params, policy_opt, critic_opt), batch, key,
+                                      epochs=epochs, minibatches=minibatches)
         metrics = {k: v.mean() for k, v in aux.items() if k != "max_ratio_deviation"}
         metrics["first_minibatch_ratio_deviation"] = aux["max_ratio_deviation"][0, 0]
         metrics["first_minibatch_approx_kl"] = aux["approx_kl"][0, 0]
@@ -210,5 +202,6 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
 
 
 def whiten(advantages: jax.Array, mask: jax.Array) -> jax.Array:
-    """Masked advantage whitening (PITFALLS RM 14): ``ppo_jax.losses.normalize_advantages`` over real tokens."""
+    """Masked advantage whitening: ``ppo_jax.losses.normalize_advantages`` over real tokens
+    (padding would shift the mean and variance)."""
     return losses.normalize_advantages(advantages, mask=mask)

@@ -3,21 +3,22 @@
 One iteration:
 
 1. **sample** responses from the policy for a batch of left-padded prompts (full, tempered
-   distribution: no top-k/top-p, so the sampler and the scorer agree, PITFALLS RM 9);
+   distribution: no top-k/top-p, so the sampler and the scorer agree);
 2. **score** each (prompt, response) with the frozen reward model at its last real token,
    normalised, minus ``no_eos_penalty`` for a response that never emitted EOS
-   (PITFALLS RM 6); or with the task's gold reward (``reward="gold"``, the upper bound);
+   (responses are cut at their first EOS); or with the task's gold reward (``reward="gold"``,
+   the upper bound);
 3. **learn** (one jitted program): tempered log-probs of the response tokens under the
-   policy and the frozen reference (shifted by one, PITFALLS RM 1, 8), values, eq. (54)
+   policy and the frozen reference (shifted by one, at the sampling temperature), values, eq. (54)
    per-token rewards, token-level GAE through ``ppo_jax.gae`` with masked whitening,
    ``epochs x minibatches`` of the clipped PPO update through ``ppo_jax.losses``, and the
    adaptive KL controller's new coefficient.
 
 The values come from a separate critic initialised from the reward model
-(``value_model="critic"``, PITFALLS RM 16) or from a zero-initialised scalar head on the
+(``value_model="critic"``, the common choice) or from a zero-initialised scalar head on the
 policy (``value_model="policy-head"``). Adam's eps is optax's PyTorch-style 1e-8 outside
-the square root (PITFALLS RM 17). KL numbers are nats summed over a response (per
-sequence), averaged over sequences (PITFALLS RM 13).
+the square root. KL numbers are nats summed over a response (per
+sequence), averaged over sequences.
 """
 
 from __future__ import annotations

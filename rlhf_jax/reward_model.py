@@ -1,9 +1,9 @@
 """Reward model (notes section 10, SPEC section 5): Bradley-Terry loss, last-token pooling, training, scoring.
 
 ``r_phi(x, y) = Linear(LM_phi([x; y])_last)`` (eq. 50): the transformer over
-``[BOS] prompt response [EOS]`` and a scalar head (init N(0, 1/(d+1)), PITFALLS RM 15) read
+``[BOS] prompt response [EOS]`` and a scalar head (init N(0, 1/(d+1))) read
 at the last real token, found from the attention mask so that left, right and no padding
-all work (PITFALLS RM 2; listing 8's ``mask.sum(1) - 1`` is right only for right padding).
+all work (listing 8's ``mask.sum(1) - 1`` is right only for right padding).
 The loss is eq. (45)/(46), ``-log sigmoid(r_w - r_l)``, optionally with a margin
 subtracted from the gap; it equals binary cross-entropy with label 1 (eq. 48).
 """

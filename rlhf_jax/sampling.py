@@ -5,7 +5,7 @@ shapes: a prefill pass writes the prompts into the cache, then a ``lax.scan`` sa
 one token per row per step. Each step's distribution is the softmax of
 ``logits / temperature`` restricted to the top-k tokens and then to the top-p nucleus,
 renormalised; the returned log-prob of a sampled token is under that same distribution
-(PITFALLS RM 8, 9), so a scorer that wants it recomputes with :func:`sampling_log_probs`.
+(what the sampler drew from is what is scored), so a scorer that wants it recomputes with :func:`sampling_log_probs`.
 After a row samples EOS it emits PAD with mask 0 and log-prob 0.
 """
 

@@ -4,7 +4,7 @@ Both share :class:`Tokenizer`'s batch API. Batches are numpy ``int32`` arrays wi
 attention mask (1 = real token); padding goes on the left (what generation and RLHF
 prompts need: every prompt ends at the same column) or on the right.
 
-PAD never equals EOS (PITFALLS RM 3): with PAD == EOS a reward model cannot tell the end
+PAD never equals EOS: with PAD == EOS a reward model cannot tell the end
 of a response from padding and its last-token pooling lands on the wrong token.
 """
 

@@ -10,7 +10,8 @@ optional activation checkpointing of each block (``remat``). The language model 
 notes' definition 10.20: ``pi(a_t | s_t)``
 with ``s_t = [x; y_<t]`` is the softmax of the logits at position ``t - 1``.
 
-Positions come from the attention mask, ``cumsum(mask) - 1`` clamped at 0 (PITFALLS RM 4),
+Positions come from the attention mask, ``cumsum(mask) - 1`` clamped at 0 (not 0..L-1,
+which left padding would shift),
 so a left-padded row's first real token is at position 0 whatever its padding, and a
 cached decode continues from the number of real tokens already in the cache.
 
@@ -292,7 +293,7 @@ class Block(nn.Module):
 class TransformerLM(nn.Module):
     """The transformer with an LM head (``lm_head``) and/or a scalar head (``scalar_head``).
 
-    The scalar head (values, rewards) is initialised N(0, 1/(d+1)) (PITFALLS RM 15).
+    The scalar head (values, rewards) is initialised N(0, 1/(d+1)), so initial scores are O(1).
     """
 
     config: TransformerConfig
@@ -353,9 +354,10 @@ def init_params(model: TransformerLM, key: jax.Array, seq_len: int = 8):
 
 
 def token_log_probs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """``log softmax(logits / temperature)[token]`` in float32 (PITFALLS RM 8, 18).
+    """``log softmax(logits / temperature)[token]`` in float32, also under bfloat16 (a ratio of
+    two nearby bfloat16 log-probs is noise).
 
-    The caller shifts by one: the logits at position ``t - 1`` score the token at ``t`` (PITFALLS RM 1).
+    The caller shifts by one: the logits at position ``t - 1`` score the token at ``t``.
     """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
     return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]

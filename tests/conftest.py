@@ -1,7 +1,7 @@
 import os
 import tempfile
 
-# PITFALLS 17: set before JAX's CPU backend starts (ppo_jax sets it too, on import).
+# The XLA:CPU deadlock flag: set before JAX's CPU backend starts (ppo_jax sets it too, on import).
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 
 # One persistent compilation cache for this test run, shared by the xdist workers and the

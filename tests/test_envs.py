@@ -67,7 +67,7 @@ def test_running_stats_match_numpy_over_batches():
 
 
 def test_reward_scaling_divides_by_std_of_discounted_return():
-    """A numpy reference of PITFALLS 10: no mean subtraction, training gamma, reset at episode ends."""
+    """A numpy reference of reward scaling: no mean subtraction, training gamma, reset at episode ends."""
     gamma = 0.9
     env = VecEnv("Pendulum-v1", 2, normalize_rewards=True, gamma=gamma)
     _, (_, _, reward, term, trunc, info) = jax.jit(lambda: run_steps(env, 250, lambda o: jnp.ones((2, 1))))()

@@ -17,7 +17,7 @@ JITTED = {name: jax.jit(fn) for name, fn in FORMS.items()}
 
 
 def numpy_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
-    """Plain-loop reference of PITFALLS 1 (no JAX)."""
+    """Plain-loop reference of the TD error with termination masking (no JAX)."""
     T = len(rewards)
     adv = np.zeros_like(rewards, dtype=np.float64)
     nxt = np.zeros_like(rewards[0], dtype=np.float64)

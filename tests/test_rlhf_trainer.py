@@ -53,12 +53,12 @@ def test_iteration_ratio_one_first_minibatch_and_masks(value_model):
     config, programs, sft, rm_params, ids, mask = _tiny(value_model)
     state = init_state(config, programs, sft, rm_params)
     new, gen, m = programs.iteration(state, sft, rm_params, 0.0, 1.0, ids, mask, jax.random.PRNGKey(3))
-    assert float(m["first_minibatch_ratio_deviation"]) < 1e-5  # PITFALLS RM 10
+    assert float(m["first_minibatch_ratio_deviation"]) < 1e-5  # the first ratio is exactly 1
     assert abs(float(m["first_minibatch_approx_kl"])) < 1e-7
     assert abs(float(m["kl"])) < 1e-6 and abs(float(m["kl_exact"])) < 1e-6  # policy == reference at the start
     assert all(np.isfinite(float(v)) for v in m.values())
     assert not np.allclose(jax.tree.leaves(new.policy_params)[0], jax.tree.leaves(state.policy_params)[0])
-    if value_model == "critic":  # the critic starts as the reward model (PITFALLS RM 16) and learns
+    if value_model == "critic":  # the critic starts as the reward model and learns
         jax.tree.map(np.testing.assert_array_equal, state.critic_params, rm_params)
         assert not np.allclose(jax.tree.leaves(new.critic_params)[0], jax.tree.leaves(rm_params)[0])
     else:  # a zero value head on the policy: the first values are exactly 0
@@ -142,7 +142,7 @@ def test_bfloat16_matmuls_match_float32_and_their_gradients():
     flat_a, flat_b = ravel_pytree(ga)[0], ravel_pytree(gb)[0]
     cos = float(flat_a @ flat_b / (jnp.linalg.norm(flat_a) * jnp.linalg.norm(flat_b)))
     assert cos > 0.999, cos
-    assert bf16.apply({"params": params}, ids, mask).logits.dtype == jnp.float32  # PITFALLS RM 18
+    assert bf16.apply({"params": params}, ids, mask).logits.dtype == jnp.float32  # log-probs in float32 under bfloat16
     with pytest.raises(ValueError, match="compute_dtype"):
         cfg.__class__(compute_dtype="float16").validate()
 

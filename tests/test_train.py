@@ -32,7 +32,7 @@ def test_same_key_same_result_different_keys_differ_under_vmap():
     SMALL.replace(shared_torso=True, per_minibatch_adv_norm=False),
 ], ids=["cartpole", "pendulum-normalised", "shared-torso"])
 def test_ratio_is_one_on_first_minibatch(config):
-    """PITFALLS 4 / RLHF 10: same normaliser statistics and stored unclipped action -> r == 1.
+    """The first ratio: same normaliser statistics and stored unclipped action -> r == 1.
 
     Equal up to float32 rounding: XLA compiles the acting batch and the minibatch as
     different kernels, which may round differently (seen: 0 or a few ulps, <= 5e-7). A
@@ -88,7 +88,7 @@ def test_episode_return_counts_only_finished_episodes():
 
 @pytest.mark.timeout(240)
 def test_eight_vmapped_seeds_by_64_envs_do_not_hang():
-    """PITFALLS 17: this shape hung XLA:CPU here; a hang must fail by timeout, not eat CI."""
+    """XLA:CPU deadlock: this shape hung XLA:CPU here; a hang must fail by timeout, not eat CI."""
     cfg = PPOConfig(num_envs=64, num_steps=16, total_timesteps=64 * 16 * 3, update_epochs=1, num_minibatches=4)
     out = jax.jit(jax.vmap(make_train(cfg)))(jax.random.split(jax.random.PRNGKey(0), 8))
     assert out.metrics["total_loss"].shape == (8, 3)

@@ -99,7 +99,7 @@ def test_scalar_head_init_scale_and_tied_embeddings():
     cfg = TransformerConfig(vocab_size=40, max_len=16, num_layers=1, num_heads=2, d_model=256, dropout=0.0)
     params = init_params(TransformerLM(cfg, scalar_head=True), jax.random.PRNGKey(0))
     w = np.asarray(params["scalar_head"]["kernel"])
-    assert abs(w.std() - (1 / 257) ** 0.5) < 0.015  # N(0, 1/(d+1)), PITFALLS RM 15
+    assert abs(w.std() - (1 / 257) ** 0.5) < 0.015  # N(0, 1/(d+1))
     assert "lm_head" not in params  # tied to wte by default
     untied = init_params(TransformerLM(cfg.__class__(**{**cfg.to_dict(), "tie_embeddings": False})), jax.random.PRNGKey(0))
     assert untied["lm_head"]["kernel"].shape == (256, 40)

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from ppo_jax import losses, optim
+from ppo_jax.minibatches import minibatch_epochs
 from ppo_jax.networks import ActorCritic
-from ppo_jax.packing import shuffled_indices
 
 
 def regress_critic(network, tx, flat: dict, unflatten, opt_state: dict, obs: jax.Array, targets: jax.Array,
@@ -19,24 +19,18 @@ def regress_critic(network, tx, flat: dict, unflatten, opt_state: dict, obs: jax
                    epochs: int, minibatches: int) -> tuple[dict, dict, jax.Array]:
     """Fits ``V`` to ``targets`` on the samples with ``mask`` 1; ``flat`` holds the ``actor`` and
     ``critic`` flat vectors. Returns the new ``flat``, ``opt_state`` and the mean value loss."""
-    n = obs.shape[0]
-    size = n // minibatches
-
-    def loss(critic_vec, idx):
+    def loss(critic_vec, mb):
         params = unflatten({"actor": flat["actor"], "critic": critic_vec})
-        values = network.apply({"params": params}, obs[idx], method=ActorCritic.value)
-        return losses.value_loss(values, targets[idx], old_values[idx], hp.value_clip_eps, mask[idx])
+        values = network.apply({"params": params}, mb["obs"], method=ActorCritic.value)
+        return losses.value_loss(values, mb["target"], mb["old_value"], hp.value_clip_eps, mb["mask"])
 
-    def step(carry, idx):
+    def step(carry, mb):
         vec, state = carry
-        value_loss, g = jax.value_and_grad(loss)(vec, idx)
+        value_loss, g = jax.value_and_grad(loss)(vec, mb)
         new, new_state = optim.apply_gradients(tx, {"critic": vec}, {"critic": state}, {"critic": g}, {"critic": lr})
-        return (new["critic"], new_state["critic"]), value_loss
+        return (new["critic"], new_state["critic"]), {"value_loss": value_loss}
 
-    def epoch(carry, k):
-        perm = shuffled_indices(k, n)[: size * minibatches].reshape(minibatches, size)
-        return jax.lax.scan(step, carry, perm)
-
-    (vec, state), value_losses = jax.lax.scan(epoch, (flat["critic"], opt_state["critic"]),
-                                              jax.random.split(key, epochs))
-    return {**flat, "critic": vec}, {**opt_state, "critic": state}, jnp.mean(value_losses)
+    data = {"obs": obs, "target": targets, "old_value": old_values, "mask": mask}
+    (vec, state), aux = minibatch_epochs(step, (flat["critic"], opt_state["critic"]), data, key, epochs=epochs,
+                                         minibatches=minibatches)
+    return {**flat, "critic": vec}, {**opt_state, "critic": state}, jnp.mean(aux["value_loss"])

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax import losses, optim
-from ppo_jax.packing import permute_rows, shuffled_indices
+from ppo_jax.minibatches import minibatch_epochs
 
 
 @struct.dataclass
@@ -64,41 +64,27 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
 
     Returns new params, optimiser state and metrics averaged over the minibatch steps that
     were applied, plus ``first_minibatch_ratio_deviation`` (``max |r - 1|`` on epoch 0,
-    minibatch 0, which must be 0: PITFALLS 4) and ``kl_stop_fraction`` (share of
-    minibatch steps masked by KL early stopping). ``shard_rows``, if given, constrains each
-    minibatch's rows to be split across devices, so each device takes the gradient of its
-    rows and XLA averages them (data parallelism inside the compiled update).
+    minibatch 0, which must be 0: off 1, the old log-probs came from another policy or
+    normaliser) and ``kl_stop_fraction`` (share of minibatch steps masked by KL early
+    stopping). ``shard_rows``, if given, constrains each minibatch's rows to be split across
+    devices, so each device takes the gradient of its rows and XLA averages them (data
+    parallelism inside the compiled update).
     """
-    batch_size = batch.obs.shape[0]
-    mb_size = batch_size // num_minibatches
     flat_params, unflatten = optim.flatten_groups(params, shared_torso)
     flat_loss = lambda flat, mb: ppo_loss(network, unflatten(flat), mb, hp, per_minibatch_adv_norm)  # noqa: E731
     grad_fn = jax.value_and_grad(flat_loss, has_aux=True)
 
     def minibatch_step(carry, mb):
-        params, opt_state, stopped = carry
+        params, opt_state = carry
         if shard_rows is not None:
             mb = shard_rows(mb)
         (_, aux), grads = grad_fn(params, mb)
-        new_params, new_opt_state = optim.apply_gradients(tx, params, opt_state, grads, lrs)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(stopped, o, n), new, old)  # noqa: E731
-        params, opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
-        aux["applied"] = 1.0 - stopped.astype(jnp.float32)
-        stopped = stopped | ((hp.target_kl > 0) & (aux["approx_kl"] > hp.target_kl))
-        # One stacked output per step: on XLA:CPU every scan output costs a fixed
-        # per-iteration write, which for ten scalars outweighed the SGD step itself.
-        return (params, opt_state, stopped), jnp.stack([aux[k] for k in names])
+        return optim.apply_gradients(tx, params, opt_state, grads, lrs), aux
 
-    def epoch(carry, epoch_key):
-        shuffled = permute_rows(batch, shuffled_indices(epoch_key, batch_size))
-        mbs = jax.tree.map(lambda x: x.reshape((num_minibatches, mb_size) + x.shape[1:]), shuffled)
-        return jax.lax.scan(minibatch_step, carry, mbs)
-
-    names = AUX_NAMES + ("applied",)
-    init = (flat_params, opt_state, jnp.asarray(False))
-    (flat_params, opt_state, _), stacked = jax.lax.scan(epoch, init, jax.random.split(key, update_epochs))
+    (flat_params, opt_state), aux = minibatch_epochs(
+        minibatch_step, (flat_params, opt_state), batch, key, epochs=update_epochs, minibatches=num_minibatches,
+        stop_when=lambda aux: (hp.target_kl > 0) & (aux["approx_kl"] > hp.target_kl))
     params = unflatten(flat_params)
-    aux = {k: stacked[..., i] for i, k in enumerate(names)}
     applied = aux.pop("applied")
     n = jnp.maximum(applied.sum(), 1.0)
     metrics = {k: (v * applied).sum() / n for k, v in aux.items() if k != "max_ratio_deviation"}
