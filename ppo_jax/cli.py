@@ -20,14 +20,14 @@ USAGE = """usage: ppo-jax {train,study,eval} [--help] [options]
   eval    evaluate a checkpoint: ppo-jax eval --checkpoint DIR
 """
 
-from ppo_jax.config import PPOConfig, preset  # noqa: E402
+from ppo_jax.config import ALGORITHMS, PPOConfig, preset  # noqa: E402
 
 
 @dataclass(frozen=True)
 class TrainArgs(PPOConfig):
     """Train a policy. Defaults come from the preset of --env; every flag overrides its field."""
 
-    algo: Literal["ppo", "a2c", "trpo", "reinforce", "reinforce-baseline"] = "ppo"
+    algo: Literal[ALGORITHMS] = "ppo"
     """Update rule (the rollout, GAE and networks are shared)."""
     num_seeds: int = 1
     """Seeds run together under vmap, in one compiled program."""
@@ -59,7 +59,7 @@ class StudyArgs(PPOConfig):
     vmapped seeds, with IQM, bootstrap intervals and probabilities of improvement. Each
     algorithm starts from its preset for --env; flags given here override every algorithm."""
 
-    algos: tuple[Literal["ppo", "a2c", "trpo", "reinforce", "reinforce-baseline"], ...] = ("ppo", "a2c")
+    algos: tuple[Literal[ALGORITHMS], ...] = ("ppo", "a2c")
     """Update rules to compare."""
     sweep: tuple[str, ...] = ()
     """Traced hyperparameter grid, e.g. --sweep lr=1e-3,3e-4 ent_coef=0,0.01 (one compile per algorithm)."""

@@ -35,6 +35,24 @@ class Transition:
         return jnp.logical_or(self.terminated, self.truncated)
 
 
+@struct.dataclass
+class Batch:
+    """Flat ``[B, ...]`` samples for an update rule, made from a rollout's transitions.
+
+    ``advantage`` and ``target`` are GAE's (eq. 28 and 31), or for REINFORCE both the
+    Monte-Carlo reward-to-go (eq. 4). ``mask`` is 1 on the samples the rule may learn from
+    (REINFORCE: the steps whose episode ends inside the rollout); None means all.
+    """
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+    mask: jax.Array | None = None
+
+
 def rollout(
     policy_fn: Callable,
     env: VecEnv,

@@ -21,14 +21,12 @@ from flax import struct
 
 from ppo_jax import gae as gae_lib
 from ppo_jax import losses, optim
-from ppo_jax.algorithms.a2c import a2c_update
-from ppo_jax.algorithms.ppo import Batch, ppo_update
-from ppo_jax.algorithms.reinforce import complete_episode_mask, reinforce_update
-from ppo_jax.algorithms.trpo import trpo_update
+from ppo_jax.algorithms import UPDATES
+from ppo_jax.algorithms.reinforce import complete_episode_mask
 from ppo_jax.config import HParams, PPOConfig
 from ppo_jax.envs import EnvSpec, VecEnv, VecEnvState, env_spec
 from ppo_jax.networks import ActorCritic
-from ppo_jax.rollout import rollout
+from ppo_jax.rollout import Batch, rollout
 
 
 @struct.dataclass
@@ -134,15 +132,11 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
             flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
             lr_scale = 1.0 - state.update / num_updates if config.anneal_lr else 1.0
             lrs = optim.group_lrs(hp.lr, hp.critic_lr, config.shared_torso, lr_scale)
+            mask = None
             if config.whole_episodes:
                 # Monte-Carlo reward-to-go of complete episodes (eq. 4): no bootstrap, no GAE.
-                returns = gae_lib.reward_to_go(traj.reward, traj.done, hp.gamma)
-                mask = complete_episode_mask(traj.done)
-                targets = returns
-                params, opt_state, metrics = reinforce_update(
-                    network, tx, state.params, state.opt_state, flat(traj.obs), flat(traj.action), flat(returns),
-                    flat(mask), hp, lrs, k_update, baseline=config.algo == "reinforce-baseline",
-                    epochs=config.update_epochs, minibatches=config.num_minibatches)
+                advantages = targets = gae_lib.reward_to_go(traj.reward, traj.done, hp.gamma)
+                mask = flat(complete_episode_mask(traj.done))
             else:
                 advantages = gae_lib.gae(traj.reward, values, next_values, traj.terminated, traj.truncated,
                                          hp.gamma, hp.gae_lambda)
@@ -150,22 +144,10 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
                 batch_norm = config.normalize_advantages and (config.algo != "ppo" or not config.per_minibatch_adv_norm)
                 if batch_norm:
                     advantages = losses.normalize_advantages(advantages)
-                batch = Batch(flat(traj.obs), flat(traj.action), flat(traj.log_prob), flat(values),
-                              flat(advantages), flat(targets))
-                if config.algo == "a2c":
-                    params, opt_state, metrics = a2c_update(network, tx, state.params, state.opt_state, batch, hp,
-                                                            lrs, shared_torso=config.shared_torso)
-                elif config.algo == "trpo":
-                    params, opt_state, metrics = trpo_update(
-                        network, tx, state.params, state.opt_state, batch, hp, lrs, k_update,
-                        cg_iters=config.cg_iters, backtrack_steps=config.backtrack_steps,
-                        epochs=config.update_epochs, minibatches=config.num_minibatches)
-                else:
-                    params, opt_state, metrics = ppo_update(
-                        network, tx, state.params, state.opt_state, batch, hp, lrs, k_update,
-                        update_epochs=config.update_epochs, num_minibatches=config.num_minibatches,
-                        shared_torso=config.shared_torso, shard_rows=env_sharding,
-                        per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)
+            batch = Batch(flat(traj.obs), flat(traj.action), flat(traj.log_prob), flat(values), flat(advantages),
+                          flat(targets), mask)
+            params, opt_state, metrics = UPDATES[config.algo](network, tx, state.params, state.opt_state, batch, hp,
+                                                              lrs, k_update, config, shard_rows=env_sharding)
 
             ep_return, ep_count = episode_return_stats(traj.episode_return, traj.done)
             ep_length, _ = episode_return_stats(traj.episode_length.astype(jnp.float32), traj.done)

@@ -95,3 +95,11 @@ def test_reinforce_presets_hold_a_whole_episode_per_rollout():
         for algo in ("reinforce", "reinforce-baseline"):
             config = preset(name, algo).validate()
             assert env_spec(name).max_steps <= config.num_steps < env_spec(name).max_steps + 64, (name, algo)
+
+
+@pytest.mark.timeout(60)
+def test_every_algorithm_name_has_one_update_rule():
+    from ppo_jax.algorithms import UPDATES
+    from ppo_jax.config import ALGORITHMS
+
+    assert tuple(UPDATES) == ALGORITHMS

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from ppo_jax import losses, optim
-from ppo_jax.algorithms.ppo import Batch
+from ppo_jax.rollout import Batch
 
 
 def a2c_loss(network, params, batch: Batch, hp) -> tuple[jax.Array, dict]:
@@ -31,3 +31,8 @@ def a2c_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, *, s
     (_, aux), grads = jax.value_and_grad(lambda f: a2c_loss(network, unflatten(f), batch, hp), has_aux=True)(flat)
     flat, opt_state = optim.apply_gradients(tx, flat, opt_state, grads, lrs)
     return unflatten(flat), opt_state, aux
+
+
+def update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
+    """:func:`a2c_update` in the signature of :data:`ppo_jax.algorithms.UPDATES` (no key used)."""
+    return a2c_update(network, tx, params, opt_state, batch, hp, lrs, shared_torso=config.shared_torso)

@@ -12,23 +12,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
 from ppo_jax import losses, optim
 from ppo_jax.minibatches import minibatch_epochs
-
-
-@struct.dataclass
-class Batch:
-    """Flat ``[B, ...]`` samples for the update."""
-
-    obs: jax.Array
-    action: jax.Array
-    log_prob: jax.Array
-    value: jax.Array
-    advantage: jax.Array
-    target: jax.Array
-
+from ppo_jax.rollout import Batch
 
 AUX_NAMES = ("total_loss", "policy_loss", "value_loss", "entropy", "approx_kl", "approx_kl_k1",
              "clip_fraction", "max_ratio_deviation")
@@ -91,3 +78,11 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
     metrics["first_minibatch_ratio_deviation"] = aux["max_ratio_deviation"][0, 0]
     metrics["kl_stop_fraction"] = 1.0 - applied.mean()
     return params, opt_state, metrics
+
+
+def update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
+    """:func:`ppo_update` with its sizes and switches from ``config`` (the signature of every
+    rule in :data:`ppo_jax.algorithms.UPDATES`)."""
+    return ppo_update(network, tx, params, opt_state, batch, hp, lrs, key, update_epochs=config.update_epochs,
+                      num_minibatches=config.num_minibatches, shared_torso=config.shared_torso, shard_rows=shard_rows,
+                      per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)

@@ -57,3 +57,11 @@ def reinforce_update(network, tx, params, opt_state, obs, action, returns, mask,
             network, tx, flat, unflatten, opt_state, obs, returns, values, mask, hp, lrs["critic"], key,
             epochs=epochs, minibatches=minibatches)
     return unflatten(flat), opt_state, metrics
+
+
+def update(network, tx, params, opt_state, batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
+    """:func:`reinforce_update` in the signature of :data:`ppo_jax.algorithms.UPDATES`: the
+    batch's ``advantage`` is the reward-to-go ``G`` and its ``mask`` the complete episodes."""
+    return reinforce_update(network, tx, params, opt_state, batch.obs, batch.action, batch.advantage, batch.mask,
+                            hp, lrs, key, baseline=config.algo == "reinforce-baseline", epochs=config.update_epochs,
+                            minibatches=config.num_minibatches)

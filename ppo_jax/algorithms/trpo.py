@@ -90,7 +90,7 @@ def trpo_update(network, tx, params, opt_state, batch, hp, lrs: dict, key, *, cg
                 epochs: int, minibatches: int):
     """The policy step of :func:`trpo_step` on the actor's flat parameters, then the critic's
     regression on the GAE targets (``epochs x minibatches``). ``batch`` is a flat
-    :class:`~ppo_jax.algorithms.ppo.Batch`. Returns ``(params, opt_state, metrics)``."""
+    :class:`~ppo_jax.rollout.Batch`. Returns ``(params, opt_state, metrics)``."""
     from ppo_jax import optim
     from ppo_jax.algorithms.critic import regress_critic
     from ppo_jax.networks import ActorCritic
@@ -117,3 +117,10 @@ def trpo_update(network, tx, params, opt_state, batch, hp, lrs: dict, key, *, cg
     new_params = unflatten(flat)
     entropy = jnp.mean(network.apply({"params": new_params}, batch.obs, method=ActorCritic.policy).entropy())
     return new_params, opt_state, {**info, "value_loss": value_loss, "entropy": entropy}
+
+
+def update(network, tx, params, opt_state, batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
+    """:func:`trpo_update` in the signature of :data:`ppo_jax.algorithms.UPDATES`."""
+    return trpo_update(network, tx, params, opt_state, batch, hp, lrs, key, cg_iters=config.cg_iters,
+                       backtrack_steps=config.backtrack_steps, epochs=config.update_epochs,
+                       minibatches=config.num_minibatches)
