@@ -18,7 +18,7 @@ from ppo_jax import gae as gae_lib
 from ppo_jax import losses
 from ppo_jax.minibatches import minibatch_epochs
 from rlhf_jax.reward_model import last_token_index
-from rlhf_jax.transformer import token_log_probs
+from rlhf_jax.transformer import response_positions, token_log_probs, token_policy
 
 
 def response_log_probs(model, params, sequences: jax.Array, attention_mask: jax.Array, prompt_len: int,
@@ -26,7 +26,7 @@ def response_log_probs(model, params, sequences: jax.Array, attention_mask: jax.
     """``log pi(y_t | x, y_<t)`` of each response token, from the logits one position earlier
     (the shift by one), with the sampling temperature applied (as when sampling). ``[B, N]``."""
     logits = model.apply({"params": params}, sequences, attention_mask).logits
-    return token_log_probs(logits[:, prompt_len - 1:-1], sequences[:, prompt_len:], temperature)
+    return token_log_probs(response_positions(logits, prompt_len), sequences[:, prompt_len:], temperature)
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k1") -> jax.Array:
@@ -92,9 +92,7 @@ def token_advantages(rewards: jax.Array, values: jax.Array, response_mask: jax.A
 
 def exact_kl(logits: jax.Array, ref_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
     """``KL(pi || pi_ref)`` summed over the vocabulary at each position (float32), ``[..., ]``."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    ref = jax.nn.log_softmax(ref_logits.astype(jnp.float32) / temperature, axis=-1)
-    return jnp.sum(jnp.exp(logp) * (logp - ref), axis=-1)
+    return token_policy(logits, temperature).kl(token_policy(ref_logits, temperature))
 
 
 # --- The PPO update on a batch of sampled responses (definition 10.26) -------------------------
@@ -119,7 +117,7 @@ class TokenBatch:
 def response_values(critic, critic_params, sequences: jax.Array, attention_mask: jax.Array, prompt_len: int) -> jax.Array:
     """``V(s_t)`` for each response position: the critic's scalar on the last token of ``[x; y_<t]``,
     i.e. at position ``t - 1`` (the same shift as the log-probs). ``[B, N]``."""
-    return critic.apply({"params": critic_params}, sequences, attention_mask).scalar[:, prompt_len - 1:-1]
+    return response_positions(critic.apply({"params": critic_params}, sequences, attention_mask).scalar, prompt_len)
 
 
 def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
@@ -140,12 +138,10 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
     shared = critic is None
 
     def policy_terms(logits, mb: TokenBatch, clip_eps, ent_coef):
-        logits = logits[:, prompt_len - 1:-1].astype(jnp.float32) / temperature
-        logp_all = jax.nn.log_softmax(logits, axis=-1)
-        tokens = mb.sequences[:, prompt_len:]
-        logp = jnp.take_along_axis(logp_all, tokens[..., None], axis=-1)[..., 0]
+        dist = token_policy(response_positions(logits, prompt_len), temperature)
+        logp = dist.log_prob(mb.sequences[:, prompt_len:])
         ratio = losses.importance_ratio(logp, mb.old_logp)
-        entropy = -(jnp.exp(logp_all) * logp_all).sum(-1)
+        entropy = dist.entropy()
         loss = (losses.clipped_surrogate_loss(ratio, mb.advantages, clip_eps, mb.response_mask)
                 - ent_coef * losses.entropy_bonus(entropy, mb.response_mask))
         live = mb.response_mask.astype(bool)
@@ -156,7 +152,7 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
         return loss, aux
 
     def value_term(scalar, mb: TokenBatch, value_clip_eps):
-        values = scalar[:, prompt_len - 1:-1]  # V(s_t) from position t - 1, as in response_values
+        values = response_positions(scalar, prompt_len)  # V(s_t) from position t - 1, as in response_values
         return losses.value_loss(values, mb.returns, mb.old_values, value_clip_eps, mb.response_mask)
 
     def policy_loss(params, mb, clip_eps, ent_coef):

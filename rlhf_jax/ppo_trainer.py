@@ -54,7 +54,7 @@ from rlhf_jax.reward_model import pool_last
 from rlhf_jax.sampling import Generation, SamplingConfig, make_generate
 from rlhf_jax.sharding import constrain_batch, constrain_params, data_mesh, put_batch, put_params
 from rlhf_jax.tokenizer import Tokenizer
-from rlhf_jax.transformer import TransformerLM, token_log_probs
+from rlhf_jax.transformer import TransformerLM, response_positions, token_log_probs, token_policy
 
 VALUE_MODELS = ("critic", "policy-head")
 REWARDS = ("proxy", "gold")
@@ -217,8 +217,9 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         return (raw - norm_mean) / norm_std - config.no_eos_penalty * (1.0 - _ended(gen, eos_id))
 
     def kl(policy_params, ref_params, gen: Generation):
-        logits = policy.apply({"params": policy_params}, gen.sequences, gen.attention_mask).logits[:, p - 1:-1]
-        ref = reference.apply({"params": ref_params}, gen.sequences, gen.attention_mask).logits[:, p - 1:-1]
+        seq, am = gen.sequences, gen.attention_mask
+        logits = response_positions(policy.apply({"params": policy_params}, seq, am).logits, p)
+        ref = response_positions(reference.apply({"params": ref_params}, seq, am).logits, p)
         return (exact_kl(logits, ref, t) * gen.response_mask).sum(axis=1)
 
     def learn(state: RLHFState, ref_params, gen: Generation, score, key):
@@ -227,12 +228,12 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         maskf = mask.astype(jnp.float32)
         tokens = seq[:, p:]
         out = policy.apply({"params": state.policy_params}, seq, am)
-        logits = out.logits[:, p - 1:-1]
-        ref_logits = reference.apply({"params": ref_params}, seq, am).logits[:, p - 1:-1]
+        logits = response_positions(out.logits, p)
+        ref_logits = response_positions(reference.apply({"params": ref_params}, seq, am).logits, p)
         logp = token_log_probs(logits, tokens, t)
         ref_logp = token_log_probs(ref_logits, tokens, t)
         scalar = out.scalar if shared else critic.apply({"params": state.critic_params}, seq, am).scalar
-        values = scalar[:, p - 1:-1] * maskf
+        values = response_positions(scalar, p) * maskf
         rewards, kl_tok = per_token_rewards(score, logp, ref_logp, mask, state.kl_coef, config.kl_estimator)
         adv, returns = token_advantages(rewards, values, mask, config.gamma, config.gae_lambda)
         if config.whiten_advantages:
@@ -245,8 +246,7 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         kl_coef = state.kl_coef
         if config.adaptive_kl:
             kl_coef = adaptive_kl_beta(kl_coef, kl_seq, config.target_kl, config.kl_horizon, seq.shape[0])
-        logp_all = jax.nn.log_softmax(logits / t, axis=-1)
-        entropy = -(jnp.exp(logp_all) * logp_all).sum(-1)
+        entropy = token_policy(logits, t).entropy()
         metrics = {
             "score": score.mean(), "kl": kl_seq,
             "kl_exact": (exact_kl(logits, ref_logits, t) * maskf).sum(axis=1).mean(),

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ppo_jax.distributions import Categorical
 from ppo_jax.validation import require_finite
 
 
@@ -353,11 +354,24 @@ def init_params(model: TransformerLM, key: jax.Array, seq_len: int = 8):
     return model.init(key, ids, jnp.ones_like(ids))["params"]
 
 
+def token_policy(logits: jax.Array, temperature: float | jax.Array = 1.0) -> Categorical:
+    """The next-token distribution at each position, ``softmax(logits / temperature)``, as a
+    ``ppo_jax`` :class:`~ppo_jax.distributions.Categorical` in float32, also under bfloat16 (a
+    ratio of two nearby bfloat16 log-probs is noise). The sampler draws from the same tempered
+    distribution, so its log-probs, entropy and KL are the ones of what was sampled."""
+    return Categorical(logits.astype(jnp.float32) / temperature)
+
+
+def response_positions(x: jax.Array, prompt_len: int) -> jax.Array:
+    """``x[:, prompt_len - 1:-1]``: per-position outputs ``[B, P+N, ...]`` (logits, values) at
+    the positions that predict the N response tokens. Position ``t - 1`` sees ``[x; y_<t]``
+    and scores token ``t`` (the shift by one)."""
+    return x[:, prompt_len - 1:-1]
+
+
 def token_log_probs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """``log softmax(logits / temperature)[token]`` in float32, also under bfloat16 (a ratio of
-    two nearby bfloat16 log-probs is noise).
+    """``log softmax(logits / temperature)[token]`` in float32 (:func:`token_policy`).
 
     The caller shifts by one: the logits at position ``t - 1`` score the token at ``t``.
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return token_policy(logits, temperature).log_prob(tokens)
