@@ -168,9 +168,12 @@ class LocalRun:
                 proc.terminate()
         for proc, _ in self.children:
             try:
-                proc.wait(timeout=10)
+                # A process blocked inside a JAX barrier or collective (C++) runs no Python
+                # signal handler until it returns, so SIGTERM alone can take a timeout's length.
+                proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         if self.reserved is not None:
             try:
                 self.reserved.rmdir()  # the folder named for a run that failed before writing anything
@@ -178,9 +181,14 @@ class LocalRun:
                 pass
 
     def _at_exit(self) -> None:
-        # Registered before jax.distributed's own exit handler, so it runs after it: by then
-        # every process has passed the shutdown barrier and the others are exiting.
+        # jax registers its own exit handler (jax.distributed's shutdown, a barrier of every
+        # process) when it is imported, before this one, so it would run only after this one:
+        # waiting here for the others, which wait in that barrier for this process, cost the
+        # 30 s timeout below on every run. Shut down first, then wait.
         self.ending.set()
+        import jax
+
+        jax.distributed.shutdown()
         for proc, _ in self.children:
             try:
                 proc.wait(timeout=30)
@@ -192,8 +200,9 @@ class LocalRun:
 def launch(argv: list[str], processes: int) -> LocalRun:
     """Makes this process number 0 of a ``processes``-process run of ``ppo-jax ARGV`` on
     this machine and starts the others; this process then runs ``LocalRun.argv`` (ARGV, with
-    a fresh run folder under runs/ as ``--out`` if it had none). Call before anything starts JAX's backend (and
-    before ``jax.distributed.initialize``), and ``stop()`` if the command fails.
+    a fresh run folder under runs/ as ``--out`` if it had none). Call before anything starts
+    JAX's backend (and before ``jax.distributed.initialize``), and ``stop()`` if the command
+    fails.
 
     The others print nothing: their stderr is kept in a temporary file and shown if one
     fails, which also stops this process; they are stopped when this one fails.

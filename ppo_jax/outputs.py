@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -47,13 +49,22 @@ def to_jsonable(obj):
     return obj
 
 
-def write_json(path: Path, obj) -> None:
-    """Atomically (temporary file, then rename), creating the parent folder."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (parent folder created) for the block to write; renamed
+    onto ``path`` when the block ends without an error, so a crash leaves the old file or
+    none, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False))
+    tmp = path.with_name(path.name + ".tmp")
+    yield tmp
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomically (:func:`atomic_path`), creating the parent folder."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False))
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, np.ndarray]) -> None:

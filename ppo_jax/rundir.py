@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from ppo_jax.outputs import write_json
+
 MARKER = "run.json"
 
 
@@ -56,10 +58,8 @@ def create_run_dir(out: str | os.PathLike, command: str) -> Path:
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / (MARKER + ".tmp")
-        tmp.write_text(json.dumps({"command": command, "created": _dt.datetime.now().isoformat(timespec="seconds"),
-                                   "format": 1}, indent=2))
-        os.replace(tmp, path / MARKER)
+        write_json(path / MARKER, {"command": command, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+                                   "format": 1})
     except OSError as err:
         raise ValueError(f"out: cannot create the run folder {path} ({err.strerror or err})") from err
     return path

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Sequence
+
+from ppo_jax.outputs import atomic_path
 
 
 def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequence[str] = (),
@@ -109,12 +110,9 @@ def _numbered(rows):
 
 def write_preferences(path: str | os.PathLike, pairs: Sequence[dict]) -> None:
     """Writes pairs as JSONL (``prompt``, ``chosen``, ``rejected``, ``margin``), atomically."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for p in pairs:
             f.write(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected", "margin") if k in p}) + "\n")
-    os.replace(tmp, path)
 
 
 def padded_chunks(items: Sequence, batch_size: int):

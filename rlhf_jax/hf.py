@@ -15,7 +15,6 @@ packed along the output axis; learned positions; tied embeddings) and the Llama 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppo_jax.outputs import read_json
+from ppo_jax.outputs import atomic_path, read_json, write_json
 from rlhf_jax.tokenizer import JsonTokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -310,9 +309,8 @@ def save_pretrained(path: str | os.PathLike, model: TransformerLM, params: dict,
     hf = _hf_config(cfg, kind, head, tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id)
     if head == "score":
         hf["score_bias"] = float(np.asarray(host["scalar_head"]["bias"]).reshape(-1)[0])
-    tmp = folder / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps(hf, indent=2))
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_json(folder / "config.json", hf)
     tokenizer.save_hf(folder)
     return folder

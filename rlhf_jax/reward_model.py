@@ -331,21 +331,12 @@ def calibration_bins(r_chosen: np.ndarray, r_rejected: np.ndarray, n_bins: int =
     return out
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties given their average rank."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    for value in np.unique(x):
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (Pearson correlation of tie-averaged ranks)."""
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+    """Spearman's rank correlation (``scipy.stats.spearmanr``, ties at their average rank);
+    NaN when either side is constant."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
