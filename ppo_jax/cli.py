@@ -220,7 +220,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     from ppo_jax.interrupt import Interrupted
     from ppo_jax.outputs import plot_learning_curve, write_json, write_metrics
     from ppo_jax.rundir import check_run_dir, claim_run_dir, ppo_run_name
-    from ppo_jax.runner import NonFiniteError, run_resumable, seed_keys
+    from ppo_jax.runner import NonFiniteError, eval_keys, run_resumable
 
     config.validate()
     algo = config.algo
@@ -261,7 +261,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
         console.print(f"resume: {run_dir} has no checkpoint yet; training starts again from update 0",
                       soft_wrap=True, highlight=False, markup=False)
     evaluate = jax.jit(jax.vmap(make_evaluate(config, num_episodes=eval_episodes, deterministic=True)))
-    eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10_000_019))(seed_keys(seed, num_seeds))
+    keys_for_eval = eval_keys(seed, num_seeds)
     background = ThreadPoolExecutor(1)
     eval_program = []
 
@@ -269,7 +269,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
         # On the second core while the first trains (training one seed keeps one core busy).
         shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731  (host arrays, one device)
         like = jax.tree.map(shape, (state.params, state.env_state.obs_stats))
-        eval_program.append(background.submit(lambda: evaluate.lower(*like, eval_keys).compile()))
+        eval_program.append(background.submit(lambda: evaluate.lower(*like, keys_for_eval).compile()))
         background.submit(importlib.import_module, "matplotlib.pyplot")  # for the plot at the end
 
     with bar:
@@ -299,7 +299,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     host_state = fetch(result.state)
     evaluate = eval_program[0].result() if eval_program else evaluate
     background.shutdown()
-    eval_returns = np.asarray(evaluate(host_state.params, host_state.env_state.obs_stats, eval_keys))
+    eval_returns = np.asarray(evaluate(host_state.params, host_state.env_state.obs_stats, keys_for_eval))
     final_return_per_seed = eval_returns.mean(axis=1)
 
     metrics = result.metrics

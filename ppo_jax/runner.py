@@ -52,6 +52,11 @@ def seed_keys(seed: int, num_seeds: int) -> np.ndarray:
     return np.asarray(jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(np.arange(num_seeds)))
 
 
+def eval_keys(seed: int, num_seeds: int) -> np.ndarray:
+    """The evaluation key of each seed of a run: its own stream, apart from training's."""
+    return np.asarray(jax.vmap(lambda k: jax.random.fold_in(k, 10_000_019))(seed_keys(seed, num_seeds)))
+
+
 def first_nonfinite(metrics: dict[str, np.ndarray], params) -> tuple[int, int, list[str]] | None:
     """``(seed, update index, metric names)`` of the first update (``[num_seeds, n]``
     metrics) with a NaN or inf, or None; ``params`` (seed-batched) count as a metric

@@ -22,7 +22,7 @@ from ppo_jax.config import TRACED_FIELDS, PPOConfig, stack_hparams
 from ppo_jax.distributed import SEEDS, Layout, choose_layout, fetch, global_array
 from ppo_jax.evaluate import make_evaluate
 from ppo_jax.outputs import plot_lines, write_json
-from ppo_jax.runner import seed_keys
+from ppo_jax.runner import eval_keys, seed_keys
 from ppo_jax.stats import (
     iqm,
     probability_of_improvement,
@@ -80,10 +80,9 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
     layout = seeds_layout(num_seeds)
     # Arrays lead with [grid, seeds]: the same seeds at every grid point (common random numbers).
     grid_seeds = P(None, SEEDS)
-    keys = seed_keys(seed, num_seeds)
-    eval_keys = np.broadcast_to(np.asarray(jax.vmap(lambda k: jax.random.fold_in(k, 10_000_019))(keys)),
-                                (len(points), num_seeds, 2))
-    keys, eval_keys = global_array(layout, keys), global_array(layout, eval_keys, grid_seeds)
+    keys = global_array(layout, seed_keys(seed, num_seeds))
+    keys_for_eval = global_array(layout, np.broadcast_to(eval_keys(seed, num_seeds), (len(points), num_seeds, 2)),
+                                 grid_seeds)
     results, curves, wall = {}, {}, {}
     for algo, config in configs.items():
         if progress is not None:
@@ -99,7 +98,7 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
         out = run(keys, hps)
         evaluate = on_seeds(layout, jax.vmap(jax.vmap(make_evaluate(config, num_episodes=eval_episodes,
                                                                     deterministic=True))), grid_seeds, grid_seeds)
-        finals = evaluate(out.state.params, out.state.env_state.obs_stats, eval_keys)
+        finals = evaluate(out.state.params, out.state.env_state.obs_stats, keys_for_eval)
         finals, returns, steps = fetch((finals, out.metrics["episode_return"], out.metrics["env_steps"]))
         finals, steps = finals.mean(-1), steps[0, 0]  # returns: [grid, seeds, updates]
         wall[algo] = time.perf_counter() - t0
