@@ -51,7 +51,7 @@ from rlhf_jax.ppo import (
     whiten,
 )
 from rlhf_jax.reward_model import pool_last
-from rlhf_jax.sampling import Generation, SamplingConfig, make_generate
+from rlhf_jax.sampling import Generation, SamplingConfig, ended_with_eos, make_generate
 from rlhf_jax.sharding import constrain_batch, constrain_params, data_mesh, put_batch, put_params
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerLM, response_positions, token_log_probs, token_policy
@@ -271,7 +271,7 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
 
 def _ended(gen: Generation, eos_id: int) -> jax.Array:
     """1.0 where the response emitted EOS."""
-    return ((gen.response == eos_id) & (gen.response_mask == 1)).any(axis=1).astype(jnp.float32)
+    return ended_with_eos(gen.response, gen.response_mask, eos_id).astype(jnp.float32)
 
 
 def init_state(config: RLHFConfig, programs: RLHFPrograms, sft_params, rm_params=None) -> RLHFState:
@@ -322,7 +322,7 @@ class PromptSource:
 def decode_responses(tokenizer: Tokenizer, gen: Generation) -> tuple[list[str], np.ndarray]:
     """Response texts (cut at EOS) and whether each ended with EOS."""
     response, mask = np.asarray(gen.response), np.asarray(gen.response_mask)
-    return tokenizer.decode_batch(response, mask), ((response == tokenizer.eos_id) & (mask == 1)).any(axis=1)
+    return tokenizer.decode_batch(response, mask), ended_with_eos(response, mask, tokenizer.eos_id)
 
 
 def frozen_params(config: RLHFConfig, params):

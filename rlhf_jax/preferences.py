@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.data import padded_chunks
-from rlhf_jax.sampling import SamplingConfig, make_generate
+from rlhf_jax.sampling import SamplingConfig, ended_with_eos, make_generate
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerLM
 
@@ -66,7 +66,7 @@ def sample_responses(model: TransformerLM, params, tokenizer: Tokenizer, prompts
         out = generate(params, batch.input_ids, batch.attention_mask, k)
         response, mask = np.asarray(out.response)[:real], np.asarray(out.response_mask)[:real]
         texts += tokenizer.decode_batch(response, mask)
-        ended.append(((response == tokenizer.eos_id) & (mask == 1)).any(axis=1))
+        ended.append(ended_with_eos(response, mask, tokenizer.eos_id))
         lengths.append(mask.sum(axis=1))
     return texts, np.concatenate(ended), np.concatenate(lengths)
 

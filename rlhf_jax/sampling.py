@@ -67,6 +67,12 @@ class Generation:
     log_probs: jax.Array
 
 
+def ended_with_eos(response, response_mask, eos_id: int):
+    """Whether each response emitted EOS as a real token (not padding): ``[B]`` bools, for
+    numpy and JAX arrays alike."""
+    return ((response == eos_id) & (response_mask == 1)).any(axis=1)
+
+
 def sampling_log_probs(logits: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
     """Log-probabilities of the sampling distribution: tempered, top-k, then top-p, renormalised.
 
