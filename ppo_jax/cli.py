@@ -21,6 +21,7 @@ USAGE = """usage: ppo-jax {train,study,eval} [--help] [options]
 """
 
 from ppo_jax.config import ALGORITHMS, PPOConfig, preset  # noqa: E402
+from ppo_jax.validation import require_positive  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,7 @@ def train_main(argv: list[str]) -> dict:
     config = _config_of(args)
     try:
         config.validate()
-        for name in ("num_seeds", "eval_episodes"):
-            if getattr(args, name) <= 0:
-                raise ValueError(f"{name}: must be a positive integer, got {getattr(args, name)}")
+        require_positive(args, "num_seeds", "eval_episodes", integer=True)
         if args.checkpoint_every < -1:
             raise ValueError(f"checkpoint_every: must be -1 (auto), 0 (off) or positive, got {args.checkpoint_every}")
         return run_training(config, num_seeds=args.num_seeds, seed=args.seed, out=args.out,
@@ -346,9 +345,7 @@ def study_main(argv: list[str]) -> dict:
     try:
         configs = {algo: preset(env, algo).replace(**given) for algo in dict.fromkeys(args.algos)}
         grid = parse_grid(args.sweep)
-        for name in ("num_seeds", "eval_episodes", "bootstrap_reps"):
-            if getattr(args, name) <= 0:
-                raise ValueError(f"{name}: must be a positive integer, got {getattr(args, name)}")
+        require_positive(args, "num_seeds", "eval_episodes", "bootstrap_reps", integer=True)
         if not configs:
             raise ValueError("algos: give at least one update rule")
         for c in configs.values():

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.envs import validate_env_id
-from ppo_jax.validation import require_finite
+from ppo_jax.validation import require_finite, require_positive
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,8 @@ class PPOConfig:
         if self.shared_torso and self.algo in ("trpo", "reinforce", "reinforce-baseline"):
             raise ValueError(f"shared_torso: {self.algo} steps the policy and the critic separately; "
                              "it needs separate networks (shared_torso=False)")
-        for name in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches", "cg_iters",
-                     "backtrack_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        require_positive(self, "total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
+                         "cg_iters", "backtrack_steps", integer=True)
         if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes: must be positive layer widths, got {self.hidden_sizes!r}")
         from ppo_jax.networks import ACTIVATIONS

@@ -16,3 +16,13 @@ def require_finite(config, prefix: str = "") -> None:
             require_finite(value, f"{prefix}{f.name}.")
         elif isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{prefix}{f.name}: must be a finite number, got {value!r}")
+
+
+def require_positive(obj, *names: str, integer: bool = False) -> None:
+    """Raises ValueError naming the first of the fields ``names`` of ``obj`` that is not
+    above 0 (with ``integer``, also one that is not an int: tyro and JSON give bools and
+    floats where a count belongs)."""
+    for name in names:
+        value = getattr(obj, name)
+        if integer and (not isinstance(value, int) or isinstance(value, bool)) or not value > 0:
+            raise ValueError(f"{name}: must be {'a positive integer' if integer else 'positive'}, got {value!r}")

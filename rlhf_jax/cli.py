@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ppo_jax.validation import require_finite
+from ppo_jax.validation import require_finite, require_positive
 from rlhf_jax.pipeline import PipelineConfig
 from rlhf_jax.progress import progress_bar
 from rlhf_jax.reward_model import RMConfig
@@ -201,9 +201,7 @@ def run_sft(args: SFTArgs) -> dict:
     config = _config_of(SFTConfig, args, pretrained[0].config.with_runtime_of(args.transformer) if pretrained
                         else args.transformer)
     config.validate()
-    for name in ("num_examples", "num_samples"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"{name}: must be a positive integer, got {getattr(args, name)}")
+    require_positive(args, "num_examples", "num_samples", integer=True)
     if args.data is None and args.task not in TASKS:
         raise ValueError(f"task: unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
     if args.out:

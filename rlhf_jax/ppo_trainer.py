@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 from ppo_jax import losses
 from ppo_jax.checkpoint import RunCheckpoints
 from ppo_jax.interrupt import stop_if_requested, stoppable
-from ppo_jax.validation import require_finite
+from ppo_jax.validation import require_finite, require_positive
 from rlhf_jax.data import padded_chunks
 from rlhf_jax.ppo import (
     TokenBatch,
@@ -124,14 +124,10 @@ class RLHFConfig:
         require_finite(self)
         if self.frozen_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"frozen_dtype: must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}")
-        for name in ("iterations", "batch_size", "max_new_tokens", "epochs", "minibatches"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        require_positive(self, "iterations", "batch_size", "max_new_tokens", "epochs", "minibatches", integer=True)
         if self.batch_size % self.minibatches:
             raise ValueError(f"minibatches: {self.minibatches} does not divide batch_size {self.batch_size}")
-        for name in ("temperature", "lr", "critic_lr", "max_grad_norm", "clip_eps", "target_kl", "kl_horizon"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        require_positive(self, "temperature", "lr", "critic_lr", "max_grad_norm", "clip_eps", "target_kl", "kl_horizon")
         for name in ("value_clip_eps", "vf_coef", "ent_coef", "kl_coef", "no_eos_penalty"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")

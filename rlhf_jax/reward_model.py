@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.validation import require_finite
+from ppo_jax.validation import require_finite, require_positive
 from rlhf_jax.preferences import expected_accuracy
 from rlhf_jax.sft import adamw_warmup_cosine
 from rlhf_jax.tokenizer import Tokenizer
@@ -164,9 +164,7 @@ class RMConfig:
     def validate(self) -> None:
         require_finite(self)
         self.model.validate()
-        for name in ("epochs", "batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        require_positive(self, "epochs", "batch_size", "max_length")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
         if self.overlong not in ("truncate", "reject"):

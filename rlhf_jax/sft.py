@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.validation import require_finite
+from ppo_jax.validation import require_finite, require_positive
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -56,9 +56,7 @@ class SFTConfig:
     def validate(self) -> None:
         require_finite(self)
         self.model.validate()
-        for name in ("steps", "batch_size", "max_length", "eval_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        require_positive(self, "steps", "batch_size", "max_length", "eval_every")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps:

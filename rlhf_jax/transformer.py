@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.distributions import Categorical
-from ppo_jax.validation import require_finite
+from ppo_jax.validation import require_finite, require_positive
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,7 @@ class TransformerConfig:
 
     def validate(self) -> None:
         require_finite(self)
-        for name in ("vocab_size", "max_len", "num_layers", "num_heads", "d_model"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        require_positive(self, "vocab_size", "max_len", "num_layers", "num_heads", "d_model")
         if self.arch not in ("gpt2", "llama"):
             raise ValueError(f"arch: must be 'gpt2' or 'llama', got {self.arch!r}")
         if self.head_size < 0 or self.num_kv_heads < 0:
