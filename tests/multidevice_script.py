@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py in a subprocess with 4 CPU devices
+"""Run by tests/ppo_jax/test_distributed.py in a subprocess with 4 CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=4``): sharded runs against the
 single-device runs of the same seeds. Prints one JSON line of measurements."""
 

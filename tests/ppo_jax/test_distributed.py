@@ -18,7 +18,7 @@ from shared_cache import computed_once
 # cannot fail a healthy run; this timeout only bounds a livelock that keeps a CPU busy.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-SCRIPT = Path(__file__).with_name("multidevice_script.py")
+SCRIPT = Path(__file__).parent.parent / "multidevice_script.py"
 REPO = SCRIPT.parent.parent
 
 

@@ -13,7 +13,7 @@ from procwatch import wait_progressing
 from ppo_jax import local_processes
 from ppo_jax.local_processes import plan
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parent.parent.parent
 
 
 @pytest.fixture

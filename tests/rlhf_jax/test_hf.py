@@ -18,7 +18,7 @@ from rlhf_jax.transformer import KVCache, TransformerConfig, TransformerLM, init
 
 pytestmark = pytest.mark.timeout(300)
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hf"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "hf"
 ARCHS = ["gpt2", "llama", "qwen2", "mistral"]
 
 
