@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.envs import validate_env_id
-from ppo_jax.validation import require_finite, require_positive
+from ppo_jax.validation import config_from_dict, require_finite, require_positive
 
 
 @dataclass(frozen=True)
@@ -115,14 +115,7 @@ class PPOConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PPOConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
-        d = dict(d)
-        if "hidden_sizes" in d:
-            d["hidden_sizes"] = tuple(d["hidden_sizes"])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def validate(self) -> "PPOConfig":
         """Checks every field before anything compiles; raises ValueError naming the field."""

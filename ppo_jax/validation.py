@@ -26,3 +26,23 @@ def require_positive(obj, *names: str, integer: bool = False) -> None:
         value = getattr(obj, name)
         if integer and (not isinstance(value, int) or isinstance(value, bool)) or not value > 0:
             raise ValueError(f"{name}: must be {'a positive integer' if integer else 'positive'}, got {value!r}")
+
+
+def config_from_dict(cls, d: dict):
+    """``cls(**d)`` for a config dataclass read back from JSON: a key that is not a field is
+    an error naming it, a dict where the field's default is a dataclass becomes that class
+    (recursively), and a list where the default is a tuple becomes a tuple."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    values = {}
+    for name, value in d.items():
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = config_from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)

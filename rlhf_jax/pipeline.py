@@ -34,7 +34,7 @@ from ppo_jax.checkpoint import RunCheckpoints
 from ppo_jax.interrupt import Interrupted
 from ppo_jax.outputs import plot_lines, read_json, write_json
 from ppo_jax.rundir import check_resumable, claim_run_dir
-from ppo_jax.validation import require_finite
+from ppo_jax.validation import config_from_dict, require_finite
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.best_of_n import best_of_n_curve
 from rlhf_jax.data import load_preferences, load_prompts, load_sft, padded_chunks, write_preferences
@@ -151,23 +151,7 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":
         """Inverse of :meth:`to_dict` (nested configs rebuilt, lists back to tuples)."""
-        return _from_dict(cls, d)
-
-
-def _from_dict(cls, d: dict):
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
-    values = {}
-    for name, value in d.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = _from_dict(type(default), value)
-        elif isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
+        return config_from_dict(cls, d)
 
 
 def _load_data(config: PipelineConfig) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.validation import require_finite, require_positive
+from ppo_jax.validation import config_from_dict, require_finite, require_positive
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -71,9 +71,7 @@ class SFTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SFTConfig":
-        d = dict(d)
-        d["model"] = TransformerConfig.from_dict(d.get("model", {}))
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @struct.dataclass

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.distributions import Categorical
-from ppo_jax.validation import require_finite, require_positive
+from ppo_jax.validation import config_from_dict, require_finite, require_positive
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,7 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TransformerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"transformer config: unknown field(s) {', '.join(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @struct.dataclass

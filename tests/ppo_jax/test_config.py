@@ -103,3 +103,17 @@ def test_every_algorithm_name_has_one_update_rule():
     from ppo_jax.config import ALGORITHMS
 
     assert tuple(UPDATES) == ALGORITHMS
+
+
+@pytest.mark.timeout(60)
+def test_configs_come_back_from_json_whole():
+    import json
+
+    from rlhf_jax.pipeline import PipelineConfig
+
+    config = PPOConfig(hidden_sizes=(32, 16), lr=1e-3)
+    assert PPOConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # lists back to tuples
+    pipeline = PipelineConfig()
+    assert PipelineConfig.from_dict(json.loads(json.dumps(pipeline.to_dict()))) == pipeline  # nested configs
+    with pytest.raises(ValueError, match=r"TransformerConfig: unknown field\(s\) widht"):
+        PipelineConfig.from_dict({"sft": {"model": {"widht": 3}}})
