@@ -127,13 +127,14 @@ def leading_axis_constraint(mesh: Mesh, axis: str) -> Callable[[Any], Any]:
     return constrain
 
 
-def place(layout: Layout, fn: Callable) -> Callable:
-    """``fn`` (already ``vmap``-ed over seeds) as one jitted program on ``layout``."""
+def place(layout: Layout, fn: Callable, in_specs=P(SEEDS), out_specs=P(SEEDS)) -> Callable:
+    """``fn`` (already ``vmap``-ed over seeds) as one jitted program on ``layout``; in the
+    seeds layout each device runs it on its own seeds, found where ``in_specs`` and
+    ``out_specs`` put the seeds axis (default: every array leads with it)."""
     if layout.axis == SEEDS:
-        spec = P(SEEDS)
         # check_vma=False: the seeds never communicate, and scan carries built from
         # constants (e.g. the KL-stop flag) would otherwise need pcast annotations.
-        return jax.jit(jax.shard_map(fn, mesh=layout.mesh, in_specs=spec, out_specs=spec, check_vma=False))
+        return jax.jit(jax.shard_map(fn, mesh=layout.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False))
     return jax.jit(fn)
 
 

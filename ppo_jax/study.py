@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from ppo_jax.config import TRACED_FIELDS, PPOConfig, stack_hparams
-from ppo_jax.distributed import SEEDS, Layout, choose_layout, fetch, global_array
+from ppo_jax.distributed import SEEDS, Layout, choose_layout, fetch, global_array, place
 from ppo_jax.evaluate import make_evaluate
 from ppo_jax.outputs import plot_lines, write_json
 from ppo_jax.runner import eval_keys, seed_keys
@@ -93,11 +93,11 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
         if on_update is not None:
             callback = lambda u, a=algo, n=config.num_updates: on_update(a, int(np.max(np.asarray(u))) + 1, n)  # noqa: E731
         train = make_train(config, progress=callback)
-        run = on_seeds(layout, jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0)),
-                       (P(SEEDS), P()), grid_seeds)
+        run = place(layout, jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0)), (P(SEEDS), P()),
+                    grid_seeds)
         out = run(keys, hps)
-        evaluate = on_seeds(layout, jax.vmap(jax.vmap(make_evaluate(config, num_episodes=eval_episodes,
-                                                                    deterministic=True))), grid_seeds, grid_seeds)
+        evaluate = place(layout, jax.vmap(jax.vmap(make_evaluate(config, num_episodes=eval_episodes,
+                                                                 deterministic=True))), grid_seeds, grid_seeds)
         finals = evaluate(out.state.params, out.state.env_state.obs_stats, keys_for_eval)
         finals, returns, steps = fetch((finals, out.metrics["episode_return"], out.metrics["env_steps"]))
         finals, steps = finals.mean(-1), steps[0, 0]  # returns: [grid, seeds, updates]
@@ -141,14 +141,6 @@ def seeds_layout(num_seeds: int) -> Layout:
     if layout.axis != SEEDS:
         raise ValueError(f"num_seeds: a multi-process study splits its seeds over processes; got {num_seeds}")
     return layout
-
-
-def on_seeds(layout: Layout, fn: Callable, in_specs, out_specs) -> Callable:
-    """``fn`` jitted, and on the seeds layout each device runs it on its own seeds."""
-    if layout.mesh is None:
-        return jax.jit(fn)
-    # check_vma=False: the seeds never communicate (as in ppo_jax.distributed.place).
-    return jax.jit(jax.shard_map(fn, mesh=layout.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False))
 
 
 def _curve_with_band(steps: np.ndarray, returns: np.ndarray, *, reps: int, seed: int, points: int = 50) -> dict:
