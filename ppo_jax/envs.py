@@ -186,24 +186,21 @@ class VecEnv:
         return clipped.reshape((self.num_envs,) + tuple(space_shape))
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, VecEnvState]:
-        obs, env_state = self._reset(jax.random.split(key, self.num_envs), self.params)
-        obs = self._flat(obs)
-        zeros = jnp.zeros((self.num_envs,), jnp.float32)
-        state = VecEnvState(env_state, RunningStats.create(obs.shape[1:]), RunningStats.create(()),
-                            zeros, zeros, jnp.zeros((self.num_envs,), jnp.int32))
-        if self.normalize_observations:
-            state = state.replace(obs_stats=state.obs_stats.update(obs))
-            obs = normalize_obs(obs, state.obs_stats)
-        return obs, state
+        return self._start(key, None)
 
     def restart(self, key: jax.Array, state: VecEnvState) -> tuple[jax.Array, VecEnvState]:
         """Fresh episodes in every environment, keeping the running normaliser statistics
         (for update rules that learn from whole episodes only)."""
+        return self._start(key, state)
+
+    def _start(self, key: jax.Array, state: VecEnvState | None) -> tuple[jax.Array, VecEnvState]:
+        """Fresh episodes, with ``state``'s normaliser statistics or (None) new ones."""
         obs, env_state = self._reset(jax.random.split(key, self.num_envs), self.params)
         obs = self._flat(obs)
         zeros = jnp.zeros((self.num_envs,), jnp.float32)
-        state = state.replace(env_state=env_state, discounted_return=zeros, episode_return=zeros,
-                              episode_length=jnp.zeros((self.num_envs,), jnp.int32))
+        obs_stats, return_stats = ((RunningStats.create(obs.shape[1:]), RunningStats.create(())) if state is None
+                                   else (state.obs_stats, state.return_stats))
+        state = VecEnvState(env_state, obs_stats, return_stats, zeros, zeros, jnp.zeros((self.num_envs,), jnp.int32))
         if self.normalize_observations:
             state = state.replace(obs_stats=state.obs_stats.update(obs))
             obs = normalize_obs(obs, state.obs_stats)
