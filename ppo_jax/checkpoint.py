@@ -34,6 +34,23 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged or incomplete; the message names its folder."""
 
 
+class CheckpointFormatError(CheckpointError):
+    """A checkpoint written by a version of ppo_jax with another state layout (not damaged)."""
+
+
+FORMAT = 2
+"""Layout of the saved state. 2: the optimiser state is optax's (``partition`` of flattened,
+hyperparameter-injected Adam per group); 1 held one hand-flattened Adam state per group."""
+
+
+def check_format(meta: dict, where) -> None:
+    found = meta.get("format", 1)
+    if found != FORMAT:
+        raise CheckpointFormatError(f"checkpoint: {where} is in format {found}, written by another version of ppo_jax "
+                              f"(this one reads format {FORMAT}: its optimiser state is laid out differently); "
+                              f"load it with the version that wrote it")
+
+
 def tree_checksums(tree) -> list[int] | None:
     """CRC-32 of each leaf's bytes in tree order, or None when a leaf is not all on this
     process (a multi-process run: each process holds only its shards)."""
@@ -111,7 +128,7 @@ def save(directory: str | os.PathLike, config: PPOConfig, state, num_seeds: int 
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
         write_json(directory / "config.json", config.to_dict())
-        write_json(directory / "meta.json", {"num_seeds": num_seeds, "format": 1, "checksums": checksums})
+        write_json(directory / "meta.json", {"num_seeds": num_seeds, "format": FORMAT, "checksums": checksums})
     return directory
 
 
@@ -168,6 +185,7 @@ def restore(directory: str | os.PathLike) -> tuple[PPOConfig, dict, int | None]:
         if not needed.exists():
             raise CheckpointError(f"checkpoint: {directory} is incomplete (no {needed.name}; a save cut short?)")
     meta = read_json(meta_path, error=CheckpointError)
+    check_format(meta, directory)
     num_seeds = meta.get("num_seeds")
     target = _single_device(_abstract_payload(config, num_seeds))
     payload = orbax_restore(lambda: ocp.StandardCheckpointer().restore(directory / "state", target), directory)
@@ -240,7 +258,7 @@ class RunCheckpoints:
         """Starts writing checkpoint ``step`` (host numpy leaves are copied first, so the
         caller may change them); it is complete once :meth:`wait` or :meth:`latest` returns."""
         tree = jax.tree.map(lambda x: x.copy() if isinstance(x, np.ndarray) else x, tree)
-        meta = {**(meta or {}), "checksums": tree_checksums(tree)}
+        meta = {**(meta or {}), "format": FORMAT, "checksums": tree_checksums(tree)}
         args = {"tree": ocp.args.StandardSave(tree), "meta": ocp.args.JsonSave(meta)}
         self.manager.save(step, args=ocp.args.Composite(**args))
         return self.path(step)
@@ -256,11 +274,14 @@ class RunCheckpoints:
         where = self.path(step)
         if not where.is_dir():
             raise CheckpointError(f"checkpoint: {where} does not exist")
-        out = orbax_restore(lambda: self.manager.restore(step, args=ocp.args.Composite(
-            tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())), where)
-        meta = out["meta"]
+        # The meta first: a checkpoint of another layout is named as such, not as damaged.
+        meta = orbax_restore(lambda: self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"], where)
         if not isinstance(meta, dict):
             raise CheckpointError(f"checkpoint: {where} is damaged (its meta entry is not a JSON object)")
+        check_format(meta, where)
+        out = orbax_restore(lambda: self.manager.restore(step, args=ocp.args.Composite(
+            tree=ocp.args.StandardRestore(abstract))), where)
         verify_checksums(out["tree"], meta.pop("checksums", None), where)
         return out["tree"], meta
 
@@ -272,6 +293,8 @@ class RunCheckpoints:
         for step in reversed(self.steps()):
             try:
                 return (step, *self.restore(step, like))
+            except CheckpointFormatError:
+                raise
             except CheckpointError as err:
                 if warn is not None:
                     warn(f"warning: skipped a damaged checkpoint: {err}")

@@ -1,75 +1,72 @@
 """Optimisers: Adam (eps 1e-5) after global-norm clipping, one per parameter group.
 
 With separate actor and critic networks (listing 6) each network has its own
-optimiser, learning rate and gradient-norm clip; with a shared torso there is one
-group, ``"all"``. The learning rate is applied outside optax so that it can be a traced
-value annealed by the update index (annealing counts updates, not optimiser steps: ``1 - update / num_updates``, i.e.
-``count // (epochs * minibatches)`` in optimiser steps), and so that a masked
-(KL-stopped) step leaves both parameters and optimiser state untouched.
+optimiser, learning rate and gradient-norm clip (``optax.partition`` over the groups
+``"actor"`` and ``"critic"``); with a shared torso there is one group, ``"all"``.
+Learning rates are hyperparameters in the optimiser state (``optax.inject_hyperparams``),
+set once per update by :func:`set_learning_rates`: they are traced values annealed by the
+update index (``1 - update / num_updates``, which counts updates, not optimiser steps, so a
+KL-stopped update does not shift the schedule).
 
-The update works on each group's parameters raveled into one flat vector, and the
-optimiser state is kept for those vectors. On XLA:CPU every leaf of a pytree costs a
-few small kernels per step (Adam's moments, the clip, the KL mask); one vector per
-group made the PPO update about 20% faster on CartPole, and the global norm of a
-group is the norm of its vector, so the math is unchanged.
+Each group's clip and Adam run on its parameters raveled into one vector
+(``optax.flatten``): on XLA:CPU every leaf of a pytree costs a few small kernels per step
+(Adam's moments, the clip, the KL mask), and the global norm of a group is the norm of
+its vector, so the math is unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import jax
+import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 
 ADAM_EPS = 1e-5
 
 
-def make_tx(max_grad_norm: float | jax.Array) -> optax.GradientTransformation:
-    """Global-norm clipping (not per-element, which turns the step), then Adam's scaling with
-    PyTorch-style eps 1e-5."""
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.scale_by_adam(eps=ADAM_EPS))
+def group_names(shared_torso: bool) -> tuple[str, ...]:
+    return ("all",) if shared_torso else ("actor", "critic")
 
 
-def groups(tree, shared_torso: bool) -> dict:
-    """Parameter groups: ``{"all": tree}`` or ``{"actor": ..., "critic": ...}``."""
-    return {"all": tree} if shared_torso else {"actor": tree["actor"], "critic": tree["critic"]}
+def make_tx(max_grad_norm: float | jax.Array, shared_torso: bool) -> optax.GradientTransformation:
+    """Per group: global-norm clipping (not per-element, which turns the step), then Adam with
+    PyTorch-style eps 1e-5 and the group's learning rate (0 until :func:`set_learning_rates`)."""
+    def group_tx():
+        adam = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"),
+                                        hyperparam_dtype=jnp.float32)(learning_rate=0.0, eps=ADAM_EPS)
+        return optax.flatten(optax.chain(optax.clip_by_global_norm(max_grad_norm), adam))
+
+    names = group_names(shared_torso)
+    labels = "all" if shared_torso else {"actor": "actor", "critic": "critic"}
+    return optax.partition({name: group_tx() for name in names}, labels)
 
 
-def ungroup(grouped: dict, shared_torso: bool):
-    return grouped["all"] if shared_torso else {"actor": grouped["actor"], "critic": grouped["critic"]}
-
-
-def flatten_groups(params, shared_torso: bool) -> tuple[dict, Callable[[dict], Any]]:
-    """``{group: flat vector}`` and the function that rebuilds the params tree from such a dict."""
-    raveled = {name: ravel_pytree(tree) for name, tree in groups(params, shared_torso).items()}
-    flat = {name: vec for name, (vec, _) in raveled.items()}
-
-    def unflatten(flat_groups: dict):
-        return ungroup({name: raveled[name][1](vec) for name, vec in flat_groups.items()}, shared_torso)
-
-    return flat, unflatten
-
-
-def init_opt_state(tx: optax.GradientTransformation, params, shared_torso: bool) -> dict:
-    """Optimiser state per group, for the group's flat parameter vector."""
-    flat, _ = flatten_groups(params, shared_torso)
-    return {name: tx.init(vec) for name, vec in flat.items()}
-
-
-def apply_gradients(tx, flat_params: dict, opt_state: dict, flat_grads: dict, lrs: dict):
-    """One optimiser step per group with learning rate ``lrs[group]``, on flat vectors.
-
-    Returns ``(flat_params, opt_state)``.
-    """
-    new_params, new_state = {}, {}
-    for name, vec in flat_params.items():
-        updates, new_state[name] = tx.update(flat_grads[name], opt_state[name], vec)
-        new_params[name] = vec - lrs[name] * updates
-    return new_params, new_state
+def set_learning_rates(opt_state, lrs: dict):
+    """``opt_state`` with group ``g``'s learning rate set to ``lrs[g]``."""
+    for name, lr in lrs.items():
+        in_group = lambda path, _, name=name: any(getattr(k, "key", None) == name for k in path)  # noqa: E731
+        opt_state = optax.tree_utils.tree_set(opt_state, in_group, learning_rate=jnp.asarray(lr, jnp.float32))
+    return opt_state
 
 
 def group_lrs(lr: jax.Array, critic_lr: jax.Array, shared_torso: bool, scale: jax.Array = 1.0) -> dict:
     if shared_torso:
         return {"all": lr * scale}
     return {"actor": lr * scale, "critic": critic_lr * scale}
+
+
+def step(tx, params, opt_state, grads):
+    """One optimiser step of every group. Returns ``(params, opt_state)``."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def step_group(tx, group: str, params: dict, opt_state, group_grads):
+    """One optimiser step of ``group`` alone (``params[group]`` with ``group_grads``): the other
+    groups' parameters *and* Adam states stay as they were, which a step of every group with
+    zero gradients would not do (Adam's moments decay and its count moves)."""
+    grads = {name: (group_grads if name == group else jax.tree.map(jnp.zeros_like, sub))
+             for name, sub in params.items()}
+    new_params, new_state = step(tx, params, opt_state, grads)
+    kept = {name: (s if name == group else opt_state.inner_states[name])
+            for name, s in new_state.inner_states.items()}
+    return {**params, group: new_params[group]}, new_state._replace(inner_states=kept)

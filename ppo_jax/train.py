@@ -101,18 +101,18 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
 
     def init(key: jax.Array, hparams: HParams | None = None) -> TrainState:
         hp = config.hparams() if hparams is None else hparams
-        tx = optim.make_tx(hp.max_grad_norm)
+        tx = optim.make_tx(hp.max_grad_norm, config.shared_torso)
         key, k_init, k_reset = jax.random.split(key, 3)
         params = init_params(network, spec, k_init)
         obs, env_state = make_env(hp).reset(k_reset)
         obs, env_state = shard((obs, env_state))
-        return TrainState(params, optim.init_opt_state(tx, params, config.shared_torso), env_state, obs, key,
+        return TrainState(params, tx.init(params), env_state, obs, key,
                           jnp.asarray(0, jnp.int32))
 
     def run(state: TrainState, num: int, hparams: HParams | None = None) -> TrainOutput:
         hp = config.hparams() if hparams is None else hparams
         env = make_env(hp)
-        tx = optim.make_tx(hp.max_grad_norm)
+        tx = optim.make_tx(hp.max_grad_norm, config.shared_torso)
 
         def update_step(state: TrainState, _):
             key, k_roll, k_update = jax.random.split(state.key, 3)

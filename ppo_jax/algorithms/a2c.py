@@ -25,14 +25,13 @@ def a2c_loss(network, params, batch: Batch, hp) -> tuple[jax.Array, dict]:
                    "approx_kl": losses.approx_kl_k3(logp, batch.log_prob)}
 
 
-def a2c_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, *, shared_torso: bool):
+def a2c_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict):
     """One optimiser step on the whole batch. Returns ``(params, opt_state, metrics)``."""
-    flat, unflatten = optim.flatten_groups(params, shared_torso)
-    (_, aux), grads = jax.value_and_grad(lambda f: a2c_loss(network, unflatten(f), batch, hp), has_aux=True)(flat)
-    flat, opt_state = optim.apply_gradients(tx, flat, opt_state, grads, lrs)
-    return unflatten(flat), opt_state, aux
+    (_, aux), grads = jax.value_and_grad(lambda p: a2c_loss(network, p, batch, hp), has_aux=True)(params)
+    params, opt_state = optim.step(tx, params, optim.set_learning_rates(opt_state, lrs), grads)
+    return params, opt_state, aux
 
 
 def update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
     """:func:`a2c_update` in the signature of :data:`ppo_jax.algorithms.UPDATES` (no key used)."""
-    return a2c_update(network, tx, params, opt_state, batch, hp, lrs, shared_torso=config.shared_torso)
+    return a2c_update(network, tx, params, opt_state, batch, hp, lrs)

@@ -45,8 +45,8 @@ def ppo_loss(network, params, mb: Batch, hp, normalize_advantages: bool):
 
 
 def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax.Array, *,
-               update_epochs: int, num_minibatches: int, shared_torso: bool,
-               per_minibatch_adv_norm: bool, shard_rows=None) -> tuple[Any, Any, dict]:
+               update_epochs: int, num_minibatches: int, per_minibatch_adv_norm: bool,
+               shard_rows=None) -> tuple[Any, Any, dict]:
     """Runs ``update_epochs`` epochs, each a fresh permutation split into ``num_minibatches``.
 
     Returns new params, optimiser state and metrics averaged over the minibatch steps that
@@ -57,21 +57,20 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
     devices, so each device takes the gradient of its rows and XLA averages them (data
     parallelism inside the compiled update).
     """
-    flat_params, unflatten = optim.flatten_groups(params, shared_torso)
-    flat_loss = lambda flat, mb: ppo_loss(network, unflatten(flat), mb, hp, per_minibatch_adv_norm)  # noqa: E731
-    grad_fn = jax.value_and_grad(flat_loss, has_aux=True)
+    loss = lambda p, mb: ppo_loss(network, p, mb, hp, per_minibatch_adv_norm)  # noqa: E731
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
 
     def minibatch_step(carry, mb):
         params, opt_state = carry
         if shard_rows is not None:
             mb = shard_rows(mb)
         (_, aux), grads = grad_fn(params, mb)
-        return optim.apply_gradients(tx, params, opt_state, grads, lrs), aux
+        return optim.step(tx, params, opt_state, grads), aux
 
-    (flat_params, opt_state), aux = minibatch_epochs(
-        minibatch_step, (flat_params, opt_state), batch, key, epochs=update_epochs, minibatches=num_minibatches,
+    opt_state = optim.set_learning_rates(opt_state, lrs)
+    (params, opt_state), aux = minibatch_epochs(
+        minibatch_step, (params, opt_state), batch, key, epochs=update_epochs, minibatches=num_minibatches,
         stop_when=lambda aux: (hp.target_kl > 0) & (aux["approx_kl"] > hp.target_kl))
-    params = unflatten(flat_params)
     applied = aux.pop("applied")
     n = jnp.maximum(applied.sum(), 1.0)
     metrics = {k: (v * applied).sum() / n for k, v in aux.items() if k != "max_ratio_deviation"}
@@ -84,5 +83,5 @@ def update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax
     """:func:`ppo_update` with its sizes and switches from ``config`` (the signature of every
     rule in :data:`ppo_jax.algorithms.UPDATES`)."""
     return ppo_update(network, tx, params, opt_state, batch, hp, lrs, key, update_epochs=config.update_epochs,
-                      num_minibatches=config.num_minibatches, shared_torso=config.shared_torso, shard_rows=shard_rows,
+                      num_minibatches=config.num_minibatches, shard_rows=shard_rows,
                       per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)

@@ -35,28 +35,25 @@ def reinforce_update(network, tx, params, opt_state, obs, action, returns, mask,
     """One policy step on ``-mean_mask(log pi(a|s) (G - b(s)))`` (minus the entropy bonus), then,
     with a baseline, the critic's regression on ``G``. Inputs are flat ``[B, ...]``.
     Returns ``(params, opt_state, metrics)``."""
-    flat, unflatten = optim.flatten_groups(params, False)
+    opt_state = optim.set_learning_rates(opt_state, lrs)
     values = network.apply({"params": params}, obs, method=ActorCritic.value)
     weight = returns - values if baseline else returns
 
-    def policy_loss(actor_vec):
-        dist = network.apply({"params": unflatten({"actor": actor_vec, "critic": flat["critic"]})}, obs,
-                             method=ActorCritic.policy)
+    def policy_loss(actor):
+        dist = network.apply({"params": {**params, "actor": actor}}, obs, method=ActorCritic.policy)
         pg = -losses.masked_mean(dist.log_prob(action) * weight, mask)
         entropy = losses.masked_mean(dist.entropy(), mask)
         return pg - hp.ent_coef * entropy, (pg, entropy)
 
-    (_, (pg, entropy)), g = jax.value_and_grad(policy_loss, has_aux=True)(flat["actor"])
-    new, new_state = optim.apply_gradients(tx, {"actor": flat["actor"]}, {"actor": opt_state["actor"]},
-                                           {"actor": g}, {"actor": lrs["actor"]})
-    flat, opt_state = {**flat, **new}, {**opt_state, **new_state}
+    (_, (pg, entropy)), g = jax.value_and_grad(policy_loss, has_aux=True)(params["actor"])
+    params, opt_state = optim.step_group(tx, "actor", params, opt_state, g)
     metrics = {"policy_loss": pg, "entropy": entropy, "complete_fraction": jnp.mean(mask),
                "value_loss": jnp.asarray(0.0)}
     if baseline:
-        flat, opt_state, metrics["value_loss"] = regress_critic(
-            network, tx, flat, unflatten, opt_state, obs, returns, values, mask, hp, lrs["critic"], key,
-            epochs=epochs, minibatches=minibatches)
-    return unflatten(flat), opt_state, metrics
+        params, opt_state, metrics["value_loss"] = regress_critic(
+            network, tx, params, opt_state, obs, returns, values, mask, hp, key, epochs=epochs,
+            minibatches=minibatches)
+    return params, opt_state, metrics
 
 
 def update(network, tx, params, opt_state, batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):

@@ -20,6 +20,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 
 def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, iters: int,
@@ -95,12 +96,12 @@ def trpo_update(network, tx, params, opt_state, batch, hp, lrs: dict, key, *, cg
     from ppo_jax.algorithms.critic import regress_critic
     from ppo_jax.networks import ActorCritic
 
-    flat, unflatten = optim.flatten_groups(params, False)
+    # The step is vector math (conjugate gradient, Fisher-vector products): the actor as one vector.
+    theta, unravel = ravel_pytree(params["actor"])
     old = jax.lax.stop_gradient(network.apply({"params": params}, batch.obs, method=ActorCritic.policy))
 
     def dist(actor_vec):
-        return network.apply({"params": unflatten({"actor": actor_vec, "critic": flat["critic"]})}, batch.obs,
-                             method=ActorCritic.policy)
+        return network.apply({"params": {**params, "actor": unravel(actor_vec)}}, batch.obs, method=ActorCritic.policy)
 
     def surrogate(actor_vec):  # problem (22)'s objective
         return jnp.mean(jnp.exp(dist(actor_vec).log_prob(batch.action) - batch.log_prob) * batch.advantage)
@@ -108,13 +109,11 @@ def trpo_update(network, tx, params, opt_state, batch, hp, lrs: dict, key, *, cg
     def mean_kl(actor_vec):
         return jnp.mean(old.kl(dist(actor_vec)))
 
-    actor, info = trpo_step(surrogate, mean_kl, flat["actor"], delta=hp.trpo_delta, damping=hp.cg_damping,
+    theta, info = trpo_step(surrogate, mean_kl, theta, delta=hp.trpo_delta, damping=hp.cg_damping,
                             cg_iters=cg_iters, backtrack_steps=backtrack_steps)
-    flat = {**flat, "actor": actor}
-    flat, opt_state, value_loss = regress_critic(network, tx, flat, unflatten, opt_state, batch.obs, batch.target,
-                                                 batch.value, jnp.ones_like(batch.value), hp, lrs["critic"], key,
-                                                 epochs=epochs, minibatches=minibatches)
-    new_params = unflatten(flat)
+    new_params, opt_state, value_loss = regress_critic(
+        network, tx, {**params, "actor": unravel(theta)}, optim.set_learning_rates(opt_state, lrs), batch.obs,
+        batch.target, batch.value, jnp.ones_like(batch.value), hp, key, epochs=epochs, minibatches=minibatches)
     entropy = jnp.mean(network.apply({"params": new_params}, batch.obs, method=ActorCritic.policy).entropy())
     return new_params, opt_state, {**info, "value_loss": value_loss, "entropy": entropy}
 

@@ -97,6 +97,7 @@ def _largest_data_file(checkpoint: Path) -> Path:
     ("no_metadata", "is damaged or incomplete"),
     ("meta_json", "meta.json:2: invalid JSON"),
     ("no_state", "is incomplete (no state"),
+    ("old_format", "is in format 1, written by another version of ppo_jax"),
 ])
 def test_a_damaged_final_checkpoint_is_one_line_naming_it(tmp_path, capsys, finished_run, damage, message):
     run = tmp_path / "run"
@@ -114,6 +115,9 @@ def test_a_damaged_final_checkpoint_is_one_line_naming_it(tmp_path, capsys, fini
         (final / "state" / "_METADATA").unlink()
     elif damage == "meta_json":
         (final / "meta.json").write_text("{\n")
+    elif damage == "old_format":
+        meta = json.loads((final / "meta.json").read_text())
+        (final / "meta.json").write_text(json.dumps({**meta, "format": 1}))
     else:
         shutil.rmtree(final / "state")
     line = _fails(capsys, ["eval", "--checkpoint", str(final), "--episodes", "1"])
@@ -150,6 +154,18 @@ def test_resume_skips_a_damaged_checkpoint_and_ends_as_the_uninterrupted_run(tmp
     _, a, _ = ckpt.restore(finished_run / "checkpoint")
     _, b, _ = ckpt.restore(killed / "checkpoint")
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_resume_refuses_a_checkpoint_of_another_layout_and_leaves_it_in_place(tmp_path, capsys, finished_run):
+    older = tmp_path / "older"
+    shutil.copytree(finished_run, older)
+    (older / "summary.json").unlink()
+    shutil.rmtree(older / "checkpoint")
+    meta = older / "checkpoints" / "8" / "meta" / "metadata"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 1}))
+    line = _fails(capsys, ["train", "--resume", str(older), "--no-progress"])
+    assert f"{older / 'checkpoints' / '8'} is in format 1, written by another version of ppo_jax" in line, line
+    assert (older / "checkpoints" / "8").is_dir() and not (older / "checkpoints" / "8.damaged").exists()
 
 
 def test_resume_without_a_checkpoint_says_it_starts_again(tmp_path, capsys, finished_run):
