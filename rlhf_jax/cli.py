@@ -1,4 +1,6 @@
-"""``rlhf-jax sft | generate``: supervised fine-tuning and sampling from the command line (tyro)."""
+"""``rlhf-jax sft | rm | pipeline | generate | export``: tyro subcommands over the config dataclasses.
+
+``sft``, ``rm`` and ``pipeline`` run the stage functions of :mod:`rlhf_jax.stages`."""
 
 from __future__ import annotations
 
@@ -10,26 +12,15 @@ import numpy as np
 
 from ppo_jax.validation import require_finite, require_positive
 from rlhf_jax.pipeline import PipelineConfig
-from rlhf_jax.progress import progress_bar
 from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.sft import SFTConfig
 from rlhf_jax.transformer import TransformerConfig
 
-USAGE = """usage: rlhf-jax {sft,rm,pipeline,generate,export} [--help] [options]
-
-  sft        supervised fine-tuning on a built-in task or a JSONL file, write a run folder
-  rm         train a Bradley-Terry reward model on preference pairs (a task's or a JSONL file)
-  pipeline   SFT -> preference pairs -> reward model -> PPO (proxy and gold) and best-of-n, one run folder
-  generate   sample responses from a checkpoint: rlhf-jax generate --checkpoint DIR --prompt TEXT
-  export     write a checkpoint as a Hugging Face folder: rlhf-jax export --checkpoint DIR --out HF_DIR
-"""
-
-TASKS = ("reviews",)
-
 
 @dataclass(frozen=True)
 class SFTArgs(SFTConfig):
-    """Supervised fine-tuning: next-token loss on responses only. Writes a run folder."""
+    """Supervised fine-tuning on a built-in task or a JSONL file (next-token loss on responses
+    only). Writes a run folder."""
 
     model: str | None = None
     """A local Hugging Face folder (config.json, safetensors, tokenizer.json: gpt2, llama, qwen2 or
@@ -54,7 +45,8 @@ class SFTArgs(SFTConfig):
 
 @dataclass(frozen=True)
 class RMArgs(RMConfig):
-    """Reward-model training (Bradley-Terry). Writes a run folder."""
+    """A Bradley-Terry reward model on preference pairs (a task's, sampled and labelled, or a
+    JSONL file). Writes a run folder."""
 
     model: str | None = None
     """A local Hugging Face folder (gpt2, llama, qwen2 or mistral) whose body the reward model starts
@@ -85,7 +77,7 @@ class RMArgs(RMConfig):
 
 @dataclass(frozen=True)
 class GenerateArgs:
-    """Sample responses from a saved model."""
+    """Sample responses from a checkpoint or a Hugging Face folder."""
 
     checkpoint: str | None = None
     """Model checkpoint directory (a run folder, or its checkpoint/)."""
@@ -113,7 +105,8 @@ class GenerateArgs:
 
 @dataclass(frozen=True)
 class PipelineArgs(PipelineConfig):
-    """The whole RLHF pipeline on a built-in task. Writes one run folder."""
+    """SFT -> preference pairs -> reward model -> PPO (proxy and gold) and best-of-n, on a
+    built-in task or your data. Writes one run folder."""
 
     out: str | None = None
     """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
@@ -185,16 +178,14 @@ def run_export(args: ExportArgs) -> None:
 def run_sft(args: SFTArgs) -> dict:
     import jax
 
-    from ppo_jax.outputs import plot_lines, write_json
+    from ppo_jax.outputs import write_json
     from ppo_jax.rundir import check_run_dir, claim_run_dir
-    from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.data import load_sft
     from rlhf_jax.preferences import new_token_room, sample_responses
     from rlhf_jax.sampling import SamplingConfig
-    from rlhf_jax.sft import encode_examples, train_sft
-    from rlhf_jax.tasks import reviews
+    from rlhf_jax.sft import encode_examples
+    from rlhf_jax.stages import sft_stage, task_named
     from rlhf_jax.tokenizer import load_tokenizer
-    from rlhf_jax.transformer import TransformerLM
 
     require_finite(args)
     pretrained = _load_hf(args.model) if args.model else None
@@ -202,8 +193,7 @@ def run_sft(args: SFTArgs) -> dict:
                         else args.transformer)
     config.validate()
     require_positive(args, "num_examples", "num_samples", integer=True)
-    if args.data is None and args.task not in TASKS:
-        raise ValueError(f"task: unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
+    task = None if args.data is not None else task_named(args.task)
     if args.out:
         check_run_dir(args.out, "rlhf-jax sft")
     tokenizer = pretrained[2] if pretrained else load_tokenizer(args.tokenizer)
@@ -212,52 +202,37 @@ def run_sft(args: SFTArgs) -> dict:
         encode_examples(tokenizer, prompts, responses, config.max_length, where)  # errors name the line, up front
         source = {"data": str(args.data)}
     else:
-        prompts, responses = reviews.sft_corpus(args.num_examples, seed=config.seed)
+        prompts, responses = task.sft_corpus(args.num_examples, seed=config.seed)
         source = {"task": args.task}
 
     run_dir = claim_run_dir(args.out, "rlhf-jax sft", "sft")
     write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
                                          "tokenizer": args.tokenizer, "pretrained": args.model})
-    bar = progress_bar("sft", args.no_progress)
-    task = bar.add_task("sft", total=config.steps, loss="-")
+    sft, _ = sft_stage(config, tokenizer, prompts, responses, run_dir, params=pretrained[1] if pretrained else None,
+                       show_progress=not args.no_progress)
 
-    def progress(step, loss):
-        if step % 10 == 0 or step + 1 == config.steps:
-            bar.update(task, completed=step + 1, loss=f"{loss:.3f}")
-
-    with bar:
-        result = train_sft(config, tokenizer, prompts, responses, progress=progress,
-                           params=pretrained[1] if pretrained else None)
-    model = TransformerLM(config.model)
-    write_json(run_dir / "metrics.json", {"train_loss": result.train_loss, "eval_step": result.eval_steps,
-                                          "eval_loss": result.eval_loss})
-    plot_lines(run_dir / "loss.png", {"train (per step)": (np.arange(1, config.steps + 1), result.train_loss),
-                                      "held-out": (result.eval_steps, result.eval_loss)},
-               xlabel="optimiser step", ylabel="cross-entropy per response token (nats)", title="SFT")
-    ckpt.save(run_dir / "checkpoint", result.params, model, tokenizer)
-
-    sample_prompts = list(prompts[: args.num_samples]) if args.data else reviews.prompts(args.num_samples, seed=1)
+    sample_prompts = list(prompts[: args.num_samples]) if task is None else task.prompts(args.num_samples, seed=1)
     max_new = max(1, new_token_room(tokenizer, sample_prompts, config.model.max_len, 48))
-    texts, ended, lengths = sample_responses(model, result.params, tokenizer, sample_prompts,
+    texts, ended, lengths = sample_responses(sft.lm, sft.params, tokenizer, sample_prompts,
                                              SamplingConfig(max_new_tokens=max_new), jax.random.PRNGKey(config.seed))
     samples = [{"prompt": p, "response": t, "ended_with_eos": bool(e)} for p, t, e in zip(sample_prompts, texts, ended)]
-    if args.data is None:
+    if task is not None:
         for s in samples:
-            s["gold_reward"] = reviews.gold_reward(s["response"], s["ended_with_eos"])
+            s["gold_reward"] = task.gold_reward(s["response"], s["ended_with_eos"])
     write_json(run_dir / "samples.json", samples)
     summary = {
         **source, "train_examples": len(prompts), "steps": config.steps,
-        "final_train_loss": float(result.train_loss[-10:].mean()), "heldout_loss": result.eval_loss[-1],
+        "final_train_loss": float(sft.train_loss[-10:].mean()), "heldout_loss": sft.eval_loss[-1],
         "eos_rate": float(np.mean(ended)), "mean_response_tokens": float(np.mean(lengths)),
-        "wall_s": result.wall_s, "device": str(jax.devices()[0].platform), "run_dir": str(run_dir),
+        "wall_s": sft.wall_s, "device": str(jax.devices()[0].platform), "run_dir": str(run_dir),
     }
-    if args.data is None:
+    if task is not None:
         summary["gold_reward_mean"] = float(np.mean([s["gold_reward"] for s in samples]))
     write_json(run_dir / "summary.json", summary)
     for s in samples[:4]:
         print(f"{s['prompt']!r} -> {s['response']!r}")
     print(f"held-out loss {summary['heldout_loss']:.3f} nats/token; EOS rate {summary['eos_rate']:.2f}; "
-          f"{config.steps} steps in {result.wall_s:.1f} s")
+          f"{config.steps} steps in {sft.wall_s:.1f} s")
     print(f"run folder: {run_dir}")
     return summary
 
@@ -267,25 +242,14 @@ def run_rm(args: RMArgs) -> dict:
 
     import jax
 
-    from ppo_jax.outputs import plot_lines, write_json
+    from ppo_jax.outputs import write_json
     from ppo_jax.rundir import check_run_dir, claim_run_dir
     from rlhf_jax import checkpoint as ckpt
-    from rlhf_jax.data import load_preferences, write_preferences
-    from rlhf_jax.preferences import (
-        bayes_accuracy,
-        make_preference_pairs,
-        new_token_room,
-        sample_responses,
-    )
-    from rlhf_jax.reward_model import (
-        RewardScorer,
-        calibration_bins,
-        rank_correlation,
-        train_reward_model,
-    )
+    from rlhf_jax.data import load_preferences
+    from rlhf_jax.preferences import bayes_accuracy, new_token_room, sample_responses
+    from rlhf_jax.reward_model import RewardScorer, calibration_bins, rank_correlation
     from rlhf_jax.sampling import SamplingConfig
-    from rlhf_jax.sft import train_sft
-    from rlhf_jax.tasks import reviews
+    from rlhf_jax.stages import Preferences, preference_stage, reward_model_stage, sft_stage, task_named
     from rlhf_jax.tokenizer import load_tokenizer
     from rlhf_jax.transformer import TransformerLM
 
@@ -294,8 +258,7 @@ def run_rm(args: RMArgs) -> dict:
         raise ValueError("model: give --model (a Hugging Face folder) or --init (our checkpoint), not both")
     config = _config_of(RMConfig, args, args.transformer)
     config.validate()
-    if args.data is None and args.task not in TASKS:
-        raise ValueError(f"task: unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
+    task = None if args.data is not None else task_named(args.task)
     if args.num_pairs <= 1:
         raise ValueError(f"num_pairs: must be at least 2, got {args.num_pairs}")
     if args.out:
@@ -308,75 +271,55 @@ def run_rm(args: RMArgs) -> dict:
         lm, lm_params, tokenizer = ckpt.load(args.init)
     else:
         lm, lm_params, tokenizer = None, None, load_tokenizer(args.tokenizer)
-    where = None
     if args.data is not None:
-        pairs, where = load_preferences(args.data)  # errors name the line before anything runs
+        prefs = Preferences(*load_preferences(args.data), bayes_accuracy=None)  # errors name the line, up front
     run_dir = claim_run_dir(args.out, "rlhf-jax rm", "rm")
     write_json(run_dir / "config.json", {**config.to_dict(), "task": None if args.data else args.task,
                                          "data": args.data, "init": args.init, "num_pairs": args.num_pairs,
                                          "tau": args.tau, "flip_prob": args.flip_prob, "sft_steps": args.sft_steps})
     summary: dict = {}
-    if args.data is None:
+    if task is not None:
         if lm is None:
             t0 = time.perf_counter()
             sft_config = SFTConfig(model=config.model, steps=args.sft_steps, max_length=config.max_length,
                                    seed=config.seed, warmup_steps=min(50, args.sft_steps // 10))
-            prompts, responses = reviews.sft_corpus(4096, seed=config.seed)
-            bar = progress_bar("sft", args.no_progress)
-            task = bar.add_task("sft", total=sft_config.steps, loss="-")
-            with bar:
-                sft = train_sft(sft_config, tokenizer, prompts, responses,
-                                progress=lambda s, l: bar.update(task, completed=s + 1, loss=f"{l:.3f}"))
-            lm, lm_params = TransformerLM(sft_config.model), sft.params
-            ckpt.save(run_dir / "sft_checkpoint", lm_params, lm, tokenizer)
+            prompts, responses = task.sft_corpus(4096, seed=config.seed)
+            sft, _ = sft_stage(sft_config, tokenizer, prompts, responses, run_dir / "sft",
+                               show_progress=not args.no_progress)
+            lm, lm_params = sft.lm, sft.params
             wall["sft"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pair_prompts = reviews.prompts(args.num_pairs, seed=config.seed + 1)
-        sampling = SamplingConfig(max_new_tokens=new_token_room(tokenizer, pair_prompts, lm.config.max_len, 40))
-        pairs, bayes = make_preference_pairs(lm, lm_params, tokenizer, pair_prompts,
-                                             reviews.gold_reward, sampling=sampling, tau=args.tau,
-                                             flip_prob=args.flip_prob, seed=config.seed)
-        write_preferences(run_dir / "pairs.jsonl", pairs)
-        summary["bayes_accuracy"] = bayes
+        prefs, _ = preference_stage(task, lm, lm_params, tokenizer, run_dir, num_pairs=args.num_pairs, tau=args.tau,
+                                    flip_prob=args.flip_prob, max_new_tokens=40, seed=config.seed)
+        summary["bayes_accuracy"] = prefs.bayes_accuracy
         wall["pairs"] = time.perf_counter() - t0
-    bar = progress_bar("reward model", args.no_progress)
-    task = bar.add_task("rm", total=None, loss="-")
     t0 = time.perf_counter()
-    with bar:
-        result = train_reward_model(config, tokenizer, pairs, init_params_from=lm_params,
-                                    model_config=lm.config if lm is not None else None, where=where,
-                                    progress=lambda s, n, l: bar.update(task, completed=s, total=n, loss=f"{l:.3f}"))
+    rm, _ = reward_model_stage(config, tokenizer, prefs, run_dir, init_params=lm_params,
+                               model_config=lm.config if lm is not None else None, show_progress=not args.no_progress)
+    result = rm.result
     wall["reward_model"] = time.perf_counter() - t0
     if result.truncated:
-        print(f"rm: {result.truncated} of {2 * len(pairs)} sequences were longer than max_length={config.max_length} "
-              f"and were truncated (prompt start first, EOS kept; --overlong reject makes this an error)")
-    ckpt.save(run_dir / "checkpoint", result.params, result.model, tokenizer,
-              extra={"reward_norm": result.norm, "max_length": config.max_length})
-    write_json(run_dir / "metrics.json", result.history)
-    epochs = [h["epoch"] for h in result.history]
-    plot_lines(run_dir / "accuracy.png", {"train": (epochs, [h["train_accuracy"] for h in result.history]),
-                                          "held-out": (epochs, [h["heldout_accuracy"] for h in result.history])},
-               xlabel="epoch", ylabel="pairwise accuracy", title="Reward model accuracy")
-    calib = calibration_bins(*result.heldout_scores)
-    plot_lines(run_dir / "calibration.png", {"reward model": (calib["predicted"], calib["empirical"]),
-                                             "perfect": ([0, 1], [0, 1])},
-               xlabel="predicted P(first preferred)", ylabel="empirical frequency", title="Held-out calibration")
+        print(f"rm: {result.truncated} of {2 * len(prefs.pairs)} sequences were longer than "
+              f"max_length={config.max_length} and were truncated (prompt start first, EOS kept; "
+              f"--overlong reject makes this an error)")
     last = result.history[-1]
     summary.update({
-        "train_pairs": len(pairs) - len(result.heldout_index), "heldout_pairs": len(result.heldout_index),
+        "train_pairs": len(prefs.pairs) - len(result.heldout_index), "heldout_pairs": len(result.heldout_index),
         "heldout_accuracy": last["heldout_accuracy"], "heldout_loss": last["heldout_loss"],
         "heldout_expected_accuracy": last.get("heldout_expected_accuracy"),
         "heldout_reward_gap": last["heldout_reward_gap"], "truncated_sequences": result.truncated,
-        "calibration": calib, "reward_norm": result.norm, "run_dir": str(run_dir),
+        "calibration": calibration_bins(*result.heldout_scores), "reward_norm": result.norm, "run_dir": str(run_dir),
         "device": str(jax.devices()[0].platform),
     })
-    if args.data is None:
-        summary["heldout_bayes_accuracy"] = bayes_accuracy([pairs[i]["label_prob"] for i in result.heldout_index])
+    if task is not None:
+        summary["heldout_bayes_accuracy"] = bayes_accuracy([prefs.pairs[i]["label_prob"]
+                                                            for i in result.heldout_index])
         t0 = time.perf_counter()
-        fresh = reviews.prompts(256, seed=config.seed + 2)
+        fresh = task.prompts(256, seed=config.seed + 2)
         sampling = SamplingConfig(max_new_tokens=new_token_room(tokenizer, fresh, lm.config.max_len, 40))
-        texts, ended, _ = sample_responses(lm, lm_params, tokenizer, fresh, sampling, jax.random.PRNGKey(config.seed + 3))
-        gold = [reviews.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
+        texts, ended, _ = sample_responses(lm, lm_params, tokenizer, fresh, sampling,
+                                           jax.random.PRNGKey(config.seed + 3))
+        gold = [task.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
         scores = RewardScorer(result.model, result.params, tokenizer, norm=result.norm,
                               max_length=config.max_length).score(fresh, texts)
         summary["gold_rank_correlation"] = rank_correlation(scores, gold)
@@ -434,31 +377,22 @@ def run_generate(args: GenerateArgs) -> list[dict]:
     return samples
 
 
+COMMANDS = {"sft": (SFTArgs, run_sft), "rm": (RMArgs, run_rm), "pipeline": (PipelineArgs, run_pipeline_command),
+            "generate": (GenerateArgs, run_generate), "export": (ExportArgs, run_export)}
+
+
 def main(argv: list[str] | None = None) -> None:
     import tyro
 
     from ppo_jax import compile_cache
 
     compile_cache.enable()
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        raise SystemExit(0 if argv else 2)
-    command, rest = argv[0], argv[1:]
+    args = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, prog="rlhf-jax",
+                                                args=sys.argv[1:] if argv is None else argv,
+                                                description="SFT, reward models and RLHF-PPO in JAX.")
+    run = next(run for cls, run in COMMANDS.values() if type(args) is cls)
     try:
-        if command == "sft":
-            run_sft(tyro.cli(SFTArgs, args=rest, prog="rlhf-jax sft"))
-        elif command == "rm":
-            run_rm(tyro.cli(RMArgs, args=rest, prog="rlhf-jax rm"))
-        elif command == "pipeline":
-            run_pipeline_command(tyro.cli(PipelineArgs, args=rest, prog="rlhf-jax pipeline"))
-        elif command == "generate":
-            run_generate(tyro.cli(GenerateArgs, args=rest, prog="rlhf-jax generate"))
-        elif command == "export":
-            run_export(tyro.cli(ExportArgs, args=rest, prog="rlhf-jax export"))
-        else:
-            _fail(f"unknown command {command!r}; expected sft, rm, pipeline, generate or export")
+        run(args)
     except (ValueError, OSError) as err:
         _fail(str(err))
     except FloatingPointError as err:  # a diverged run: the message names the iteration and checkpoint

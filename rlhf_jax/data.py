@@ -14,8 +14,9 @@ def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequenc
                numbered: bool = False) -> list[dict]:
     """Objects of ``path`` with the required string ``fields`` (non-empty) and any ``optional`` ones.
 
-    With ``numbered`` each row also has ``"_line"``, its line number. Blank lines are skipped; a line that is not a JSON object, lacks a field, or has an
-    empty or non-string one raises ``ValueError("FILE:LINE: ...")``.
+    With ``numbered`` each row also has ``"_line"``, its line number. Blank lines are skipped;
+    a line that is not a JSON object, lacks a field, or has an empty or non-string one raises
+    ``ValueError("FILE:LINE: ...")``.
     """
     rows = []
     try:
@@ -109,10 +110,12 @@ def _numbered(rows):
 
 
 def write_preferences(path: str | os.PathLike, pairs: Sequence[dict]) -> None:
-    """Writes pairs as JSONL (``prompt``, ``chosen``, ``rejected``, ``margin``), atomically."""
+    """Writes pairs as JSONL (``prompt``, ``chosen``, ``rejected``, ``margin`` and, for sampled
+    pairs, the labeller's ``label_prob``), atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for p in pairs:
-            f.write(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected", "margin") if k in p}) + "\n")
+            keys = ("prompt", "chosen", "rejected", "margin", "label_prob")
+            f.write(json.dumps({k: p[k] for k in keys if k in p}) + "\n")
 
 
 def padded_chunks(items: Sequence, batch_size: int):

@@ -1,7 +1,8 @@
 """SFT -> preference pairs -> reward model -> PPO on a built-in task, into one run folder.
 
-Stages (each writes its checkpoint and metrics under the run folder, and its wall time
-to ``summary.json``):
+The stages are the functions of :mod:`rlhf_jax.stages` (each writes its checkpoint and
+metrics under the run folder, and its wall time to ``summary.json``; a resumed run loads
+the finished ones):
 
 1. ``sft/``: supervised fine-tuning on the task's corpus;
 2. ``rm/``: response pairs sampled from the SFT policy, labelled by Bradley-Terry sampling
@@ -18,48 +19,36 @@ to ``summary.json``):
 from __future__ import annotations
 
 import dataclasses
-import math
-import shutil
 import time
 from dataclasses import dataclass, field
-from math import nan
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import jax
 import numpy as np
 
-from ppo_jax.checkpoint import RunCheckpoints
 from ppo_jax.interrupt import Interrupted
 from ppo_jax.outputs import plot_lines, read_json, write_json
 from ppo_jax.rundir import check_resumable, claim_run_dir
 from ppo_jax.validation import config_from_dict, require_finite
-from rlhf_jax import checkpoint as ckpt
-from rlhf_jax.best_of_n import best_of_n_curve
-from rlhf_jax.data import load_preferences, load_prompts, load_sft, padded_chunks, write_preferences
+from rlhf_jax.data import load_preferences, load_prompts, load_sft, write_preferences
 from rlhf_jax.hf import load_pretrained
-from rlhf_jax.ppo_trainer import (
-    PromptSource,
-    RLHFConfig,
-    decode_responses,
-    evaluate_policy,
-    frozen_params,
-    init_state,
-    make_programs,
-    train_rlhf,
+from rlhf_jax.ppo_trainer import PromptSource, RLHFConfig, evaluate_policy, frozen_params, make_programs
+from rlhf_jax.reward_model import RMConfig
+from rlhf_jax.sft import SFTConfig
+from rlhf_jax.stages import (
+    Preferences,
+    best_of_n_stage,
+    ppo_stage,
+    preference_stage,
+    reward_model_stage,
+    sft_stage,
+    sqrt_kl,
+    task_named,
 )
-from rlhf_jax.preferences import make_preference_pairs, new_token_room
-from rlhf_jax.progress import progress_bar
-from rlhf_jax.reward_model import RMConfig, train_reward_model
-from rlhf_jax.sampling import SamplingConfig
-from rlhf_jax.sft import SFTConfig, train_sft
-from rlhf_jax.tasks import reviews
 from rlhf_jax.tokenizer import ByteTokenizer
-from rlhf_jax.transformer import TransformerLM
 
 COMMAND = "rlhf-jax pipeline"
-TASKS = {"reviews": reviews}
 MODES = ("proxy", "gold", "best-of-n")
 
 
@@ -118,8 +107,7 @@ class PipelineConfig:
 
     def validate(self) -> None:
         require_finite(self)
-        if self.task not in TASKS:
-            raise ValueError(f"task: unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        task_named(self.task)
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ValueError(f"modes: each must be one of {', '.join(MODES)}, got {list(self.modes)}")
@@ -222,7 +210,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
 def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, tok, sft_config: SFTConfig,
             pretrained_params, show_progress: bool, log: Callable[[str], None]) -> dict:
     """The stages of :func:`run_pipeline`, in ``run_dir`` (already claimed or checked)."""
-    task = TASKS[config.task]
+    task = task_named(config.task)
     modes = config.run_modes
     wall: dict[str, float] = {}
     reused: list[str] = []
@@ -230,67 +218,38 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
                      "device": str(jax.devices()[0].platform), "wall_s": wall, "stages_loaded_on_resume": reused}
     gold_fn = None if config.own_data else lambda prompt, response, ended: task.gold_reward(response, ended)  # noqa: E731
 
+    def stage(name: str, call: Callable):
+        """Runs (or, resuming, loads) one stage; its wall time, or its name among those loaded."""
+        t0 = time.perf_counter()
+        result, loaded = call()
+        if loaded:
+            reused.append(name)
+        else:
+            wall[name] = time.perf_counter() - t0
+        return result
+
     # 1. SFT
-    t0 = time.perf_counter()
-    if resume and (run_dir / "sft" / "metrics.json").exists():
-        lm, sft_params, _ = ckpt.load(run_dir / "sft" / "checkpoint")
-        sft = SimpleNamespace(params=sft_params,
-                              eval_loss=read_json(run_dir / "sft" / "metrics.json")["eval_loss"])
-        reused.append("sft")
-    else:
-        prompts, responses = data["sft"] or task.sft_corpus(config.sft_examples, seed=sft_config.seed)
-        bar = progress_bar("sft", not show_progress)
-        with bar:
-            job = bar.add_task("sft", total=sft_config.steps, loss="-")
-            sft = train_sft(sft_config, tok, prompts, responses, params=pretrained_params,
-                            progress=lambda s, l: bar.update(job, completed=s + 1, loss=f"{l:.3f}"))
-        lm = TransformerLM(sft_config.model)
-        _clear(run_dir / "sft" / "checkpoint")
-        ckpt.save(run_dir / "sft" / "checkpoint", sft.params, lm, tok)
-        write_json(run_dir / "sft" / "metrics.json", {"train_loss": sft.train_loss, "eval_step": sft.eval_steps,
-                                                      "eval_loss": sft.eval_loss})
-        wall["sft"] = time.perf_counter() - t0
+    prompts, responses = data["sft"] or task.sft_corpus(config.sft_examples, seed=sft_config.seed)
+    sft = stage("sft", lambda: sft_stage(sft_config, tok, prompts, responses, run_dir / "sft",
+                                         params=pretrained_params, show_progress=show_progress, resume=resume))
     summary["sft_heldout_loss"] = sft.eval_loss[-1] if sft.eval_loss else float("nan")
     log(f"sft: held-out loss {summary['sft_heldout_loss']:.3f} nats/token ({wall.get('sft', 0.0):.0f} s)")
 
     # 2. Preference pairs and the reward model
-    rm_config = _stage_seed(config.rm, config.seed)
-    if resume and (run_dir / "rm" / "metrics.json").exists():
-        rm_model, rm_params, _ = ckpt.load(run_dir / "rm" / "checkpoint")
-        extra = ckpt.load_extra(run_dir / "rm" / "checkpoint")
-        rm = SimpleNamespace(model=rm_model, params=rm_params, norm=extra["reward_norm"],
-                             history=read_json(run_dir / "rm" / "metrics.json"))
-        bayes = extra["bayes_accuracy"]
-        reused.append("reward_model")
+    rm_dir = run_dir / "rm"
+    if data["pairs"] is not None:
+        prefs = Preferences(*data["pairs"], bayes_accuracy=None)
+        write_preferences(rm_dir / "pairs.jsonl", prefs.pairs)
     else:
-        t0 = time.perf_counter()
-        if data["pairs"] is not None:
-            (pairs, where), bayes = data["pairs"], None
-        else:
-            pair_prompts = task.prompts(config.num_pairs, seed=config.seed + 1)
-            sampling = SamplingConfig(max_new_tokens=new_token_room(tok, pair_prompts, lm.config.max_len,
-                                                                    config.ppo.max_new_tokens))
-            pairs, bayes = make_preference_pairs(lm, sft.params, tok, pair_prompts, task.gold_reward,
-                                                 sampling=sampling, tau=config.tau, flip_prob=config.flip_prob,
-                                                 seed=config.seed)
-            where = None
-        write_preferences(run_dir / "rm" / "pairs.jsonl", pairs)
-        wall["pairs"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        bar = progress_bar("reward model", not show_progress)
-        with bar:
-            job = bar.add_task("rm", total=None, loss="-")
-            rm = train_reward_model(rm_config, tok, pairs, init_params_from=sft.params, model_config=lm.config,
-                                    where=where,
-                                    progress=lambda s, n, l: bar.update(job, completed=s, total=n, loss=f"{l:.3f}"))
-        _clear(run_dir / "rm" / "checkpoint")
-        ckpt.save(run_dir / "rm" / "checkpoint", rm.params, rm.model, tok,
-                  extra={"reward_norm": rm.norm, "max_length": rm_config.max_length, "bayes_accuracy": bayes})
-        write_json(run_dir / "rm" / "metrics.json", rm.history)
-        wall["reward_model"] = time.perf_counter() - t0
-    summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=bayes,
+        prefs = stage("pairs", lambda: preference_stage(
+            task, sft.lm, sft.params, tok, rm_dir, num_pairs=config.num_pairs, tau=config.tau,
+            flip_prob=config.flip_prob, max_new_tokens=config.ppo.max_new_tokens, seed=config.seed, resume=resume))
+    rm = stage("reward_model", lambda: reward_model_stage(
+        _stage_seed(config.rm, config.seed), tok, prefs, rm_dir, init_params=sft.params, model_config=sft.lm.config,
+        show_progress=show_progress, resume=resume))
+    summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=rm.bayes_accuracy,
                    rm_heldout_expected_accuracy=rm.history[-1].get("heldout_expected_accuracy"))
-    ceiling = f"Bayes ceiling {bayes:.3f}; " if bayes is not None else ""
+    ceiling = f"Bayes ceiling {rm.bayes_accuracy:.3f}; " if rm.bayes_accuracy is not None else ""
     log(f"reward model: held-out accuracy {summary['rm_heldout_accuracy']:.3f} ({ceiling}"
         f"{wall.get('pairs', 0.0) + wall.get('reward_model', 0.0):.0f} s)")
 
@@ -303,11 +262,11 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
                                                                                   seed=config.seed + 3)
     source = PromptSource(tok, pool, also=eval_prompts)
     width = source.width
-    max_new = min(ppo_config.max_new_tokens, lm.config.max_len - width)
+    max_new = min(ppo_config.max_new_tokens, sft.lm.config.max_len - width)
     if max_new <= 0:
-        raise ValueError(f"sft.model.max_len: {lm.config.max_len} leaves no room for a response after "
+        raise ValueError(f"sft.model.max_len: {sft.lm.config.max_len} leaves no room for a response after "
                          f"{width}-token prompts")
-    programs = make_programs(ppo_config, lm.config, rm.model, prompt_len=width, max_new_tokens=max_new,
+    programs = make_programs(ppo_config, sft.lm.config, rm.model, prompt_len=width, max_new_tokens=max_new,
                              eos_id=tok.eos_id, pad_id=tok.pad_id)
     ref_frozen, rm_frozen = frozen_params(ppo_config, (sft.params, rm.params))
     evaluate = lambda params, key: evaluate_policy(  # noqa: E731
@@ -324,11 +283,9 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
 
     curves_gold, curves_proxy = {}, {}
     if "best-of-n" in modes:
-        t0 = time.perf_counter()
-        rows = _best_of_n(programs, sft.params, tok, source, eval_prompts, config.best_of_n, rm, gold_fn,
-                          ppo_config.batch_size, jax.random.PRNGKey(config.seed + 5))
-        write_json(run_dir / "best_of_n" / "curve.json", rows)
-        wall["best_of_n"] = time.perf_counter() - t0
+        rows = stage("best_of_n", lambda: best_of_n_stage(
+            programs, sft.params, tok, source, eval_prompts, config.best_of_n, rm, gold_fn, ppo_config.batch_size,
+            jax.random.PRNGKey(config.seed + 5), run_dir / "best_of_n", resume=resume))
         summary["best_of_n"] = rows
         curves_gold["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["gold_reward"] for r in rows])
         curves_proxy["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["proxy_reward"] for r in rows])
@@ -338,42 +295,18 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
     for mode in ("proxy", "gold"):
         if mode not in modes:
             continue
-        t0 = time.perf_counter()
-        folder = run_dir / f"ppo_{mode}"
-        if resume and (folder / "final.json").exists():
-            history = read_json(folder / "metrics.json")
-            after = read_json(folder / "final.json")
-            reused.append(f"ppo_{mode}")
-        else:
-            state = init_state(ppo_config, programs, sft.params, rm.params)
-            checkpoints = RunCheckpoints(folder / "checkpoints") if config.checkpoint_every > 0 else None
-            bar = progress_bar(f"ppo ({mode})", not show_progress,
-                               "gold {task.fields[gold]} proxy {task.fields[proxy]} kl {task.fields[kl]}")
-            with bar:
-                job = bar.add_task("ppo", total=ppo_config.iterations, gold="-", proxy="-", kl="-")
-                result = train_rlhf(ppo_config, programs, state, ref_params=ref_frozen, tokenizer=tok, prompts=source,
-                                    rm_params=rm_frozen, rm_norm=rm.norm, reward=mode, gold_reward=gold_fn,
-                                    progress=lambda i, r: bar.update(job, completed=i + 1,
-                                                                     gold=f"{r.get('gold_reward', nan):.3f}",
-                                                                     proxy=f"{r['proxy_reward']:.3f}",
-                                                                     kl=f"{r['kl_exact']:.2f}"),
-                                    checkpoints=checkpoints, checkpoint_every=config.checkpoint_every)
-            history = result.history
-            after = evaluate(result.state.policy_params, eval_key)
-            _clear(folder / "checkpoint")
-            ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, tok)
-            write_json(folder / "samples.json", after.pop("samples"))
-            write_json(folder / "metrics.json", history)
-            write_json(folder / "final.json", after)  # last: it marks the stage done
-            wall[f"ppo_{mode}"] = time.perf_counter() - t0
+        ppo = stage(f"ppo_{mode}", lambda mode=mode: ppo_stage(
+            ppo_config, programs, sft.params, rm, run_dir / f"ppo_{mode}", reward=mode, tokenizer=tok, source=source,
+            ref_params=ref_frozen, rm_params=rm_frozen, gold_reward=gold_fn, evaluate=evaluate, eval_key=eval_key,
+            checkpoint_every=config.checkpoint_every, show_progress=show_progress, resume=resume))
+        history, after = ppo.history, ppo.final
         summary[f"ppo_{mode}"] = {**after, "iterations": ppo_config.iterations,
                                   "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in history[1:]]
                                                                     or [history[0][f"time_{p}"]]))
                                                    for p in ("sample", "score", "update")}}
-        sqrt_kl = [math.sqrt(max(h["kl_exact"], 0.0)) for h in history]
         if gold_fn is not None:
-            curves_gold[f"PPO on {mode} reward"] = (sqrt_kl, [h["gold_reward"] for h in history])
-        curves_proxy[f"PPO on {mode} reward"] = (sqrt_kl, [h["proxy_reward"] for h in history])
+            curves_gold[f"PPO on {mode} reward"] = (sqrt_kl(history), [h["gold_reward"] for h in history])
+        curves_proxy[f"PPO on {mode} reward"] = (sqrt_kl(history), [h["proxy_reward"] for h in history])
         log(f"ppo ({mode}): gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
             f"KL {after['kl']:.2f} nats/sequence ({wall.get(f'ppo_{mode}', 0.0):.0f} s)")
     final = summary.get("ppo_proxy") or summary.get("ppo_gold")
@@ -387,28 +320,3 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
                        ylabel=label, title=f"{config.task}: {label} against KL")
     write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def _clear(checkpoint_dir: Path) -> None:
-    """Removes what a killed run left of a stage's checkpoint: the stage runs again."""
-    if checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
-
-
-def _best_of_n(programs, sft_params, tok, source: PromptSource, eval_prompts, ns, rm, gold_fn, batch_size,
-               key) -> list[dict]:
-    """Samples max(ns) responses per evaluation prompt from the SFT policy and scores them."""
-    n_max = max(ns)
-    proxy = np.zeros((len(eval_prompts), n_max))
-    gold = np.zeros((len(eval_prompts), n_max))
-    for j in range(n_max):
-        for i, (chunk, real) in enumerate(padded_chunks(eval_prompts, batch_size)):
-            start = i * batch_size
-            ids, mask = source.encode(chunk)
-            key, k = jax.random.split(key)
-            gen = programs.generate(sft_params, ids, mask, k)
-            proxy[start:start + real, j] = np.asarray(programs.score(rm.params, gen, rm.norm["mean"],
-                                                                     rm.norm["std"]))[:real]
-            texts, ended = decode_responses(tok, gen)
-            gold[start:start + real, j] = [gold_fn(p, y, bool(e)) for p, y, e in zip(chunk, texts, ended)][:real]
-    return best_of_n_curve(proxy, gold, ns)

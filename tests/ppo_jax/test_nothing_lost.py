@@ -276,13 +276,13 @@ def test_non_finite_and_overlong_data_name_file_and_line(tmp_path, capsys):
 
 
 def test_an_interrupted_pipeline_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    import rlhf_jax.pipeline as pipeline
+    import rlhf_jax.stages as stages
     from ppo_jax.interrupt import Interrupted
 
     def stopped(*args, **kwargs):  # the PPO stage, as Ctrl-C leaves it after its checkpoint 1 of 2
         raise Interrupted(1, 2, tmp_path / "pipe" / "ppo_proxy" / "checkpoints" / "1")
 
-    monkeypatch.setattr(pipeline, "train_rlhf", stopped)
+    monkeypatch.setattr(stages, "train_rlhf", stopped)
     tiny = ["--sft.model.num-layers", "1", "--sft.model.d-model", "16", "--sft.model.num-heads", "2",
             "--sft.steps", "4", "--sft.warmup-steps", "1", "--sft.batch-size", "8", "--sft-examples", "32",
             "--num-pairs", "32", "--rm.epochs", "1", "--rm.batch-size", "8", "--modes", "proxy",

@@ -135,7 +135,7 @@ def test_pipeline_writes_every_stage_and_the_summary(tmp_path, capsys):
     (ckpts / "2").rename(ckpts / "2.orbax-checkpoint-tmp-1764300000000000")
     main(["pipeline", "--resume", str(killed), "--no-progress"])
     resumed = json.loads((killed / "summary.json").read_text())
-    assert resumed["stages_loaded_on_resume"] == ["sft", "reward_model", "ppo_proxy"]
+    assert resumed["stages_loaded_on_resume"] == ["sft", "pairs", "reward_model", "best_of_n", "ppo_proxy"]
     _, whole_params, _ = ckpt.load(run / "ppo_gold" / "checkpoint")
     _, resumed_params, _ = ckpt.load(killed / "ppo_gold" / "checkpoint")
     jax.tree.map(np.testing.assert_array_equal, resumed_params, whole_params)

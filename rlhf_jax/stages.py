@@ -1,0 +1,257 @@
+"""The stages of SFT -> preference pairs -> reward model -> PPO, one function each.
+
+``rlhf-jax pipeline`` calls them in order into one run folder; ``rlhf-jax sft`` and
+``rlhf-jax rm`` call the ones they need. Each stage writes into its own folder and, last,
+the file that marks it finished; with ``resume=True`` a finished stage is loaded from that
+folder instead of run again (:func:`load_or_run`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from math import nan
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from ppo_jax.checkpoint import RunCheckpoints
+from ppo_jax.outputs import plot_lines, read_json, write_json
+from rlhf_jax import checkpoint as ckpt
+from rlhf_jax.best_of_n import best_of_n_curve
+from rlhf_jax.data import padded_chunks, write_preferences
+from rlhf_jax.ppo_trainer import PromptSource, RLHFConfig, decode_responses, init_state, train_rlhf
+from rlhf_jax.preferences import make_preference_pairs, new_token_room
+from rlhf_jax.progress import progress_bar
+from rlhf_jax.reward_model import RMConfig, RMResult, calibration_bins, train_reward_model
+from rlhf_jax.sampling import SamplingConfig
+from rlhf_jax.sft import SFTConfig, train_sft
+from rlhf_jax.tasks import reviews
+from rlhf_jax.transformer import TransformerLM
+
+TASKS = {"reviews": reviews}
+"""Built-in offline tasks: an SFT corpus, prompts and a gold reward each."""
+
+
+def task_named(name: str):
+    if name not in TASKS:
+        raise ValueError(f"task: unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def load_or_run(marker: Path, load: Callable, run: Callable, resume: bool):
+    """``(load(), True)`` when resuming and ``marker`` (the file a stage writes last) exists,
+    else ``(run(), False)``."""
+    if resume and marker.exists():
+        return load(), True
+    return run(), False
+
+
+def _clear(checkpoint_dir: Path) -> None:
+    """Removes what a killed run left of a stage's checkpoint: the stage runs again."""
+    if checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+
+
+@dataclass
+class SFTStage:
+    lm: TransformerLM
+    params: dict
+    eval_loss: list[float]
+    wall_s: float = 0.0
+    train_loss: np.ndarray | None = None
+    """Per optimiser step; None when loaded."""
+
+
+def sft_stage(config: SFTConfig, tokenizer, prompts: Sequence[str], responses: Sequence[str], folder: Path, *,
+              params=None, show_progress: bool = True, resume: bool = False) -> tuple[SFTStage, bool]:
+    """Supervised fine-tuning (from ``params``, else from scratch) into ``folder``:
+    ``checkpoint/``, ``loss.png`` and ``metrics.json`` (the marker). Returns the stage and
+    whether it was loaded."""
+    def run() -> SFTStage:
+        bar = progress_bar("sft", not show_progress)
+        with bar:
+            job = bar.add_task("sft", total=config.steps, loss="-")
+            result = train_sft(config, tokenizer, prompts, responses, params=params,
+                               progress=lambda s, loss: bar.update(job, completed=s + 1, loss=f"{loss:.3f}"))
+        lm = TransformerLM(config.model)
+        _clear(folder / "checkpoint")
+        ckpt.save(folder / "checkpoint", result.params, lm, tokenizer)
+        plot_lines(folder / "loss.png", {"train (per step)": (np.arange(1, config.steps + 1), result.train_loss),
+                                         "held-out": (result.eval_steps, result.eval_loss)},
+                   xlabel="optimiser step", ylabel="cross-entropy per response token (nats)", title="SFT")
+        write_json(folder / "metrics.json", {"train_loss": result.train_loss, "eval_step": result.eval_steps,
+                                             "eval_loss": result.eval_loss})
+        return SFTStage(lm, result.params, result.eval_loss, result.wall_s, result.train_loss)
+
+    def load() -> SFTStage:
+        lm, loaded, _ = ckpt.load(folder / "checkpoint")
+        return SFTStage(lm, loaded, read_json(folder / "metrics.json")["eval_loss"])
+
+    return load_or_run(folder / "metrics.json", load, run, resume)
+
+
+@dataclass
+class Preferences:
+    pairs: list[dict]
+    where: list[str] | None
+    """``FILE:LINE`` of each pair read from a file, for errors; None for sampled pairs."""
+    bayes_accuracy: float | None
+    """The labeller's ceiling on sampled pairs; None for a file's pairs (no labeller known)."""
+
+
+def preference_stage(task, lm: TransformerLM, params, tokenizer, folder: Path, *, num_pairs: int, tau: float,
+                     flip_prob: float, max_new_tokens: int, seed: int,
+                     resume: bool = False) -> tuple[Preferences, bool]:
+    """Response pairs sampled from the policy ``(lm, params)`` on the task's prompts and
+    labelled by Bradley-Terry sampling on its gold reward, into ``folder``: ``pairs.jsonl``
+    and ``preferences.json`` (the marker, with the Bayes ceiling)."""
+    def run() -> Preferences:
+        prompts = task.prompts(num_pairs, seed=seed + 1)
+        sampling = SamplingConfig(max_new_tokens=new_token_room(tokenizer, prompts, lm.config.max_len, max_new_tokens))
+        pairs, bayes = make_preference_pairs(lm, params, tokenizer, prompts, task.gold_reward, sampling=sampling,
+                                             tau=tau, flip_prob=flip_prob, seed=seed)
+        write_preferences(folder / "pairs.jsonl", pairs)
+        write_json(folder / "preferences.json", {"pairs": len(pairs), "bayes_accuracy": bayes})
+        return Preferences(pairs, None, bayes)
+
+    def load() -> Preferences:
+        # Our own file, as written: a sampled response may be empty, which user data may not.
+        lines = (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
+        pairs = [json.loads(line) for line in lines]
+        return Preferences(pairs, None, read_json(folder / "preferences.json")["bayes_accuracy"])
+
+    return load_or_run(folder / "preferences.json", load, run, resume)
+
+
+@dataclass
+class RewardModelStage:
+    model: TransformerLM
+    params: dict
+    norm: dict
+    """Mean and std of the rewards on the training pairs (the PPO stage normalises with them)."""
+    history: list[dict]
+    bayes_accuracy: float | None
+    result: RMResult | None = None
+    """The whole training result (held-out scores, truncation count); None when loaded."""
+
+
+def reward_model_stage(config: RMConfig, tokenizer, prefs: Preferences, folder: Path, *, init_params=None,
+                       model_config=None, show_progress: bool = True,
+                       resume: bool = False) -> tuple[RewardModelStage, bool]:
+    """The Bradley-Terry reward model (from ``init_params``, an LM's, when given) into
+    ``folder``: ``checkpoint/``, ``accuracy.png``, ``calibration.png`` and ``metrics.json``
+    (the marker)."""
+    def run() -> RewardModelStage:
+        bar = progress_bar("reward model", not show_progress)
+        with bar:
+            job = bar.add_task("rm", total=None, loss="-")
+            result = train_reward_model(config, tokenizer, prefs.pairs, init_params_from=init_params,
+                                        model_config=model_config, where=prefs.where,
+                                        progress=lambda s, n, loss: bar.update(job, completed=s, total=n,
+                                                                              loss=f"{loss:.3f}"))
+        _clear(folder / "checkpoint")
+        ckpt.save(folder / "checkpoint", result.params, result.model, tokenizer,
+                  extra={"reward_norm": result.norm, "max_length": config.max_length,
+                         "bayes_accuracy": prefs.bayes_accuracy})
+        epochs = [h["epoch"] for h in result.history]
+        plot_lines(folder / "accuracy.png", {"train": (epochs, [h["train_accuracy"] for h in result.history]),
+                                             "held-out": (epochs, [h["heldout_accuracy"] for h in result.history])},
+                   xlabel="epoch", ylabel="pairwise accuracy", title="Reward model accuracy")
+        calib = calibration_bins(*result.heldout_scores)
+        plot_lines(folder / "calibration.png", {"reward model": (calib["predicted"], calib["empirical"]),
+                                                "perfect": ([0, 1], [0, 1])},
+                   xlabel="predicted P(first preferred)", ylabel="empirical frequency", title="Held-out calibration")
+        write_json(folder / "metrics.json", result.history)
+        return RewardModelStage(result.model, result.params, result.norm, result.history, prefs.bayes_accuracy,
+                                result)
+
+    def load() -> RewardModelStage:
+        model, params, _ = ckpt.load(folder / "checkpoint")
+        extra = ckpt.load_extra(folder / "checkpoint")
+        return RewardModelStage(model, params, extra["reward_norm"], read_json(folder / "metrics.json"),
+                                extra.get("bayes_accuracy"))
+
+    return load_or_run(folder / "metrics.json", load, run, resume)
+
+
+def best_of_n_stage(programs, sft_params, tokenizer, source: PromptSource, eval_prompts: Sequence[str],
+                    ns: Sequence[int], rm: RewardModelStage, gold_reward: Callable, batch_size: int, key: jax.Array,
+                    folder: Path, resume: bool = False) -> tuple[list[dict], bool]:
+    """The best-of-n baseline: ``max(ns)`` responses per evaluation prompt from the SFT policy,
+    the proxy's pick scored by the gold reward, into ``folder/curve.json`` (the marker)."""
+    def run() -> list[dict]:
+        n_max = max(ns)
+        proxy = np.zeros((len(eval_prompts), n_max))
+        gold = np.zeros((len(eval_prompts), n_max))
+        k = key
+        for j in range(n_max):
+            for i, (chunk, real) in enumerate(padded_chunks(eval_prompts, batch_size)):
+                start = i * batch_size
+                ids, mask = source.encode(chunk)
+                k, k_gen = jax.random.split(k)
+                gen = programs.generate(sft_params, ids, mask, k_gen)
+                proxy[start:start + real, j] = np.asarray(programs.score(rm.params, gen, rm.norm["mean"],
+                                                                         rm.norm["std"]))[:real]
+                texts, ended = decode_responses(tokenizer, gen)
+                gold[start:start + real, j] = [gold_reward(p, y, bool(e))
+                                               for p, y, e in zip(chunk, texts, ended)][:real]
+        rows = best_of_n_curve(proxy, gold, ns)
+        write_json(folder / "curve.json", rows)
+        return rows
+
+    return load_or_run(folder / "curve.json", lambda: read_json(folder / "curve.json"), run, resume)
+
+
+@dataclass
+class PPOStage:
+    history: list[dict]
+    """Per-iteration metrics."""
+    final: dict
+    """The evaluation of the final policy on the held-out prompts."""
+
+
+def ppo_stage(config: RLHFConfig, programs, sft_params, rm: RewardModelStage, folder: Path, *, reward: str,
+              tokenizer, source: PromptSource, ref_params, rm_params, gold_reward: Callable | None,
+              evaluate: Callable, eval_key: jax.Array, checkpoint_every: int, show_progress: bool = True,
+              resume: bool = False) -> tuple[PPOStage, bool]:
+    """RLHF-PPO from the SFT policy against ``reward`` (``"proxy"``: the reward model;
+    ``"gold"``: the task's gold reward) into ``folder``: periodic ``checkpoints/`` (a resumed
+    stage continues from its newest intact one), ``checkpoint/``, ``samples.json``,
+    ``metrics.json`` and ``final.json`` (the marker). ``evaluate(params, key)`` scores a
+    policy on the held-out prompts (with its samples)."""
+    def run() -> PPOStage:
+        state = init_state(config, programs, sft_params, rm.params)
+        checkpoints = RunCheckpoints(folder / "checkpoints") if checkpoint_every > 0 else None
+        bar = progress_bar(f"ppo ({reward})", not show_progress,
+                           "gold {task.fields[gold]} proxy {task.fields[proxy]} kl {task.fields[kl]}")
+        with bar:
+            job = bar.add_task("ppo", total=config.iterations, gold="-", proxy="-", kl="-")
+            result = train_rlhf(config, programs, state, ref_params=ref_params, tokenizer=tokenizer, prompts=source,
+                                rm_params=rm_params, rm_norm=rm.norm, reward=reward, gold_reward=gold_reward,
+                                progress=lambda i, r: bar.update(job, completed=i + 1,
+                                                                 gold=f"{r.get('gold_reward', nan):.3f}",
+                                                                 proxy=f"{r['proxy_reward']:.3f}",
+                                                                 kl=f"{r['kl_exact']:.2f}"),
+                                checkpoints=checkpoints, checkpoint_every=checkpoint_every)
+        final = evaluate(result.state.policy_params, eval_key)
+        _clear(folder / "checkpoint")
+        ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, tokenizer)
+        write_json(folder / "samples.json", final.pop("samples"))
+        write_json(folder / "metrics.json", result.history)
+        write_json(folder / "final.json", final)
+        return PPOStage(result.history, final)
+
+    def load() -> PPOStage:
+        return PPOStage(read_json(folder / "metrics.json"), read_json(folder / "final.json"))
+
+    return load_or_run(folder / "final.json", load, run, resume)
+
+
+def sqrt_kl(history: list[dict]) -> list[float]:
+    """sqrt of each iteration's exact KL to the SFT policy (the x axis of reward-vs-KL plots)."""
+    return [math.sqrt(max(h["kl_exact"], 0.0)) for h in history]
