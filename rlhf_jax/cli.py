@@ -1,6 +1,6 @@
-"""``rlhf-jax sft | rm | pipeline | generate | export``: tyro subcommands over the config dataclasses.
+"""``rlhf-jax sft | rm | dpo | pipeline | generate | export``: tyro subcommands over the config dataclasses.
 
-``sft``, ``rm`` and ``pipeline`` run the stage functions of :mod:`rlhf_jax.stages`."""
+``sft``, ``rm``, ``dpo`` and ``pipeline`` run the stage functions of :mod:`rlhf_jax.stages`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ppo_jax.validation import require_finite, require_positive
+from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.pipeline import PipelineConfig
 from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.sft import SFTConfig
@@ -73,6 +74,40 @@ class RMArgs(RMConfig):
     """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
     no_progress: bool = False
     """Hide the progress bar."""
+
+
+@dataclass(frozen=True)
+class DPOArgs(DPOConfig):
+    """Direct preference optimisation of a policy on preference pairs (a file's, or a task's
+    sampled and labelled), no reward model. Writes a run folder."""
+
+    model: str | None = None
+    """A local Hugging Face folder (gpt2, llama, qwen2 or mistral) to start from, with its tokenizer."""
+    init: str | None = None
+    """Our SFT checkpoint to start from (a run folder or its checkpoint/)."""
+    transformer: TransformerConfig = field(default_factory=lambda: DPOConfig().model)
+    """With --task and neither --model nor --init: the shape of the policy SFT trains first."""
+    task: str = "reviews"
+    """Built-in task: its SFT policy samples response pairs that its gold reward labels, and
+    scores the policy before and after (ignored with --data)."""
+    data: str | None = None
+    """JSONL preference file with string fields prompt, chosen, rejected (or hh-rlhf dialogues)."""
+    sft_steps: int = 600
+    """With --task and neither --model nor --init: SFT steps before DPO."""
+    num_pairs: int = 4000
+    """With --task: pairs to sample and label."""
+    tau: float = 0.25
+    """With --task: labeller temperature, P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / tau)."""
+    flip_prob: float = 0.0
+    """With --task: probability that a label is flipped."""
+    eval_prompts: int = 256
+    """With --task: fresh prompts on which the policy and the reference are scored."""
+    tokenizer: str | None = None
+    """A local tokenizer.json for a policy trained from scratch (default: the byte tokenizer)."""
+    out: str | None = None
+    """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
+    no_progress: bool = False
+    """Hide the progress bars."""
 
 
 @dataclass(frozen=True)
@@ -336,6 +371,97 @@ def run_rm(args: RMArgs) -> dict:
     return summary
 
 
+def run_dpo(args: DPOArgs) -> dict:
+    import time
+
+    import jax
+
+    from ppo_jax.outputs import write_json
+    from ppo_jax.rundir import check_run_dir, claim_run_dir
+    from rlhf_jax import checkpoint as ckpt
+    from rlhf_jax.data import load_preferences
+    from rlhf_jax.dpo import evaluate_policy_samples
+    from rlhf_jax.preferences import new_token_room
+    from rlhf_jax.stages import Preferences, dpo_stage, preference_stage, sft_stage, task_named
+    from rlhf_jax.tokenizer import load_tokenizer
+    from rlhf_jax.transformer import TransformerLM
+
+    require_finite(args)
+    if args.model and args.init:
+        raise ValueError("model: give --model (a Hugging Face folder) or --init (our checkpoint), not both")
+    config = _config_of(DPOConfig, args, args.transformer)
+    config.validate()
+    require_positive(args, "sft_steps", "eval_prompts", integer=True)
+    task = None if args.data is not None else task_named(args.task)
+    if args.num_pairs <= 1:
+        raise ValueError(f"num_pairs: must be at least 2, got {args.num_pairs}")
+    if task is None and args.model is None and args.init is None:
+        raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or --model")
+    if args.out:
+        check_run_dir(args.out, "rlhf-jax dpo")
+    if args.model is not None:
+        lm, params, tokenizer = _load_hf(args.model)
+        lm = TransformerLM(lm.config.with_runtime_of(args.transformer))
+    elif args.init is not None:
+        lm, params, tokenizer = ckpt.load(args.init)
+    else:
+        lm, params, tokenizer = None, None, load_tokenizer(args.tokenizer)
+    if args.data is not None:
+        prefs = Preferences(*load_preferences(args.data), bayes_accuracy=None)  # errors name the line, up front
+    run_dir = claim_run_dir(args.out, "rlhf-jax dpo", "dpo")
+    write_json(run_dir / "config.json", {**config.to_dict(), "task": None if args.data else args.task,
+                                         "data": args.data, "init": args.init, "pretrained": args.model,
+                                         "num_pairs": args.num_pairs, "tau": args.tau, "flip_prob": args.flip_prob,
+                                         "sft_steps": args.sft_steps})
+    wall, summary = {}, {}
+    if task is not None:
+        if lm is None:
+            t0 = time.perf_counter()
+            sft_config = SFTConfig(model=config.model, steps=args.sft_steps, max_length=config.max_length,
+                                   seed=config.seed, warmup_steps=min(50, args.sft_steps // 10))
+            prompts, responses = task.sft_corpus(4096, seed=config.seed)
+            sft, _ = sft_stage(sft_config, tokenizer, prompts, responses, run_dir / "sft",
+                               show_progress=not args.no_progress)
+            lm, params = sft.lm, sft.params
+            wall["sft"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prefs, _ = preference_stage(task, lm, params, tokenizer, run_dir, num_pairs=args.num_pairs, tau=args.tau,
+                                    flip_prob=args.flip_prob, max_new_tokens=40, seed=config.seed)
+        summary["bayes_accuracy"] = prefs.bayes_accuracy
+        wall["pairs"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dpo, _ = dpo_stage(config, tokenizer, prefs, run_dir, lm=lm, params=params, show_progress=not args.no_progress)
+    wall["dpo"] = time.perf_counter() - t0
+    last = dpo.history[-1]
+    summary.update({k: v for k, v in last.items() if k.startswith("heldout_")})
+    summary.update(heldout_accuracy_before=dpo.history[0]["heldout_accuracy"], run_dir=str(run_dir),
+                   device=str(jax.devices()[0].platform))
+    if task is not None:
+        t0 = time.perf_counter()
+        fresh = task.prompts(args.eval_prompts, seed=config.seed + 2)
+        key = jax.random.PRNGKey(config.seed + 3)
+        new = new_token_room(tokenizer, fresh, lm.config.max_len, 40)
+        gold = lambda response, ended: task.gold_reward(response, ended)  # noqa: E731
+        before = evaluate_policy_samples(lm, params, params, tokenizer, fresh, key, max_new_tokens=new,
+                                         gold_reward=gold)
+        after = evaluate_policy_samples(lm, dpo.params, params, tokenizer, fresh, key, max_new_tokens=new,
+                                        gold_reward=gold)
+        summary.update(gold_reward_reference=before["gold_reward"], gold_reward_final=after["gold_reward"],
+                       kl_final=after["kl"], eos_rate_final=after["eos_rate"])
+        wall["evaluation"] = time.perf_counter() - t0
+    summary["wall_s"] = wall
+    write_json(run_dir / "summary.json", summary)
+    msg = (f"held-out implicit-reward accuracy {last['heldout_accuracy']:.3f} (margin {last['heldout_margin']:.3f}, "
+           f"log-prob drift chosen {last['heldout_chosen_logp_drift']:.2f}, "
+           f"rejected {last['heldout_rejected_logp_drift']:.2f})")
+    if task is not None:
+        msg += (f"; gold reward {summary['gold_reward_reference']:.3f} -> {summary['gold_reward_final']:.3f} "
+                f"at KL {summary['kl_final']:.2f} nats/sequence")
+    print(msg)
+    print(f"run folder: {run_dir}")
+    return summary
+
+
 def run_generate(args: GenerateArgs) -> list[dict]:
     import jax
 
@@ -377,8 +503,9 @@ def run_generate(args: GenerateArgs) -> list[dict]:
     return samples
 
 
-COMMANDS = {"sft": (SFTArgs, run_sft), "rm": (RMArgs, run_rm), "pipeline": (PipelineArgs, run_pipeline_command),
-            "generate": (GenerateArgs, run_generate), "export": (ExportArgs, run_export)}
+COMMANDS = {"sft": (SFTArgs, run_sft), "rm": (RMArgs, run_rm), "dpo": (DPOArgs, run_dpo),
+            "pipeline": (PipelineArgs, run_pipeline_command), "generate": (GenerateArgs, run_generate),
+            "export": (ExportArgs, run_export)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,6 +95,15 @@ def exact_kl(logits: jax.Array, ref_logits: jax.Array, temperature: float = 1.0)
     return token_policy(logits, temperature).kl(token_policy(ref_logits, temperature))
 
 
+def sequence_kl(policy, policy_params, reference, ref_params, sequences: jax.Array, attention_mask: jax.Array,
+                response_mask: jax.Array, prompt_len: int, temperature: float = 1.0) -> jax.Array:
+    """Exact ``KL(pi || pi_ref)`` per sequence (nats): :func:`exact_kl` at each response position
+    of sampled ``sequences``, summed over the response. ``[B]``."""
+    logits = response_positions(policy.apply({"params": policy_params}, sequences, attention_mask).logits, prompt_len)
+    ref = response_positions(reference.apply({"params": ref_params}, sequences, attention_mask).logits, prompt_len)
+    return (exact_kl(logits, ref, temperature) * response_mask).sum(axis=1)
+
+
 # --- The PPO update on a batch of sampled responses (definition 10.26) -------------------------
 
 

@@ -47,6 +47,7 @@ from rlhf_jax.ppo import (
     exact_kl,
     make_ppo_update,
     per_token_rewards,
+    sequence_kl,
     token_advantages,
     whiten,
 )
@@ -213,10 +214,8 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         return (raw - norm_mean) / norm_std - config.no_eos_penalty * (1.0 - _ended(gen, eos_id))
 
     def kl(policy_params, ref_params, gen: Generation):
-        seq, am = gen.sequences, gen.attention_mask
-        logits = response_positions(policy.apply({"params": policy_params}, seq, am).logits, p)
-        ref = response_positions(reference.apply({"params": ref_params}, seq, am).logits, p)
-        return (exact_kl(logits, ref, t) * gen.response_mask).sum(axis=1)
+        return sequence_kl(policy, policy_params, reference, ref_params, gen.sequences, gen.attention_mask,
+                           gen.response_mask, p, t)
 
     def learn(state: RLHFState, ref_params, gen: Generation, score, key):
         gen, score = constrain_batch((gen, score), mesh)

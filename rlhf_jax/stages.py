@@ -24,6 +24,7 @@ from ppo_jax.outputs import plot_lines, read_json, write_json
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.best_of_n import best_of_n_curve
 from rlhf_jax.data import padded_chunks, write_preferences
+from rlhf_jax.dpo import DPOConfig, train_dpo
 from rlhf_jax.ppo_trainer import PromptSource, RLHFConfig, decode_responses, init_state, train_rlhf
 from rlhf_jax.preferences import make_preference_pairs, new_token_room
 from rlhf_jax.progress import progress_bar
@@ -255,3 +256,36 @@ def ppo_stage(config: RLHFConfig, programs, sft_params, rm: RewardModelStage, fo
 def sqrt_kl(history: list[dict]) -> list[float]:
     """sqrt of each iteration's exact KL to the SFT policy (the x axis of reward-vs-KL plots)."""
     return [math.sqrt(max(h["kl_exact"], 0.0)) for h in history]
+
+
+@dataclass
+class DPOStage:
+    lm: TransformerLM
+    params: dict
+    history: list[dict]
+
+
+def dpo_stage(config: DPOConfig, tokenizer, prefs: Preferences, folder: Path, *, lm: TransformerLM, params,
+              show_progress: bool = True, resume: bool = False) -> tuple[DPOStage, bool]:
+    """DPO of the policy ``(lm, params)`` (also the reference) on ``prefs`` into ``folder``:
+    ``checkpoint/``, ``accuracy.png`` (the implicit reward's held-out accuracy by epoch) and
+    ``metrics.json`` (the marker)."""
+    def run() -> DPOStage:
+        bar = progress_bar("dpo", not show_progress)
+        with bar:
+            job = bar.add_task("dpo", total=None, loss="-")
+            result = train_dpo(config, tokenizer, prefs.pairs, params=params, model=lm, where=prefs.where,
+                               progress=lambda s, n, loss: bar.update(job, completed=s, total=n, loss=f"{loss:.3f}"))
+        _clear(folder / "checkpoint")
+        ckpt.save(folder / "checkpoint", result.params, lm, tokenizer)
+        epochs = [h["epoch"] for h in result.history]
+        plot_lines(folder / "accuracy.png", {"held-out": (epochs, [h["heldout_accuracy"] for h in result.history])},
+                   xlabel="epoch", ylabel="implicit-reward accuracy", title="DPO")
+        write_json(folder / "metrics.json", result.history)
+        return DPOStage(lm, result.params, result.history)
+
+    def load() -> DPOStage:
+        loaded_lm, loaded, _ = ckpt.load(folder / "checkpoint")
+        return DPOStage(loaded_lm, loaded, read_json(folder / "metrics.json"))
+
+    return load_or_run(folder / "metrics.json", load, run, resume)

@@ -1,0 +1,245 @@
+"""Direct preference optimisation (DPO, Rafailov et al. 2023): the policy is its own reward model.
+
+The KL-regularised objective (notes eq. 53) ``max E[r] - beta KL(pi || pi_ref)`` is maximised by
+``pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x)``, so ``r(x, y) = beta log(pi*(y|x) /
+pi_ref(y|x)) + beta log Z(x)``. Put into the Bradley-Terry likelihood (eq. 43, the reward
+model's loss eq. 45) the ``Z(x)`` of the two responses to one prompt cancel:
+
+    L = -log sigmoid(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
+
+with ``log pi(y|x)`` summed over the response tokens (EOS included). No reward model, no
+sampling: one pass over the preference pairs, the reference's log-probs computed once.
+``label_smoothing = eps`` assumes each label is flipped with probability ``eps``
+(conservative DPO): ``L = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from ppo_jax.validation import config_from_dict, require_finite, require_positive
+from rlhf_jax.sft import SFTBatch, adamw_warmup_cosine, encode_examples
+from rlhf_jax.tokenizer import Tokenizer
+from rlhf_jax.transformer import TransformerConfig, TransformerLM, token_log_probs
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """DPO settings (the policy and the reference start from the same model)."""
+
+    model: TransformerConfig = field(default_factory=lambda: TransformerConfig(num_layers=2, d_model=128, max_len=64))
+    """The transformer's shape when the policy is trained from scratch first (a task's SFT)."""
+    beta: float = 0.1
+    """Strength of the implicit KL penalty: the reward is beta log(pi / pi_ref)."""
+    label_smoothing: float = 0.0
+    """Assumed probability that a label is flipped (conservative DPO), in [0, 0.5)."""
+    epochs: int = 2
+    """Passes over the training pairs."""
+    batch_size: int = 32
+    """Pairs per step."""
+    lr: float = 3e-4
+    """Peak learning rate (linear warm-up over the first 5% of steps, then cosine decay)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (matrices and embeddings only)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip."""
+    max_length: int = 64
+    """Tokens per sequence; longer prompts lose their start, longer responses are an error."""
+    heldout_fraction: float = 0.1
+    """Share of the pairs held out for the per-epoch evaluation."""
+    seed: int = 0
+    """Seed of the split and the batch order."""
+
+    def validate(self) -> None:
+        require_finite(self)
+        self.model.validate()
+        require_positive(self, "epochs", "batch_size", "max_length")
+        if not self.beta > 0:
+            raise ValueError(f"beta: must be positive, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DPOConfig":
+        return config_from_dict(cls, d)
+
+
+def dpo_loss(logp_chosen: jax.Array, logp_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,
+             beta: float | jax.Array, label_smoothing: float | jax.Array = 0.0) -> tuple[jax.Array, dict]:
+    """The DPO loss (module docstring) averaged over pairs, from sequence log-probs ``[B]``.
+
+    Metrics: ``accuracy`` of the implicit reward ``beta log(pi / pi_ref)`` (a tie counts 1/2),
+    ``margin`` (its mean chosen-minus-rejected gap), ``chosen_reward``/``rejected_reward``, and
+    ``chosen_logp_drift``/``rejected_logp_drift`` (mean ``log pi - log pi_ref``: DPO is known
+    to push both down, the rejected one faster).
+    """
+    chosen = logp_chosen - ref_chosen
+    rejected = logp_rejected - ref_rejected
+    h = beta * (chosen - rejected)
+    loss = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(h) - label_smoothing * jax.nn.log_sigmoid(-h)
+    metrics = {"accuracy": jnp.mean((h > 0) + 0.5 * (h == 0)), "margin": jnp.mean(h),
+               "chosen_reward": beta * jnp.mean(chosen), "rejected_reward": beta * jnp.mean(rejected),
+               "chosen_logp_drift": jnp.mean(chosen), "rejected_logp_drift": jnp.mean(rejected)}
+    return jnp.mean(loss), metrics
+
+
+def sequence_log_probs(model: TransformerLM, params, batch: SFTBatch) -> jax.Array:
+    """``log pi(y|x)``: the sum over response tokens (``loss_mask``, EOS included) of each
+    token's log-prob from the logits one position earlier. ``[B]``, float32."""
+    logits = model.apply({"params": params}, batch.input_ids, batch.attention_mask).logits
+    logp = token_log_probs(logits[:, :-1], batch.input_ids[:, 1:])
+    return (logp * batch.loss_mask[:, 1:]).sum(axis=-1)
+
+
+@struct.dataclass
+class PairRows:
+    """A preference set as two :class:`SFTBatch`es, chosen and rejected, row ``i`` one pair."""
+
+    chosen: SFTBatch
+    rejected: SFTBatch
+
+    def __getitem__(self, idx) -> "PairRows":
+        return PairRows(self.chosen[idx], self.rejected[idx])
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+
+def encode_pair_rows(tokenizer: Tokenizer, pairs: Sequence[dict], max_length: int,
+                     where: Sequence[str] | None = None) -> PairRows:
+    """``[BOS] prompt response [EOS]`` rows for the chosen and the rejected responses, with
+    response masks; a response too long for ``max_length`` is an error naming its pair."""
+    prompts = [p["prompt"] for p in pairs]
+    return PairRows(encode_examples(tokenizer, prompts, [p["chosen"] for p in pairs], max_length, where),
+                    encode_examples(tokenizer, prompts, [p["rejected"] for p in pairs], max_length, where))
+
+
+def _batched(fn: Callable, rows: SFTBatch, batch_size: int) -> np.ndarray:
+    """``fn`` over ``rows`` in fixed-size batches (the last padded by repetition: one compile)."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        idx = np.arange(start, start + batch_size) % len(rows)
+        out.append(np.asarray(fn(rows[idx]))[: min(batch_size, len(rows) - start)])
+    return np.concatenate(out)
+
+
+@dataclass
+class DPOResult:
+    params: dict
+    history: list[dict]
+    """Per epoch: train loss and accuracy, held-out loss, accuracy, margin and log-prob drifts."""
+    wall_s: float
+
+
+def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *, params, model: TransformerLM,
+              where: Sequence[str] | None = None,
+              progress: Callable[[int, int, float], None] | None = None) -> DPOResult:
+    """DPO from ``params`` (also the frozen reference) on ``pairs`` (prompt, chosen, rejected).
+
+    ``progress(step, total_steps, loss)`` after each step. The held-out pairs are evaluated
+    before training (loss ``log 2``, accuracy 1/2: the policy is the reference) and after each
+    epoch.
+    """
+    config.validate()
+    if config.max_length > model.config.max_len:
+        raise ValueError(f"max_length: {config.max_length} exceeds the model's max_len {model.config.max_len}")
+    data = encode_pair_rows(tokenizer, pairs, config.max_length, where)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(data))
+    n_held = max(1, int(round(config.heldout_fraction * len(data))))
+    if len(data) - n_held < config.batch_size:
+        raise ValueError(f"batch_size: {config.batch_size} exceeds the {len(data) - n_held} training pairs")
+
+    seq_logp = jax.jit(lambda p, rows: sequence_log_probs(model, p, rows))
+    # The reference's log-probs, once for every pair (the reference never changes).
+    ref = {side: _batched(lambda rows: seq_logp(params, rows), getattr(data, side), config.batch_size)
+           for side in ("chosen", "rejected")}
+    heldout, train = order[:n_held], order[n_held:]
+    steps_per_epoch = len(train) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    tx = adamw_warmup_cosine(config.lr, max(1, total // 20), total, config.weight_decay, config.max_grad_norm)
+    opt_state = tx.init(params)
+
+    def loss_fn(p, rows: PairRows, ref_c, ref_r):
+        # One forward pass over chosen and rejected together.
+        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), rows.chosen, rows.rejected)
+        logp_c, logp_r = jnp.split(sequence_log_probs(model, p, both), 2)
+        return dpo_loss(logp_c, logp_r, ref_c, ref_r, config.beta, config.label_smoothing)
+
+    @jax.jit
+    def step(p, opt_state, rows: PairRows, ref_c, ref_r):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, rows, ref_c, ref_r)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss, aux
+
+    def evaluate(p) -> dict:
+        logp = {side: _batched(lambda rows: seq_logp(p, rows), getattr(data[heldout], side), config.batch_size)
+                for side in ("chosen", "rejected")}
+        loss, m = dpo_loss(logp["chosen"], logp["rejected"], ref["chosen"][heldout], ref["rejected"][heldout],
+                           config.beta, config.label_smoothing)
+        return {"heldout_loss": float(loss), **{f"heldout_{k}": float(v) for k, v in m.items()}}
+
+    history = [{"epoch": 0, **evaluate(params)}]
+    t0 = time.perf_counter()
+    done = 0
+    for epoch in range(config.epochs):
+        perm = rng.permutation(train)
+        losses, accs = [], []
+        for s in range(steps_per_epoch):
+            idx = perm[s * config.batch_size:(s + 1) * config.batch_size]
+            params, opt_state, loss, aux = step(params, opt_state, data[idx], ref["chosen"][idx], ref["rejected"][idx])
+            losses.append(loss)
+            accs.append(aux["accuracy"])
+            done += 1
+            if progress is not None:
+                progress(done, total, float(loss))
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
+                        "train_accuracy": float(np.mean(jax.device_get(accs))), **evaluate(params)})
+    return DPOResult(params, history, time.perf_counter() - t0)
+
+
+def evaluate_policy_samples(lm: TransformerLM, params, ref_params, tokenizer: Tokenizer, prompts: Sequence[str],
+                            key: jax.Array, *, max_new_tokens: int, gold_reward: Callable | None = None,
+                            batch_size: int = 64) -> dict:
+    """One sample per prompt from the policy ``params``: the exact KL to the reference summed
+    over the response (nats per sequence), the EOS rate and, with ``gold_reward(response,
+    ended)``, the mean gold reward."""
+    from rlhf_jax.data import padded_chunks
+    from rlhf_jax.ppo import sequence_kl
+    from rlhf_jax.ppo_trainer import decode_responses
+    from rlhf_jax.preferences import longest_prompt
+    from rlhf_jax.sampling import SamplingConfig, make_generate
+
+    generate = make_generate(lm, SamplingConfig(max_new_tokens=max_new_tokens), eos_id=tokenizer.eos_id,
+                             pad_id=tokenizer.pad_id)
+    width = longest_prompt(tokenizer, prompts)
+    kl = jax.jit(lambda p, r, g: sequence_kl(lm, p, lm, r, g.sequences, g.attention_mask, g.response_mask, width))
+    batch_size = min(batch_size, len(prompts))
+    kls, ends, golds = [], [], []
+    for chunk, real in padded_chunks(prompts, batch_size):
+        batch = tokenizer.encode_batch(chunk, padding_side="left", add_bos=True, max_length=width)
+        key, k = jax.random.split(key)
+        gen = generate(params, batch.input_ids, batch.attention_mask, k)
+        kls.append(np.asarray(kl(params, ref_params, gen))[:real])
+        texts, ended = decode_responses(tokenizer, gen)
+        ends.append(ended[:real])
+        if gold_reward is not None:
+            golds += [gold_reward(y, bool(e)) for y, e in zip(texts[:real], ended[:real])]
+    return {"kl": float(np.mean(np.concatenate(kls))), "eos_rate": float(np.mean(np.concatenate(ends))),
+            "gold_reward": float(np.mean(golds)) if golds else None}
