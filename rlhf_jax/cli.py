@@ -432,6 +432,10 @@ def run_dpo(args: DPOArgs) -> dict:
     t0 = time.perf_counter()
     dpo, _ = dpo_stage(config, tokenizer, prefs, run_dir, lm=lm, params=params, show_progress=not args.no_progress)
     wall["dpo"] = time.perf_counter() - t0
+    if dpo.skipped:
+        print(f"dpo: {dpo.skipped} of {len(prefs.pairs)} pairs had a response longer than max_length="
+              f"{config.max_length} and were left out (--overlong reject makes this an error)")
+    summary["skipped_pairs"] = dpo.skipped
     last = dpo.history[-1]
     summary.update({k: v for k, v in last.items() if k.startswith("heldout_")})
     summary.update(heldout_accuracy_before=dpo.history[0]["heldout_accuracy"], run_dir=str(run_dir),

@@ -53,7 +53,10 @@ class DPOConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip."""
     max_length: int = 64
-    """Tokens per sequence; longer prompts lose their start, longer responses are an error."""
+    """Tokens per sequence; longer prompts lose their start."""
+    overlong: str = "skip"
+    """A pair with a response too long for max_length: 'skip' it (counted in the result) or
+    'reject' (an error naming it). Cutting a response would change its log-prob."""
     heldout_fraction: float = 0.1
     """Share of the pairs held out for the per-epoch evaluation."""
     seed: int = 0
@@ -69,6 +72,8 @@ class DPOConfig:
             raise ValueError(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
+        if self.overlong not in ("skip", "reject"):
+            raise ValueError(f"overlong: must be 'skip' or 'reject', got {self.overlong!r}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
 
@@ -145,6 +150,8 @@ class DPOResult:
     history: list[dict]
     """Per epoch: train loss and accuracy, held-out loss, accuracy, margin and log-prob drifts."""
     wall_s: float
+    skipped: int
+    """Pairs left out because a response did not fit ``max_length`` (``overlong='skip'``)."""
 
 
 def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *, params, model: TransformerLM,
@@ -159,6 +166,15 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
     config.validate()
     if config.max_length > model.config.max_len:
         raise ValueError(f"max_length: {config.max_length} exceeds the model's max_len {model.config.max_len}")
+    skipped = 0
+    if config.overlong == "skip":
+        longest = [max(len(tokenizer.encode(p["chosen"])), len(tokenizer.encode(p["rejected"]))) for p in pairs]
+        fits = [i for i, n in enumerate(longest) if n + 1 < config.max_length]  # + 1: the EOS
+        skipped = len(pairs) - len(fits)
+        pairs = [pairs[i] for i in fits]
+        where = [where[i] for i in fits] if where is not None else None
+        if len(pairs) < 2:
+            raise ValueError(f"max_length: only {len(pairs)} pairs have responses that fit {config.max_length} tokens")
     data = encode_pair_rows(tokenizer, pairs, config.max_length, where)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(data))
@@ -211,7 +227,7 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
                 progress(done, total, float(loss))
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
                         "train_accuracy": float(np.mean(jax.device_get(accs))), **evaluate(params)})
-    return DPOResult(params, history, time.perf_counter() - t0)
+    return DPOResult(params, history, time.perf_counter() - t0, skipped)
 
 
 def evaluate_policy_samples(lm: TransformerLM, params, ref_params, tokenizer: Tokenizer, prompts: Sequence[str],

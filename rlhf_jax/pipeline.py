@@ -32,6 +32,7 @@ from ppo_jax.outputs import plot_lines, read_json, write_json
 from ppo_jax.rundir import check_resumable, claim_run_dir
 from ppo_jax.validation import config_from_dict, require_finite
 from rlhf_jax.data import load_preferences, load_prompts, load_sft, write_preferences
+from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.hf import load_pretrained
 from rlhf_jax.ppo_trainer import PromptSource, RLHFConfig, evaluate_policy, frozen_params, make_programs
 from rlhf_jax.reward_model import RMConfig
@@ -39,6 +40,7 @@ from rlhf_jax.sft import SFTConfig
 from rlhf_jax.stages import (
     Preferences,
     best_of_n_stage,
+    dpo_stage,
     ppo_stage,
     preference_stage,
     reward_model_stage,
@@ -49,7 +51,8 @@ from rlhf_jax.stages import (
 from rlhf_jax.tokenizer import ByteTokenizer
 
 COMMAND = "rlhf-jax pipeline"
-MODES = ("proxy", "gold", "best-of-n")
+MODES = ("proxy", "gold", "best-of-n", "grpo", "rloo", "dpo")
+DEFAULT_MODES = ("proxy", "gold", "best-of-n")
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,10 @@ class PipelineConfig:
     """Built-in offline task (corpus, prompts and gold reward); not used with --sft-data etc."""
     modes: tuple[str, ...] = ()
     """What to run after the reward model: 'proxy' (PPO on the reward model), 'gold' (PPO on
-    the gold reward, the upper bound), 'best-of-n' (the SFT baseline curve). Default: all three
-    on a task; 'proxy' on your data (which has no gold reward)."""
+    the gold reward, the upper bound), 'best-of-n' (the SFT baseline curve), 'grpo' and 'rloo'
+    (critic-free, on the reward model, with --ppo's settings and group size), 'dpo' (on the
+    reward model's preference pairs, no reward model). Default: proxy, gold and best-of-n on a
+    task; 'proxy' on your data (which has no gold reward)."""
     model: str | None = None
     """A local Hugging Face folder (gpt2, llama, qwen2, mistral) to start SFT from, with its
     tokenizer; replaces --sft.model. Nothing is downloaded."""
@@ -86,7 +91,10 @@ class PipelineConfig:
     rm: RMConfig = field(default_factory=RMConfig)
     """Reward-model training (its model field is ignored: the reward model starts from SFT)."""
     ppo: RLHFConfig = field(default_factory=RLHFConfig)
-    """RLHF-PPO (the same settings for the proxy and the gold run)."""
+    """RLHF-PPO (the same settings for the proxy and the gold run, and for grpo and rloo but the
+    algorithm; its algo field is ignored)."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """DPO on the reward model's pairs (its model field is ignored: DPO starts from SFT)."""
     best_of_n: tuple[int, ...] = (1, 2, 4, 8, 16)
     """Values of n for the best-of-n curve."""
     eval_prompts: int = 256
@@ -103,7 +111,7 @@ class PipelineConfig:
 
     @property
     def run_modes(self) -> tuple[str, ...]:
-        return self.modes or (("proxy",) if self.own_data else MODES)
+        return self.modes or (("proxy",) if self.own_data else DEFAULT_MODES)
 
     def validate(self) -> None:
         require_finite(self)
@@ -117,7 +125,7 @@ class PipelineConfig:
             if missing:
                 raise ValueError(f"{missing[0][2:].replace('-', '_')}: your own data needs --sft-data, --pref-data and "
                                  f"--prompts together (missing {', '.join(missing)})")
-            if set(self.run_modes) - {"proxy"}:
+            if set(self.run_modes) & {"gold", "best-of-n"}:
                 raise ValueError("modes: 'gold' and 'best-of-n' need a task's gold reward; with your own data "
                                  "only 'proxy' runs")
         for name in ("sft_examples", "num_pairs", "eval_prompts"):
@@ -128,6 +136,10 @@ class PipelineConfig:
         self.sft.validate()
         self.rm.validate()
         self.ppo.validate()
+        for algo in sorted({"grpo", "rloo"} & set(self.run_modes)):
+            dataclasses.replace(self.ppo, algo=algo).validate()  # the group size, for one
+        if "dpo" in self.run_modes:
+            self.dpo.validate()
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
         if self.model is None and self.rm.max_length > self.sft.model.max_len:
@@ -291,24 +303,57 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
         curves_proxy["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["proxy_reward"] for r in rows])
         log("best-of-n: " + ", ".join(f"n={r['n']} gold {r['gold_reward']:.3f}" for r in rows))
 
-    # 4. PPO against the proxy and/or the gold reward
-    for mode in ("proxy", "gold"):
+    # 4. PPO against the proxy and/or the gold reward; GRPO and RLOO against the proxy
+    programs_of = {"ppo": programs}
+
+    def evaluate_with(algo: str):
+        if algo not in programs_of:
+            programs_of[algo] = make_programs(dataclasses.replace(ppo_config, algo=algo), sft.lm.config, rm.model,
+                                              prompt_len=width, max_new_tokens=max_new, eos_id=tok.eos_id,
+                                              pad_id=tok.pad_id)
+        return programs_of[algo], lambda params, key: evaluate_policy(
+            programs_of[algo], params, ref_params=ref_frozen, tokenizer=tok, prompts=source, eval_prompts=eval_prompts,
+            key=key, batch_size=ppo_config.batch_size, rm_params=rm_frozen, rm_norm=rm.norm, gold_reward=gold_fn)
+
+    runs = {"proxy": ("ppo_proxy", "ppo", "proxy", "PPO on proxy reward"),
+            "gold": ("ppo_gold", "ppo", "gold", "PPO on gold reward"),
+            "grpo": ("grpo", "grpo", "proxy", "GRPO on proxy reward"),
+            "rloo": ("rloo", "rloo", "proxy", "RLOO on proxy reward")}
+    for mode, (name, algo, reward, label) in runs.items():
         if mode not in modes:
             continue
-        ppo = stage(f"ppo_{mode}", lambda mode=mode: ppo_stage(
-            ppo_config, programs, sft.params, rm, run_dir / f"ppo_{mode}", reward=mode, tokenizer=tok, source=source,
-            ref_params=ref_frozen, rm_params=rm_frozen, gold_reward=gold_fn, evaluate=evaluate, eval_key=eval_key,
-            checkpoint_every=config.checkpoint_every, show_progress=show_progress, resume=resume))
+        mode_config = dataclasses.replace(ppo_config, algo=algo)
+        mode_programs, mode_evaluate = evaluate_with(algo)
+        ppo = stage(name, lambda name=name, reward=reward: ppo_stage(
+            mode_config, mode_programs, sft.params, rm, run_dir / name, reward=reward, tokenizer=tok, source=source,
+            ref_params=ref_frozen, rm_params=rm_frozen, gold_reward=gold_fn, evaluate=mode_evaluate,
+            eval_key=eval_key, checkpoint_every=config.checkpoint_every, show_progress=show_progress, resume=resume))
         history, after = ppo.history, ppo.final
-        summary[f"ppo_{mode}"] = {**after, "iterations": ppo_config.iterations,
-                                  "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in history[1:]]
-                                                                    or [history[0][f"time_{p}"]]))
-                                                   for p in ("sample", "score", "update")}}
+        summary[name] = {**after, "iterations": ppo_config.iterations,
+                         "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in history[1:]]
+                                                           or [history[0][f"time_{p}"]]))
+                                          for p in ("sample", "score", "update")}}
         if gold_fn is not None:
-            curves_gold[f"PPO on {mode} reward"] = (sqrt_kl(history), [h["gold_reward"] for h in history])
-        curves_proxy[f"PPO on {mode} reward"] = (sqrt_kl(history), [h["proxy_reward"] for h in history])
-        log(f"ppo ({mode}): gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
-            f"KL {after['kl']:.2f} nats/sequence ({wall.get(f'ppo_{mode}', 0.0):.0f} s)")
+            curves_gold[label] = (sqrt_kl(history), [h["gold_reward"] for h in history])
+        curves_proxy[label] = (sqrt_kl(history), [h["proxy_reward"] for h in history])
+        log(f"{label}: gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
+            f"KL {after['kl']:.2f} nats/sequence ({wall.get(name, 0.0):.0f} s)")
+
+    # 5. DPO on the reward model's pairs, evaluated as the others
+    if "dpo" in modes:
+        dpo_config = dataclasses.replace(_stage_seed(config.dpo, config.seed), model=sft.lm.config)
+        dpo = stage("dpo", lambda: dpo_stage(dpo_config, tok, prefs, run_dir / "dpo", lm=sft.lm, params=sft.params,
+                                             show_progress=show_progress, resume=resume))
+        # A policy without a value head: evaluated by programs whose policy has none either.
+        _, dpo_evaluate = evaluate_with("ppo" if ppo_config.value_model == "critic" else "rloo")
+        after = dpo_evaluate(dpo.params, eval_key)
+        write_json(run_dir / "dpo" / "samples.json", after.pop("samples"))
+        summary["dpo"] = {**after, "heldout_accuracy": dpo.history[-1]["heldout_accuracy"]}
+        if gold_fn is not None:
+            curves_gold["DPO (final)"] = ([after["sqrt_kl"]], [after["gold_reward"]])
+        curves_proxy["DPO (final)"] = ([after["sqrt_kl"]], [after["proxy_reward"]])
+        log(f"DPO: gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
+            f"KL {after['kl']:.2f} nats/sequence ({wall.get('dpo', 0.0):.0f} s)")
     final = summary.get("ppo_proxy") or summary.get("ppo_gold")
     if final is not None:
         summary.update(gold_reward_final=final["gold_reward"], proxy_reward_final=final["proxy_reward"],

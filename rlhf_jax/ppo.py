@@ -129,6 +129,26 @@ def response_values(critic, critic_params, sequences: jax.Array, attention_mask:
     return response_positions(critic.apply({"params": critic_params}, sequences, attention_mask).scalar, prompt_len)
 
 
+def clipped_policy_terms(logits: jax.Array, mb, prompt_len: int, temperature: float, clip_eps, ent_coef,
+                         weights: jax.Array) -> tuple[jax.Array, dict, jax.Array]:
+    """The clipped surrogate (``ppo_jax.losses``) minus the entropy bonus over the response
+    tokens of ``mb`` (``sequences``, ``response_mask``, ``old_logp``, ``advantages``), each
+    token weighted by ``weights`` ``[B, N]`` (the response mask: a token mean), with
+    scalar diagnostics. Returns ``(loss, aux, logp)``, ``logp`` the tokens' new log-probs."""
+    dist = token_policy(response_positions(logits, prompt_len), temperature)
+    logp = dist.log_prob(mb.sequences[:, prompt_len:])
+    ratio = losses.importance_ratio(logp, mb.old_logp)
+    entropy = dist.entropy()
+    loss = (losses.clipped_surrogate_loss(ratio, mb.advantages, clip_eps, weights)
+            - ent_coef * losses.entropy_bonus(entropy, weights))
+    live = mb.response_mask.astype(bool)
+    aux = {"policy_loss": loss, "approx_kl": losses.approx_kl_k3(logp, mb.old_logp, mb.response_mask),
+           "clip_fraction": losses.clip_fraction(ratio, clip_eps, mb.response_mask),
+           "entropy": losses.entropy_bonus(entropy, mb.response_mask),
+           "max_ratio_deviation": jnp.max(jnp.where(live, jnp.abs(ratio - 1.0), 0.0))}
+    return loss, aux, logp
+
+
 def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
                     *, prompt_len: int, epochs: int, minibatches: int, temperature: float = 1.0):
     """Jitted ``update(policy_params, critic_params, policy_opt, critic_opt, batch, key, clip_eps,
@@ -147,18 +167,7 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
     shared = critic is None
 
     def policy_terms(logits, mb: TokenBatch, clip_eps, ent_coef):
-        dist = token_policy(response_positions(logits, prompt_len), temperature)
-        logp = dist.log_prob(mb.sequences[:, prompt_len:])
-        ratio = losses.importance_ratio(logp, mb.old_logp)
-        entropy = dist.entropy()
-        loss = (losses.clipped_surrogate_loss(ratio, mb.advantages, clip_eps, mb.response_mask)
-                - ent_coef * losses.entropy_bonus(entropy, mb.response_mask))
-        live = mb.response_mask.astype(bool)
-        aux = {"policy_loss": loss, "approx_kl": losses.approx_kl_k3(logp, mb.old_logp, mb.response_mask),
-               "clip_fraction": losses.clip_fraction(ratio, clip_eps, mb.response_mask),
-               "entropy": losses.entropy_bonus(entropy, mb.response_mask),
-               "max_ratio_deviation": jnp.max(jnp.where(live, jnp.abs(ratio - 1.0), 0.0))}
-        return loss, aux
+        return clipped_policy_terms(logits, mb, prompt_len, temperature, clip_eps, ent_coef, mb.response_mask)[:2]
 
     def value_term(scalar, mb: TokenBatch, value_clip_eps):
         values = response_positions(scalar, prompt_len)  # V(s_t) from position t - 1, as in response_values
@@ -210,3 +219,71 @@ def whiten(advantages: jax.Array, mask: jax.Array) -> jax.Array:
     """Masked advantage whitening: ``ppo_jax.losses.normalize_advantages`` over real tokens
     (padding would shift the mean and variance)."""
     return losses.normalize_advantages(advantages, mask=mask)
+
+
+# --- The critic-free update of GRPO and RLOO ----------------------------------------------------
+
+AGGREGATIONS = ("token-mean", "sequence-mean")
+
+
+@struct.dataclass
+class GroupBatch:
+    """One critic-free iteration's data, rows = sequences (``G`` per prompt, contiguous):
+    ``sequences``/``attention_mask`` ``[B, P+N]``, and over the N response positions: mask,
+    old and reference log-probs, and the advantages (each response's group advantage on
+    every one of its tokens)."""
+
+    sequences: jax.Array
+    attention_mask: jax.Array
+    response_mask: jax.Array
+    old_logp: jax.Array
+    ref_logp: jax.Array
+    advantages: jax.Array
+
+
+def loss_weights(response_mask: jax.Array, aggregation: str) -> jax.Array:
+    """Per-token weights of a masked mean: ``token-mean`` weighs every real token of the
+    minibatch the same (a long response counts more, as in DAPO and Dr. GRPO);
+    ``sequence-mean`` weighs every response the same, its tokens ``1 / length`` each (the
+    original GRPO), which favours short correct answers and long wrong ones."""
+    m = response_mask.astype(jnp.float32)
+    if aggregation == "token-mean":
+        return m
+    if aggregation == "sequence-mean":
+        return m / jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    raise ValueError(f"loss_aggregation: must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+
+
+def make_group_update(policy, policy_tx: optax.GradientTransformation, *, prompt_len: int, epochs: int,
+                      minibatches: int, temperature: float = 1.0, aggregation: str = "token-mean"):
+    """Jitted ``update(policy_params, policy_opt, batch, key, clip_eps, ent_coef, kl_coef) ->
+    (policy_params, policy_opt, metrics)`` for :class:`GroupBatch`: ``epochs x minibatches`` of
+    the clipped surrogate (:func:`clipped_policy_terms`) on the group advantages, plus
+    ``kl_coef`` times the k3 estimate of ``KL(pi || pi_ref)`` on the sampled tokens as a loss
+    term (GRPO; pass 0 when the KL is in the reward, as RLOO does). No critic."""
+    loss_weights(jnp.zeros((1, 1)), aggregation)  # a bad name fails here, not inside the trace
+
+    def loss(params, mb: GroupBatch, clip_eps, ent_coef, kl_coef):
+        logits = policy.apply({"params": params}, mb.sequences, mb.attention_mask).logits
+        weights = loss_weights(mb.response_mask, aggregation)
+        policy_loss, aux, logp = clipped_policy_terms(logits, mb, prompt_len, temperature, clip_eps, ent_coef,
+                                                      weights)
+        kl = losses.masked_mean(kl_penalty(logp, mb.ref_logp, "k3"), weights)
+        return policy_loss + kl_coef * kl, {**aux, "kl_loss": kl}
+
+    @jax.jit
+    def update(policy_params, policy_opt, batch: GroupBatch, key, clip_eps, ent_coef, kl_coef):
+        def minibatch(carry, mb):
+            params, opt = carry
+            (_, aux), g = jax.value_and_grad(loss, has_aux=True)(params, mb, clip_eps, ent_coef, kl_coef)
+            updates, opt = policy_tx.update(g, opt, params)
+            return (optax.apply_updates(params, updates), opt), aux
+
+        (params, opt), aux = minibatch_epochs(minibatch, (policy_params, policy_opt), batch, key, epochs=epochs,
+                                              minibatches=minibatches)
+        metrics = {k: v.mean() for k, v in aux.items() if k != "max_ratio_deviation"}
+        metrics["first_minibatch_ratio_deviation"] = aux["max_ratio_deviation"][0, 0]
+        metrics["first_minibatch_approx_kl"] = aux["approx_kl"][0, 0]
+        return params, opt, metrics
+
+    return update

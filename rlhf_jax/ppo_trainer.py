@@ -41,10 +41,15 @@ from ppo_jax.checkpoint import RunCheckpoints
 from ppo_jax.interrupt import stop_if_requested, stoppable
 from ppo_jax.validation import require_finite, require_positive
 from rlhf_jax.data import padded_chunks
+from rlhf_jax.group_advantages import group_advantages, to_tokens
 from rlhf_jax.ppo import (
+    AGGREGATIONS,
+    GroupBatch,
     TokenBatch,
     adaptive_kl_beta,
     exact_kl,
+    kl_penalty,
+    make_group_update,
     make_ppo_update,
     per_token_rewards,
     sequence_kl,
@@ -58,17 +63,31 @@ from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerLM, response_positions, token_log_probs, token_policy
 
 VALUE_MODELS = ("critic", "policy-head")
+ALGOS = ("ppo", "grpo", "rloo")
+"""``ppo``: a critic and token-level GAE; ``grpo``/``rloo``: critic-free, ``group_size``
+responses per prompt, the group's other rewards the baseline."""
 REWARDS = ("proxy", "gold")
 
 
 @dataclass(frozen=True)
 class RLHFConfig:
-    """RLHF-PPO settings (shapes and switches are static; everything compiles once)."""
+    """RLHF-PPO (or GRPO, RLOO) settings (shapes and switches are static; everything compiles once)."""
 
     iterations: int = 60
     """Sample-score-learn iterations."""
     batch_size: int = 64
-    """Prompts (one response each) per iteration."""
+    """Responses per iteration (PPO: one per prompt; GRPO/RLOO: group_size per prompt)."""
+    algo: str = "ppo"
+    """'ppo' (a critic, token-level GAE), 'grpo' (group-normalised advantages, the KL to the
+    reference as a k3 loss term with coefficient kl_coef) or 'rloo' (leave-one-out baseline,
+    the KL in the reward); GRPO and RLOO have no critic."""
+    group_size: int = 4
+    """GRPO/RLOO: responses sampled per prompt (at least 2; divides batch_size)."""
+    scale_advantages: bool = True
+    """GRPO: divide each group's centred rewards by their std (False: Dr. GRPO's unscaled form)."""
+    loss_aggregation: str = "token-mean"
+    """GRPO/RLOO: 'token-mean' (every token of a minibatch weighs the same) or 'sequence-mean'
+    (every response weighs the same, the original GRPO). PPO always takes the token mean."""
     max_new_tokens: int = 40
     """Response tokens sampled per prompt (at most; fewer if the context is shorter)."""
     temperature: float = 1.0
@@ -142,6 +161,25 @@ class RLHFConfig:
             raise ValueError(f"devices: must be a positive integer, got {self.devices}")
         if self.value_model not in VALUE_MODELS:
             raise ValueError(f"value_model: must be one of {', '.join(VALUE_MODELS)}, got {self.value_model!r}")
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo: must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise ValueError(f"loss_aggregation: must be one of {', '.join(AGGREGATIONS)}, "
+                             f"got {self.loss_aggregation!r}")
+        if self.critic_free:
+            if self.group_size < 2:
+                raise ValueError(f"group_size: {self.algo} needs at least 2 responses per prompt (the others are "
+                                 f"each one's baseline), got {self.group_size}")
+            if self.batch_size % self.group_size:
+                raise ValueError(f"group_size: {self.group_size} does not divide batch_size {self.batch_size}")
+
+    @property
+    def critic_free(self) -> bool:
+        return self.algo in ("grpo", "rloo")
+
+    @property
+    def responses_per_prompt(self) -> int:
+        return self.group_size if self.critic_free else 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -194,17 +232,23 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
     """
     config.validate()
     mesh = data_mesh(config.devices)
-    shared = config.value_model == "policy-head"
+    group = config.critic_free
+    shared = not group and config.value_model == "policy-head"
     policy = TransformerLM(policy_config, lm_head=True, scalar_head=shared)
     reference = TransformerLM(policy_config)
-    critic = None if shared else rm_model
-    if critic is None and not shared:
+    critic = None if shared or group else rm_model
+    if critic is None and not shared and not group:
         raise ValueError("value_model: 'critic' is initialised from the reward model; give one or use 'policy-head'")
     p, t = prompt_len, config.temperature
     policy_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-8))
     critic_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.critic_lr, eps=1e-8))
-    update = make_ppo_update(policy, critic, policy_tx, critic_tx, prompt_len=p, epochs=config.epochs,
-                             minibatches=config.minibatches, temperature=t)
+    if group:
+        group_update = make_group_update(policy, policy_tx, prompt_len=p, epochs=config.epochs,
+                                         minibatches=config.minibatches, temperature=t,
+                                         aggregation=config.loss_aggregation)
+    else:
+        update = make_ppo_update(policy, critic, policy_tx, critic_tx, prompt_len=p, epochs=config.epochs,
+                                 minibatches=config.minibatches, temperature=t)
     generate = make_generate(policy, SamplingConfig(max_new_tokens=max_new_tokens, temperature=t),
                              eos_id=eos_id, pad_id=pad_id)
 
@@ -227,6 +271,8 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         ref_logits = response_positions(reference.apply({"params": ref_params}, seq, am).logits, p)
         logp = token_log_probs(logits, tokens, t)
         ref_logp = token_log_probs(ref_logits, tokens, t)
+        if group:
+            return learn_from_group(state, gen, score, key, logits, ref_logits, logp, ref_logp)
         scalar = out.scalar if shared else critic.apply({"params": state.critic_params}, seq, am).scalar
         values = response_positions(scalar, p) * maskf
         rewards, kl_tok = per_token_rewards(score, logp, ref_logp, mask, state.kl_coef, config.kl_estimator)
@@ -253,6 +299,35 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         }
         return constrain_params(RLHFState(pp, cp, po, co, kl_coef), mesh, config.fsdp), metrics
 
+    def learn_from_group(state: RLHFState, gen: Generation, score, key, logits, ref_logits, logp, ref_logp):
+        mask = gen.response_mask
+        maskf = mask.astype(jnp.float32)
+        kl_tok = kl_penalty(logp, ref_logp, config.kl_estimator) * maskf
+        kl_seq = kl_tok.sum(axis=1)
+        # RLOO puts the KL in each response's reward; GRPO keeps it out, as a loss term.
+        reward = score - state.kl_coef * kl_seq if config.algo == "rloo" else score
+        estimator = "rloo" if config.algo == "rloo" else ("grpo" if config.scale_advantages else "grpo-unscaled")
+        adv = group_advantages(reward, config.group_size, estimator)
+        batch = GroupBatch(gen.sequences, gen.attention_mask, mask, logp, ref_logp, to_tokens(adv, mask))
+        kl_loss_coef = state.kl_coef if config.algo == "grpo" else 0.0
+        pp, po, m = group_update(state.policy_params, state.policy_opt, batch, key, config.clip_eps, config.ent_coef,
+                                 kl_loss_coef)
+        kl_coef = state.kl_coef
+        if config.adaptive_kl:
+            kl_coef = adaptive_kl_beta(kl_coef, kl_seq.mean(), config.target_kl, config.kl_horizon, mask.shape[0])
+        groups = reward.reshape(-1, config.group_size)
+        metrics = {
+            "score": score.mean(), "kl": kl_seq.mean(),
+            "kl_exact": (exact_kl(logits, ref_logits, t) * maskf).sum(axis=1).mean(),
+            "non_score_reward": (reward - score).mean(), "kl_coef": state.kl_coef,
+            "entropy": losses.masked_mean(token_policy(logits, t).entropy(), mask),
+            "eos_rate": _ended(gen, eos_id).mean(), "response_length": maskf.sum(axis=1).mean(),
+            "reward_std_within_groups": jnp.std(groups, axis=1).mean(),
+            "zero_advantage_groups": jnp.mean(jnp.all(groups == groups[:, :1], axis=1)), **m,
+        }
+        new_state = RLHFState(pp, state.critic_params, po, state.critic_opt, kl_coef)
+        return constrain_params(new_state, mesh, config.fsdp), metrics
+
     def iteration(state, ref_params, rm_params, norm_mean, norm_std, prompt_ids, prompt_mask, key):
         k_sample, k_learn = jax.random.split(key)
         prompt_ids, prompt_mask = constrain_batch((prompt_ids, prompt_mask), mesh)
@@ -273,7 +348,9 @@ def init_state(config: RLHFConfig, programs: RLHFPrograms, sft_params, rm_params
     """The policy starts at the SFT parameters; the critic at the reward model's
     (or, with a policy head, a zero-initialised head: its first values are 0)."""
     policy_params = dict(sft_params)
-    if config.value_model == "policy-head":
+    if config.critic_free:
+        critic_params = {}
+    elif config.value_model == "policy-head":
         d = programs.policy.config.d_model
         policy_params["scalar_head"] = {"kernel": jnp.zeros((d, 1)), "bias": jnp.zeros((1,))}
         critic_params = {}
@@ -378,7 +455,8 @@ def _iterations(config, programs, state, history, start, *, ref_params, tokenize
     for it in range(start, config.iterations):
         rng = np.random.default_rng([config.seed, it])
         k_sample, k_learn = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), it))
-        batch_prompts = prompts.draw(rng, config.batch_size)
+        g = config.responses_per_prompt  # GRPO/RLOO: each prompt's group of responses in adjacent rows
+        batch_prompts = [p for p in prompts.draw(rng, config.batch_size // g) for _ in range(g)]
         ids, mask = put_batch(prompts.encode(batch_prompts), mesh)
         t0 = time.perf_counter()
         gen = jax.block_until_ready(programs.generate(state.policy_params, ids, mask, k_sample))

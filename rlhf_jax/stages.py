@@ -263,6 +263,8 @@ class DPOStage:
     lm: TransformerLM
     params: dict
     history: list[dict]
+    skipped: int | None = None
+    """Pairs too long for ``max_length``, left out; None when loaded."""
 
 
 def dpo_stage(config: DPOConfig, tokenizer, prefs: Preferences, folder: Path, *, lm: TransformerLM, params,
@@ -282,7 +284,7 @@ def dpo_stage(config: DPOConfig, tokenizer, prefs: Preferences, folder: Path, *,
         plot_lines(folder / "accuracy.png", {"held-out": (epochs, [h["heldout_accuracy"] for h in result.history])},
                    xlabel="epoch", ylabel="implicit-reward accuracy", title="DPO")
         write_json(folder / "metrics.json", result.history)
-        return DPOStage(lm, result.params, result.history)
+        return DPOStage(lm, result.params, result.history, result.skipped)
 
     def load() -> DPOStage:
         loaded_lm, loaded, _ = ckpt.load(folder / "checkpoint")

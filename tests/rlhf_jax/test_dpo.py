@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.cli import main
-from rlhf_jax.dpo import DPOConfig, dpo_loss, encode_pair_rows, evaluate_policy_samples, sequence_log_probs, train_dpo
+from rlhf_jax.dpo import DPOConfig, dpo_loss, encode_pair_rows, sequence_log_probs, train_dpo
 from rlhf_jax.tokenizer import ByteTokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -81,34 +81,6 @@ def test_training_raises_the_implicit_reward_of_the_chosen_responses():
     assert last["heldout_accuracy"] >= 0.9, result.history
     assert last["heldout_loss"] < 0.5 and last["heldout_margin"] > 0.5
     assert last["heldout_chosen_reward"] > last["heldout_rejected_reward"]
-
-
-@pytest.mark.slow
-def test_dpo_raises_the_gold_reward_of_the_sft_policy_on_the_task_for_three_seeds(tmp_path):
-    from rlhf_jax.preferences import make_preference_pairs, new_token_room
-    from rlhf_jax.sampling import SamplingConfig
-    from rlhf_jax.sft import SFTConfig, train_sft
-    from rlhf_jax.tasks import reviews
-
-    tok = ByteTokenizer()
-    shape = TransformerConfig(num_layers=2, d_model=64, num_heads=2, max_len=64)
-    sft = train_sft(SFTConfig(model=shape, steps=300, warmup_steps=30), tok, *reviews.sft_corpus(2048, seed=0))
-    model = TransformerLM(shape)
-    prompts = reviews.prompts(1000, seed=1)
-    sampling = SamplingConfig(max_new_tokens=new_token_room(tok, prompts, 64, 40))
-    pairs, _ = make_preference_pairs(model, sft.params, tok, prompts, reviews.gold_reward, sampling=sampling,
-                                     tau=0.25, seed=0)
-    fresh = reviews.prompts(128, seed=2)
-    evaluate = lambda params, key: evaluate_policy_samples(  # noqa: E731
-        model, params, sft.params, tok, fresh, key, max_new_tokens=sampling.max_new_tokens,
-        gold_reward=reviews.gold_reward)
-    for seed in range(3):
-        result = train_dpo(DPOConfig(model=shape, epochs=2, seed=seed), tok, pairs, params=sft.params, model=model)
-        key = jax.random.PRNGKey(10 + seed)
-        before, after = evaluate(sft.params, key), evaluate(result.params, key)
-        # Measured (2 layers, width 64, 1000 pairs): gold rose by 0.29, 0.49 and 0.51 at KL 3.8-4.5 nats.
-        assert after["gold_reward"] > before["gold_reward"] + 0.1, (seed, before, after)
-        assert 0.0 < after["kl"] < 40.0 and before["kl"] == pytest.approx(0.0, abs=1e-4)
 
 
 def test_dpo_command_writes_a_run_folder_and_refuses_bad_input(tmp_path, capsys):
