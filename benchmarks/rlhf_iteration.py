@@ -7,7 +7,8 @@ reference, reward and value models; 64 prompts of 16 tokens, 48 new tokens at T 
 rewards, GAE, and the PPO epochs: one compiled program). Compile time is separate; the
 figure is the best and the median of ``--repeats`` iterations (this machine's timings vary).
 ``benchmarks/reference/torch_rlhf_iteration.py`` times a plain PyTorch + Hugging Face
-implementation of the same iteration.
+implementation of the same iteration. ``--algo grpo`` (or ``rloo``) times the critic-free
+iteration on the same shapes: 64 responses = 16 prompts x 4 (``--group-size``), no value model.
 
     python benchmarks/rlhf_iteration.py --out benchmarks/results/rlhf_iteration_cpu_2core.json
 """
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--value-model", default="critic", choices=["critic", "policy-head"])
+    parser.add_argument("--algo", default="ppo", choices=["ppo", "grpo", "rloo"])
+    parser.add_argument("--group-size", type=int, default=4, help="grpo/rloo: responses per prompt")
     parser.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"],
                         help="matmul inputs of the transformer blocks (float32 accumulation either way)")
     parser.add_argument("--out", default="benchmarks/results/rlhf_iteration.json")
@@ -41,7 +44,7 @@ def main() -> None:
     model_config = TransformerConfig(vocab_size=256, max_len=128, num_layers=4, num_heads=4, d_model=256, dropout=0.0,
                                      compute_dtype=args.compute_dtype)
     config = RLHFConfig(batch_size=args.batch, max_new_tokens=args.new_tokens, epochs=4, minibatches=4,
-                        value_model=args.value_model)
+                        value_model=args.value_model, algo=args.algo, group_size=args.group_size)
     rm = reward_model(model_config)
     # EOS outside the vocabulary: every response has all 48 tokens, as in the reference.
     programs = make_programs(config, model_config, rm, prompt_len=args.prompt_len, max_new_tokens=args.new_tokens,
@@ -49,7 +52,8 @@ def main() -> None:
     sft_params = init_params(TransformerLM(model_config), jax.random.PRNGKey(0))
     rm_params = init_params(rm, jax.random.PRNGKey(1))
     state = init_state(config, programs, sft_params, rm_params)
-    prompts = jax.random.randint(jax.random.PRNGKey(2), (args.batch, args.prompt_len), 0, 256)
+    g = config.responses_per_prompt  # each prompt's group in adjacent rows
+    prompts = jax.random.randint(jax.random.PRNGKey(2), (args.batch // g, args.prompt_len), 0, 256).repeat(g, axis=0)
     mask = np.ones((args.batch, args.prompt_len), np.int32)
 
     def iteration(state, key):
@@ -75,8 +79,9 @@ def main() -> None:
     median = {p: float(np.median([t[p] for t in runs])) for p in phases}
     result = {"benchmark": "rlhf_iteration", "batch": args.batch, "prompt_len": args.prompt_len,
               "new_tokens": args.new_tokens, "epochs": config.epochs, "minibatches": config.minibatches,
-              "value_model": config.value_model, "compute_dtype": args.compute_dtype, "model": model_config.to_dict(), "compile_s": compile_s,
-              "best_s": best, "median_s": median, "runs": runs, }
+              "value_model": config.value_model, "algo": config.algo, "group_size": g,
+              "compute_dtype": args.compute_dtype, "model": model_config.to_dict(), "compile_s": compile_s,
+              "best_s": best, "median_s": median, "runs": runs}
     print("  ".join(f"{p} {best[p]:.3f} s (median {median[p]:.3f})" for p in phases) + f"  compile {compile_s:.1f} s")
     write_result(args.out, result)
     print(f"wrote {args.out}")
