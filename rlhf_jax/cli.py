@@ -272,6 +272,47 @@ def run_sft(args: SFTArgs) -> dict:
     return summary
 
 
+def _starting_policy(args):
+    """``(lm, params, tokenizer)`` from ``--model`` (a Hugging Face folder) or ``--init`` (our
+    checkpoint); ``(None, None, tokenizer)`` when neither is given."""
+    from rlhf_jax import checkpoint as ckpt
+    from rlhf_jax.tokenizer import load_tokenizer
+    from rlhf_jax.transformer import TransformerLM
+
+    if args.model and args.init:
+        raise ValueError("model: give --model (a Hugging Face folder) or --init (our checkpoint), not both")
+    if args.model is not None:
+        lm, params, tokenizer = _load_hf(args.model)
+        return TransformerLM(lm.config.with_runtime_of(args.transformer)), params, tokenizer
+    if args.init is not None:
+        return ckpt.load(args.init)
+    return None, None, load_tokenizer(args.tokenizer)
+
+
+def _task_pairs(args, task, lm, params, tokenizer, config, run_dir, wall: dict):
+    """A task's labelled pairs sampled from the policy ``(lm, params)``, which SFT on the
+    task's corpus trains first (into ``run_dir/sft``) when there is none. Returns
+    ``(lm, params, preferences)``; ``wall`` gets each stage's seconds."""
+    import time
+
+    from rlhf_jax.stages import preference_stage, sft_stage
+
+    if lm is None:
+        t0 = time.perf_counter()
+        sft_config = SFTConfig(model=config.model, steps=args.sft_steps, max_length=config.max_length,
+                               seed=config.seed, warmup_steps=min(50, args.sft_steps // 10))
+        prompts, responses = task.sft_corpus(4096, seed=config.seed)
+        sft, _ = sft_stage(sft_config, tokenizer, prompts, responses, run_dir / "sft",
+                           show_progress=not args.no_progress)
+        lm, params = sft.lm, sft.params
+        wall["sft"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prefs, _ = preference_stage(task, lm, params, tokenizer, run_dir, num_pairs=args.num_pairs, tau=args.tau,
+                                flip_prob=args.flip_prob, max_new_tokens=40, seed=config.seed)
+    wall["pairs"] = time.perf_counter() - t0
+    return lm, params, prefs
+
+
 def run_rm(args: RMArgs) -> dict:
     import time
 
@@ -279,18 +320,13 @@ def run_rm(args: RMArgs) -> dict:
 
     from ppo_jax.outputs import write_json
     from ppo_jax.rundir import check_run_dir, claim_run_dir
-    from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.data import load_preferences
     from rlhf_jax.preferences import bayes_accuracy, new_token_room, sample_responses
     from rlhf_jax.reward_model import RewardScorer, calibration_bins, rank_correlation
     from rlhf_jax.sampling import SamplingConfig
-    from rlhf_jax.stages import Preferences, preference_stage, reward_model_stage, sft_stage, task_named
-    from rlhf_jax.tokenizer import load_tokenizer
-    from rlhf_jax.transformer import TransformerLM
+    from rlhf_jax.stages import Preferences, reward_model_stage, task_named
 
     require_finite(args)
-    if args.model and args.init:
-        raise ValueError("model: give --model (a Hugging Face folder) or --init (our checkpoint), not both")
     config = _config_of(RMConfig, args, args.transformer)
     config.validate()
     task = None if args.data is not None else task_named(args.task)
@@ -299,13 +335,7 @@ def run_rm(args: RMArgs) -> dict:
     if args.out:
         check_run_dir(args.out, "rlhf-jax rm")
     wall = {}
-    if args.model is not None:
-        lm, lm_params, tokenizer = _load_hf(args.model)
-        lm = TransformerLM(lm.config.with_runtime_of(args.transformer))
-    elif args.init is not None:
-        lm, lm_params, tokenizer = ckpt.load(args.init)
-    else:
-        lm, lm_params, tokenizer = None, None, load_tokenizer(args.tokenizer)
+    lm, lm_params, tokenizer = _starting_policy(args)
     if args.data is not None:
         prefs = Preferences(*load_preferences(args.data), bayes_accuracy=None)  # errors name the line, up front
     run_dir = claim_run_dir(args.out, "rlhf-jax rm", "rm")
@@ -314,20 +344,8 @@ def run_rm(args: RMArgs) -> dict:
                                          "tau": args.tau, "flip_prob": args.flip_prob, "sft_steps": args.sft_steps})
     summary: dict = {}
     if task is not None:
-        if lm is None:
-            t0 = time.perf_counter()
-            sft_config = SFTConfig(model=config.model, steps=args.sft_steps, max_length=config.max_length,
-                                   seed=config.seed, warmup_steps=min(50, args.sft_steps // 10))
-            prompts, responses = task.sft_corpus(4096, seed=config.seed)
-            sft, _ = sft_stage(sft_config, tokenizer, prompts, responses, run_dir / "sft",
-                               show_progress=not args.no_progress)
-            lm, lm_params = sft.lm, sft.params
-            wall["sft"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prefs, _ = preference_stage(task, lm, lm_params, tokenizer, run_dir, num_pairs=args.num_pairs, tau=args.tau,
-                                    flip_prob=args.flip_prob, max_new_tokens=40, seed=config.seed)
+        lm, lm_params, prefs = _task_pairs(args, task, lm, lm_params, tokenizer, config, run_dir, wall)
         summary["bayes_accuracy"] = prefs.bayes_accuracy
-        wall["pairs"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     rm, _ = reward_model_stage(config, tokenizer, prefs, run_dir, init_params=lm_params,
                                model_config=lm.config if lm is not None else None, show_progress=not args.no_progress)
@@ -378,17 +396,12 @@ def run_dpo(args: DPOArgs) -> dict:
 
     from ppo_jax.outputs import write_json
     from ppo_jax.rundir import check_run_dir, claim_run_dir
-    from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.data import load_preferences
     from rlhf_jax.dpo import evaluate_policy_samples
     from rlhf_jax.preferences import new_token_room
-    from rlhf_jax.stages import Preferences, dpo_stage, preference_stage, sft_stage, task_named
-    from rlhf_jax.tokenizer import load_tokenizer
-    from rlhf_jax.transformer import TransformerLM
+    from rlhf_jax.stages import Preferences, dpo_stage, task_named
 
     require_finite(args)
-    if args.model and args.init:
-        raise ValueError("model: give --model (a Hugging Face folder) or --init (our checkpoint), not both")
     config = _config_of(DPOConfig, args, args.transformer)
     config.validate()
     require_positive(args, "sft_steps", "eval_prompts", integer=True)
@@ -399,13 +412,7 @@ def run_dpo(args: DPOArgs) -> dict:
         raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or --model")
     if args.out:
         check_run_dir(args.out, "rlhf-jax dpo")
-    if args.model is not None:
-        lm, params, tokenizer = _load_hf(args.model)
-        lm = TransformerLM(lm.config.with_runtime_of(args.transformer))
-    elif args.init is not None:
-        lm, params, tokenizer = ckpt.load(args.init)
-    else:
-        lm, params, tokenizer = None, None, load_tokenizer(args.tokenizer)
+    lm, params, tokenizer = _starting_policy(args)
     if args.data is not None:
         prefs = Preferences(*load_preferences(args.data), bayes_accuracy=None)  # errors name the line, up front
     run_dir = claim_run_dir(args.out, "rlhf-jax dpo", "dpo")
@@ -415,20 +422,8 @@ def run_dpo(args: DPOArgs) -> dict:
                                          "sft_steps": args.sft_steps})
     wall, summary = {}, {}
     if task is not None:
-        if lm is None:
-            t0 = time.perf_counter()
-            sft_config = SFTConfig(model=config.model, steps=args.sft_steps, max_length=config.max_length,
-                                   seed=config.seed, warmup_steps=min(50, args.sft_steps // 10))
-            prompts, responses = task.sft_corpus(4096, seed=config.seed)
-            sft, _ = sft_stage(sft_config, tokenizer, prompts, responses, run_dir / "sft",
-                               show_progress=not args.no_progress)
-            lm, params = sft.lm, sft.params
-            wall["sft"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prefs, _ = preference_stage(task, lm, params, tokenizer, run_dir, num_pairs=args.num_pairs, tau=args.tau,
-                                    flip_prob=args.flip_prob, max_new_tokens=40, seed=config.seed)
+        lm, params, prefs = _task_pairs(args, task, lm, params, tokenizer, config, run_dir, wall)
         summary["bayes_accuracy"] = prefs.bayes_accuracy
-        wall["pairs"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     dpo, _ = dpo_stage(config, tokenizer, prefs, run_dir, lm=lm, params=params, show_progress=not args.no_progress)
     wall["dpo"] = time.perf_counter() - t0

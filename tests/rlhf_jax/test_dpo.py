@@ -112,3 +112,18 @@ def test_dpo_command_writes_a_run_folder_and_refuses_bad_input(tmp_path, capsys)
             main(["dpo", "--out", str(tmp_path / "bad"), *argv])
         assert exc.value.code == 2 and message in capsys.readouterr().err, argv
     assert not (tmp_path / "bad").exists()
+
+
+def test_dpo_and_rm_on_a_task_train_the_sampling_policy_first(tmp_path, capsys):
+    tiny = ["--transformer.num-layers", "1", "--transformer.d-model", "32", "--transformer.num-heads", "2",
+            "--sft-steps", "20", "--num-pairs", "64", "--batch-size", "8", "--epochs", "1", "--no-progress"]
+    main(["dpo", "--task", "reviews", "--eval-prompts", "8", "--out", str(tmp_path / "dpo"), *tiny])
+    summary = json.loads((tmp_path / "dpo" / "summary.json").read_text())
+    assert np.isfinite(summary["gold_reward_reference"]) and np.isfinite(summary["gold_reward_final"])
+    assert summary["kl_final"] >= 0.0 and 0.5 < summary["bayes_accuracy"] <= 1.0
+    main(["rm", "--task", "reviews", "--out", str(tmp_path / "rm"), *tiny])
+    assert "Bayes ceiling" in capsys.readouterr().out
+    for run in ("dpo", "rm"):
+        for name in ("sft/checkpoint/model.json", "sft/loss.png", "pairs.jsonl", "preferences.json",
+                     "checkpoint/model.json", "accuracy.png"):
+            assert (tmp_path / run / name).exists(), (run, name)
