@@ -44,8 +44,8 @@ from rlhf_jax.stages import (
     ppo_stage,
     preference_stage,
     reward_model_stage,
+    reward_vs_sqrt_kl,
     sft_stage,
-    sqrt_kl,
     task_named,
 )
 from rlhf_jax.tokenizer import ByteTokenizer
@@ -334,8 +334,8 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
                                                            or [history[0][f"time_{p}"]]))
                                           for p in ("sample", "score", "update")}}
         if gold_fn is not None:
-            curves_gold[label] = (sqrt_kl(history), [h["gold_reward"] for h in history])
-        curves_proxy[label] = (sqrt_kl(history), [h["proxy_reward"] for h in history])
+            curves_gold[label] = reward_vs_sqrt_kl(history, "gold_reward")
+        curves_proxy[label] = reward_vs_sqrt_kl(history, "proxy_reward")
         log(f"{label}: gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
             f"KL {after['kl']:.2f} nats/sequence ({wall.get(name, 0.0):.0f} s)")
 
@@ -361,7 +361,8 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
     for name, curves, label in (("gold_vs_sqrt_kl.png", curves_gold, "gold reward"),
                                 ("proxy_vs_sqrt_kl.png", curves_proxy, "proxy reward (normalised)")):
         if curves:
-            plot_lines(run_dir / name, curves, xlabel="sqrt(KL to the SFT policy), sqrt(nats per sequence)",
+            plot_lines(run_dir / name, curves, xlabel="sqrt(KL to the SFT policy), sqrt(nats per sequence); "
+                                                      "PPO, GRPO, RLOO: 5-iteration moving averages",
                        ylabel=label, title=f"{config.task}: {label} against KL")
     write_json(run_dir / "summary.json", summary)
     return summary

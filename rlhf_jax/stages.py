@@ -258,6 +258,16 @@ def sqrt_kl(history: list[dict]) -> list[float]:
     return [math.sqrt(max(h["kl_exact"], 0.0)) for h in history]
 
 
+def reward_vs_sqrt_kl(history: list[dict], reward: str, window: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """A run's curve of ``reward`` against sqrt(KL), both averaged over a moving window of
+    ``window`` iterations (shorter at the ends) and kept in iteration order: raw per-iteration
+    points scribble back and forth where the policy jitters."""
+    x, y = np.asarray(sqrt_kl(history)), np.asarray([h[reward] for h in history], dtype=float)
+    half = window // 2
+    smooth = lambda v: np.array([v[max(0, i - half):i + half + 1].mean() for i in range(len(v))])  # noqa: E731
+    return smooth(x), smooth(y)
+
+
 @dataclass
 class DPOStage:
     lm: TransformerLM

@@ -96,3 +96,12 @@ def test_the_pipeline_runs_grpo_rloo_and_dpo_as_modes(tmp_path, capsys):
         main(["pipeline", "--out", str(tmp_path / "bad"), "--modes", "grpo", "--ppo.group-size", "1"])
     assert "group_size: grpo needs at least 2 responses per prompt" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_reward_curves_are_moving_averages_in_iteration_order():
+    from rlhf_jax.stages import reward_vs_sqrt_kl
+
+    history = [{"kl_exact": float(t * t), "gold_reward": float(-t)} for t in range(7)]
+    x, y = reward_vs_sqrt_kl(history, "gold_reward", window=5)
+    np.testing.assert_allclose(x, [1.0, 1.5, 2.0, 3.0, 4.0, 4.5, 5.0])  # windows shrink at the ends
+    np.testing.assert_allclose(y, -x)
