@@ -11,7 +11,9 @@ the finished ones):
    (the baseline curve, KL ``log n - (n - 1) / n``);
 4. ``ppo_proxy/`` and ``ppo_gold/``: RLHF-PPO from the SFT policy against the reward
    model, and against the gold reward (the upper bound), with per-iteration metrics and
-   samples before and after;
+   samples before and after; with the modes ``grpo`` and ``rloo``, ``grpo/`` and ``rloo/``
+   (critic-free, against the reward model), and with ``dpo``, ``dpo/`` (DPO on the reward
+   model's pairs);
 5. ``gold_vs_sqrt_kl.png`` and ``proxy_vs_sqrt_kl.png``: reward against sqrt(KL to the
    SFT policy) for every mode.
 """
