@@ -207,9 +207,12 @@ def test_pipeline_on_a_pretrained_model_and_your_own_data(tmp_path, capsys):
           "--prompts", prompts, "--out", str(run), "--sft.steps", "10", "--sft.warmup-steps", "1",
           "--sft.batch-size", "8", "--rm.epochs", "1", "--rm.batch-size", "8", "--ppo.iterations", "2",
           "--ppo.batch-size", "8", "--ppo.minibatches", "2", "--ppo.epochs", "1", "--ppo.max-new-tokens", "8",
-          "--eval-prompts", "4", "--checkpoint-every", "1", "--no-progress"])
+          "--eval-prompts", "4", "--checkpoint-every", "1", "--no-progress",
+          "--modes", "proxy", "grpo", "rloo", "dpo", "--dpo.batch-size", "8", "--dpo.epochs", "1"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["task"] is None and summary["gold_reward_final"] is None  # no gold reward for your data
+    for mode in ("grpo", "rloo", "dpo"):  # the other methods on the loaded checkpoint too
+        assert np.isfinite(summary[mode]["proxy_reward"]) and summary[mode]["kl"] >= 0.0, mode
     assert np.isfinite(summary["proxy_reward_final"]) and np.isfinite(summary["kl_final"])
     assert "ppo_gold" not in summary and "best_of_n" not in summary
     pairs = [json.loads(line) for line in (run / "rm" / "pairs.jsonl").read_text().splitlines()]
