@@ -213,6 +213,12 @@ def test_pipeline_on_a_pretrained_model_and_your_own_data(tmp_path, capsys):
     assert summary["task"] is None and summary["gold_reward_final"] is None  # no gold reward for your data
     for mode in ("grpo", "rloo", "dpo"):  # the other methods on the loaded checkpoint too
         assert np.isfinite(summary[mode]["proxy_reward"]) and summary[mode]["kl"] >= 0.0, mode
+    grpo = json.loads((run / "grpo" / "metrics.json").read_text())
+    assert grpo[0]["first_minibatch_ratio_deviation"] < 1e-4 and "reward_std_within_groups" in grpo[0]
+    rloo = json.loads((run / "rloo" / "metrics.json").read_text())
+    assert rloo[-1]["non_score_reward"] != 0.0  # RLOO: the KL (non-zero after one update) is in the reward
+    for name in ("grpo/checkpoint/model.json", "rloo/metrics.json", "dpo/metrics.json", "dpo/samples.json"):
+        assert (run / name).exists(), name
     assert np.isfinite(summary["proxy_reward_final"]) and np.isfinite(summary["kl_final"])
     assert "ppo_gold" not in summary and "best_of_n" not in summary
     pairs = [json.loads(line) for line in (run / "rm" / "pairs.jsonl").read_text().splitlines()]

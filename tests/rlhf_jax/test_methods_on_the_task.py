@@ -1,7 +1,5 @@
 """GRPO, RLOO and DPO each raise the gold reward of one SFT policy on the built-in task, for
-three seeds each, at a finite KL to it; and the pipeline runs them as modes."""
-
-import json
+three seeds each, at a finite KL to it. (The pipeline runs them as modes in test_hf.py.)"""
 
 import jax
 import numpy as np
@@ -72,29 +70,15 @@ def test_grpo_rloo_and_dpo_raise_the_gold_reward_of_the_sft_policy_for_three_see
         assert 0.0 < after["kl"] < 40.0 and before["kl"] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_the_pipeline_runs_grpo_rloo_and_dpo_as_modes(tmp_path, capsys):
+def test_a_group_mode_with_a_group_of_one_fails_before_anything_runs(tmp_path, capsys):
     from rlhf_jax.cli import main
 
-    tiny = ["--sft.model.num-layers", "1", "--sft.model.d-model", "32", "--sft.model.num-heads", "2",
-            "--sft.steps", "20", "--sft.warmup-steps", "2", "--sft.batch-size", "16", "--sft-examples", "128",
-            "--num-pairs", "64", "--rm.epochs", "1", "--rm.batch-size", "16", "--ppo.iterations", "2",
-            "--ppo.batch-size", "8", "--ppo.minibatches", "2", "--ppo.epochs", "1", "--eval-prompts", "8",
-            "--dpo.batch-size", "8", "--dpo.epochs", "1", "--checkpoint-every", "1", "--no-progress"]
-    run = tmp_path / "pipe"
-    main(["pipeline", "--out", str(run), "--modes", "grpo", "rloo", "dpo", *tiny])
-    summary = json.loads((run / "summary.json").read_text())
-    for mode in ("grpo", "rloo", "dpo"):
-        assert np.isfinite(summary[mode]["gold_reward"]) and summary[mode]["kl"] >= 0.0, mode
-    for name in ("grpo/metrics.json", "rloo/checkpoint/model.json", "dpo/metrics.json", "dpo/samples.json",
-                 "gold_vs_sqrt_kl.png"):
-        assert (run / name).exists(), name
-    grpo = json.loads((run / "grpo" / "metrics.json").read_text())
-    assert grpo[0]["first_minibatch_ratio_deviation"] < 1e-4 and "reward_std_within_groups" in grpo[0]
-    rloo = json.loads((run / "rloo" / "metrics.json").read_text())
-    assert rloo[-1]["non_score_reward"] != 0.0  # RLOO: the KL (non-zero after one update) is in the reward
     with pytest.raises(SystemExit):
         main(["pipeline", "--out", str(tmp_path / "bad"), "--modes", "grpo", "--ppo.group-size", "1"])
     assert "group_size: grpo needs at least 2 responses per prompt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--out", str(tmp_path / "bad"), "--modes", "rloo", "--ppo.group-size", "3"])
+    assert "group_size: 3 does not divide batch_size 64" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
