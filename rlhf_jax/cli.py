@@ -45,69 +45,52 @@ class SFTArgs(SFTConfig):
 
 
 @dataclass(frozen=True)
-class RMArgs(RMConfig):
-    """A Bradley-Terry reward model on preference pairs (a task's, sampled and labelled, or a
-    JSONL file). Writes a run folder."""
+class PolicyAndPairsArgs:
+    """The flags of a command that starts from a policy and learns from preference pairs."""
 
     model: str | None = None
-    """A local Hugging Face folder (gpt2, llama, qwen2 or mistral) whose body the reward model starts
-    from, with its tokenizer (instead of --init; with --task it also samples the pairs)."""
-    transformer: TransformerConfig = field(default_factory=lambda: RMConfig().model)
-    """The transformer trained from scratch (ignored with --model or --init, which bring their own)."""
+    """A local Hugging Face folder (gpt2, llama, qwen2 or mistral) to start from, with its tokenizer
+    (instead of --init; with --task it also samples the pairs)."""
+    init: str | None = None
+    """Our SFT checkpoint to start from (a run folder or its checkpoint/; with --task it also
+    samples the pairs)."""
+    transformer: TransformerConfig = field(default_factory=lambda: SFTConfig().model)
+    """With --task and neither --model nor --init: the shape of the policy SFT trains first."""
     task: str = "reviews"
     """Built-in task: its SFT policy samples response pairs that its gold reward labels (ignored with --data)."""
     data: str | None = None
-    """JSONL preference file with string fields prompt, chosen, rejected (and optional numeric margin)."""
-    init: str | None = None
-    """SFT checkpoint to initialise from (and, for --task, to sample pairs from)."""
+    """JSONL preference file with string fields prompt, chosen, rejected (and optional numeric
+    margin), or hh-rlhf's whole dialogues."""
     sft_steps: int = 600
-    """With --task and no --init: SFT steps to train the policy that samples the pairs."""
+    """With --task and neither --model nor --init: SFT steps to train the policy that samples the pairs."""
     num_pairs: int = 8000
-    """With --task: pairs to sample and label (8000: held-out accuracy within 3 points of the Bayes ceiling)."""
+    """With --task: pairs to sample and label (8000: the reward model's held-out accuracy within
+    3 points of the Bayes ceiling)."""
     tau: float = 0.25
     """With --task: labeller temperature, P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / tau)."""
     flip_prob: float = 0.0
     """With --task: probability that a label is flipped."""
-    tokenizer: str | None = None
-    """A local tokenizer.json (default: the byte tokenizer; ignored with --init, which brings its own)."""
-    out: str | None = None
-    """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
-    no_progress: bool = False
-    """Hide the progress bar."""
-
-
-@dataclass(frozen=True)
-class DPOArgs(DPOConfig):
-    """Direct preference optimisation of a policy on preference pairs (a file's, or a task's
-    sampled and labelled), no reward model. Writes a run folder."""
-
-    model: str | None = None
-    """A local Hugging Face folder (gpt2, llama, qwen2 or mistral) to start from, with its tokenizer."""
-    init: str | None = None
-    """Our SFT checkpoint to start from (a run folder or its checkpoint/)."""
-    transformer: TransformerConfig = field(default_factory=lambda: DPOConfig().model)
-    """With --task and neither --model nor --init: the shape of the policy SFT trains first."""
-    task: str = "reviews"
-    """Built-in task: its SFT policy samples response pairs that its gold reward labels, and
-    scores the policy before and after (ignored with --data)."""
-    data: str | None = None
-    """JSONL preference file with string fields prompt, chosen, rejected (or hh-rlhf dialogues)."""
-    sft_steps: int = 600
-    """With --task and neither --model nor --init: SFT steps before DPO."""
-    num_pairs: int = 4000
-    """With --task: pairs to sample and label."""
-    tau: float = 0.25
-    """With --task: labeller temperature, P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / tau)."""
-    flip_prob: float = 0.0
-    """With --task: probability that a label is flipped."""
-    eval_prompts: int = 256
-    """With --task: fresh prompts on which the policy and the reference are scored."""
     tokenizer: str | None = None
     """A local tokenizer.json for a policy trained from scratch (default: the byte tokenizer)."""
     out: str | None = None
     """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
     no_progress: bool = False
     """Hide the progress bars."""
+
+
+@dataclass(frozen=True)
+class RMArgs(PolicyAndPairsArgs, RMConfig):
+    """A Bradley-Terry reward model on preference pairs (a task's, sampled and labelled, or a
+    JSONL file), its body from the starting policy. Writes a run folder."""
+
+
+@dataclass(frozen=True)
+class DPOArgs(PolicyAndPairsArgs, DPOConfig):
+    """Direct preference optimisation of a policy on preference pairs (a file's, or a task's
+    sampled and labelled), no reward model. Writes a run folder."""
+
+    eval_prompts: int = 256
+    """With --task: fresh prompts on which the policy and the reference are scored."""
 
 
 @dataclass(frozen=True)
@@ -313,35 +296,47 @@ def _task_pairs(args, task, lm, params, tokenizer, config, run_dir, wall: dict):
     return lm, params, prefs
 
 
+def _prepare(args, config, command: str, name: str):
+    """Checks the flags, loads the starting policy and a data file's pairs (errors name the
+    line), all before anything is written; then claims the run folder and writes its
+    ``config.json``. Returns ``(run_dir, task, lm, params, tokenizer, preferences)``, the
+    task None with ``--data`` and the preferences None without."""
+    from ppo_jax.outputs import write_json
+    from ppo_jax.rundir import check_run_dir, claim_run_dir
+    from rlhf_jax.data import load_preferences
+    from rlhf_jax.stages import Preferences, task_named
+
+    task = None if args.data is not None else task_named(args.task)
+    if args.num_pairs <= 1:
+        raise ValueError(f"num_pairs: must be at least 2, got {args.num_pairs}")
+    if args.out:
+        check_run_dir(args.out, command)
+    lm, params, tokenizer = _starting_policy(args)
+    prefs = Preferences(*load_preferences(args.data), bayes_accuracy=None) if args.data is not None else None
+    run_dir = claim_run_dir(args.out, command, name)
+    write_json(run_dir / "config.json", {**config.to_dict(), "task": None if args.data else args.task,
+                                         "data": args.data, "init": args.init, "pretrained": args.model,
+                                         "num_pairs": args.num_pairs, "tau": args.tau, "flip_prob": args.flip_prob,
+                                         "sft_steps": args.sft_steps})
+    return run_dir, task, lm, params, tokenizer, prefs
+
+
 def run_rm(args: RMArgs) -> dict:
     import time
 
     import jax
 
     from ppo_jax.outputs import write_json
-    from ppo_jax.rundir import check_run_dir, claim_run_dir
-    from rlhf_jax.data import load_preferences
     from rlhf_jax.preferences import bayes_accuracy, new_token_room, sample_responses
     from rlhf_jax.reward_model import RewardScorer, calibration_bins, rank_correlation
     from rlhf_jax.sampling import SamplingConfig
-    from rlhf_jax.stages import Preferences, reward_model_stage, task_named
+    from rlhf_jax.stages import reward_model_stage
 
     require_finite(args)
     config = _config_of(RMConfig, args, args.transformer)
     config.validate()
-    task = None if args.data is not None else task_named(args.task)
-    if args.num_pairs <= 1:
-        raise ValueError(f"num_pairs: must be at least 2, got {args.num_pairs}")
-    if args.out:
-        check_run_dir(args.out, "rlhf-jax rm")
     wall = {}
-    lm, lm_params, tokenizer = _starting_policy(args)
-    if args.data is not None:
-        prefs = Preferences(*load_preferences(args.data), bayes_accuracy=None)  # errors name the line, up front
-    run_dir = claim_run_dir(args.out, "rlhf-jax rm", "rm")
-    write_json(run_dir / "config.json", {**config.to_dict(), "task": None if args.data else args.task,
-                                         "data": args.data, "init": args.init, "num_pairs": args.num_pairs,
-                                         "tau": args.tau, "flip_prob": args.flip_prob, "sft_steps": args.sft_steps})
+    run_dir, task, lm, lm_params, tokenizer, prefs = _prepare(args, config, "rlhf-jax rm", "rm")
     summary: dict = {}
     if task is not None:
         lm, lm_params, prefs = _task_pairs(args, task, lm, lm_params, tokenizer, config, run_dir, wall)
@@ -395,31 +390,17 @@ def run_dpo(args: DPOArgs) -> dict:
     import jax
 
     from ppo_jax.outputs import write_json
-    from ppo_jax.rundir import check_run_dir, claim_run_dir
-    from rlhf_jax.data import load_preferences
     from rlhf_jax.dpo import evaluate_policy_samples
     from rlhf_jax.preferences import new_token_room
-    from rlhf_jax.stages import Preferences, dpo_stage, task_named
+    from rlhf_jax.stages import dpo_stage
 
     require_finite(args)
     config = _config_of(DPOConfig, args, args.transformer)
     config.validate()
     require_positive(args, "sft_steps", "eval_prompts", integer=True)
-    task = None if args.data is not None else task_named(args.task)
-    if args.num_pairs <= 1:
-        raise ValueError(f"num_pairs: must be at least 2, got {args.num_pairs}")
-    if task is None and args.model is None and args.init is None:
+    if args.data is not None and args.model is None and args.init is None:
         raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or --model")
-    if args.out:
-        check_run_dir(args.out, "rlhf-jax dpo")
-    lm, params, tokenizer = _starting_policy(args)
-    if args.data is not None:
-        prefs = Preferences(*load_preferences(args.data), bayes_accuracy=None)  # errors name the line, up front
-    run_dir = claim_run_dir(args.out, "rlhf-jax dpo", "dpo")
-    write_json(run_dir / "config.json", {**config.to_dict(), "task": None if args.data else args.task,
-                                         "data": args.data, "init": args.init, "pretrained": args.model,
-                                         "num_pairs": args.num_pairs, "tau": args.tau, "flip_prob": args.flip_prob,
-                                         "sft_steps": args.sft_steps})
+    run_dir, task, lm, params, tokenizer, prefs = _prepare(args, config, "rlhf-jax dpo", "dpo")
     wall, summary = {}, {}
     if task is not None:
         lm, params, prefs = _task_pairs(args, task, lm, params, tokenizer, config, run_dir, wall)
