@@ -271,18 +271,8 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         ref_logits = response_positions(reference.apply({"params": ref_params}, seq, am).logits, p)
         logp = token_log_probs(logits, tokens, t)
         ref_logp = token_log_probs(ref_logits, tokens, t)
-        if group:
-            return learn_from_group(state, gen, score, key, logits, ref_logits, logp, ref_logp)
-        scalar = out.scalar if shared else critic.apply({"params": state.critic_params}, seq, am).scalar
-        values = response_positions(scalar, p) * maskf
-        rewards, kl_tok = per_token_rewards(score, logp, ref_logp, mask, state.kl_coef, config.kl_estimator)
-        adv, returns = token_advantages(rewards, values, mask, config.gamma, config.gae_lambda)
-        if config.whiten_advantages:
-            adv = whiten(adv, mask)
-        batch = TokenBatch(seq, am, mask, logp, values, adv, returns)
-        pp, cp, po, co, m = update(state.policy_params, state.critic_params, state.policy_opt, state.critic_opt,
-                                   batch, key, config.clip_eps, config.value_clip_eps, config.ent_coef,
-                                   config.vf_coef)
+        step = learn_from_group if group else learn_with_critic
+        models, kl_tok, own_metrics = step(state, gen, score, key, out, logp, ref_logp)
         kl_seq = kl_tok.sum(axis=1).mean()
         kl_coef = state.kl_coef
         if config.adaptive_kl:
@@ -291,42 +281,47 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         metrics = {
             "score": score.mean(), "kl": kl_seq,
             "kl_exact": (exact_kl(logits, ref_logits, t) * maskf).sum(axis=1).mean(),
-            "non_score_reward": (-state.kl_coef * kl_tok).sum(axis=1).mean(),
             "kl_coef": state.kl_coef, "entropy": losses.masked_mean(entropy, mask),
-            "explained_variance": losses.explained_variance(values, returns, mask),
-            "eos_rate": _ended(gen, eos_id).mean(), "response_length": maskf.sum(axis=1).mean(),
-            "value_mean": losses.masked_mean(values, mask), **m,
+            "eos_rate": _ended(gen, eos_id).mean(), "response_length": maskf.sum(axis=1).mean(), **own_metrics,
         }
-        return constrain_params(RLHFState(pp, cp, po, co, kl_coef), mesh, config.fsdp), metrics
+        return constrain_params(RLHFState(*models, kl_coef), mesh, config.fsdp), metrics
 
-    def learn_from_group(state: RLHFState, gen: Generation, score, key, logits, ref_logits, logp, ref_logp):
+    def learn_with_critic(state: RLHFState, gen: Generation, score, key, out, logp, ref_logp):
+        """PPO: eq. (54) rewards, token-level GAE on the critic's values, the clipped update of
+        both models. Returns the four model states, the per-token KL and PPO's own metrics."""
+        seq, am, mask = gen.sequences, gen.attention_mask, gen.response_mask
+        scalar = out.scalar if shared else critic.apply({"params": state.critic_params}, seq, am).scalar
+        values = response_positions(scalar, p) * mask.astype(jnp.float32)
+        rewards, kl_tok = per_token_rewards(score, logp, ref_logp, mask, state.kl_coef, config.kl_estimator)
+        adv, returns = token_advantages(rewards, values, mask, config.gamma, config.gae_lambda)
+        if config.whiten_advantages:
+            adv = whiten(adv, mask)
+        batch = TokenBatch(seq, am, mask, logp, values, adv, returns)
+        *models, m = update(state.policy_params, state.critic_params, state.policy_opt, state.critic_opt, batch,
+                            key, config.clip_eps, config.value_clip_eps, config.ent_coef, config.vf_coef)
+        own = {"non_score_reward": (-state.kl_coef * kl_tok).sum(axis=1).mean(),
+               "explained_variance": losses.explained_variance(values, returns, mask),
+               "value_mean": losses.masked_mean(values, mask), **m}
+        return models, kl_tok, own
+
+    def learn_from_group(state: RLHFState, gen: Generation, score, key, out, logp, ref_logp):
+        """GRPO/RLOO: each group's advantages on its responses' tokens, the clipped update of the
+        policy alone. Returns the four model states, the per-token KL and their own metrics."""
         mask = gen.response_mask
-        maskf = mask.astype(jnp.float32)
-        kl_tok = kl_penalty(logp, ref_logp, config.kl_estimator) * maskf
-        kl_seq = kl_tok.sum(axis=1)
+        kl_tok = kl_penalty(logp, ref_logp, config.kl_estimator) * mask.astype(jnp.float32)
         # RLOO puts the KL in each response's reward; GRPO keeps it out, as a loss term.
-        reward = score - state.kl_coef * kl_seq if config.algo == "rloo" else score
+        reward = score - state.kl_coef * kl_tok.sum(axis=1) if config.algo == "rloo" else score
         estimator = "rloo" if config.algo == "rloo" else ("grpo" if config.scale_advantages else "grpo-unscaled")
         adv = group_advantages(reward, config.group_size, estimator)
         batch = GroupBatch(gen.sequences, gen.attention_mask, mask, logp, ref_logp, to_tokens(adv, mask))
         kl_loss_coef = state.kl_coef if config.algo == "grpo" else 0.0
         pp, po, m = group_update(state.policy_params, state.policy_opt, batch, key, config.clip_eps, config.ent_coef,
                                  kl_loss_coef)
-        kl_coef = state.kl_coef
-        if config.adaptive_kl:
-            kl_coef = adaptive_kl_beta(kl_coef, kl_seq.mean(), config.target_kl, config.kl_horizon, mask.shape[0])
         groups = reward.reshape(-1, config.group_size)
-        metrics = {
-            "score": score.mean(), "kl": kl_seq.mean(),
-            "kl_exact": (exact_kl(logits, ref_logits, t) * maskf).sum(axis=1).mean(),
-            "non_score_reward": (reward - score).mean(), "kl_coef": state.kl_coef,
-            "entropy": losses.masked_mean(token_policy(logits, t).entropy(), mask),
-            "eos_rate": _ended(gen, eos_id).mean(), "response_length": maskf.sum(axis=1).mean(),
-            "reward_std_within_groups": jnp.std(groups, axis=1).mean(),
-            "zero_advantage_groups": jnp.mean(jnp.all(groups == groups[:, :1], axis=1)), **m,
-        }
-        new_state = RLHFState(pp, state.critic_params, po, state.critic_opt, kl_coef)
-        return constrain_params(new_state, mesh, config.fsdp), metrics
+        own = {"non_score_reward": (reward - score).mean(),
+               "reward_std_within_groups": jnp.std(groups, axis=1).mean(),
+               "zero_advantage_groups": jnp.mean(jnp.all(groups == groups[:, :1], axis=1)), **m}
+        return (pp, state.critic_params, po, state.critic_opt), kl_tok, own
 
     def iteration(state, ref_params, rm_params, norm_mean, norm_std, prompt_ids, prompt_mask, key):
         k_sample, k_learn = jax.random.split(key)
