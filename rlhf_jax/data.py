@@ -1,11 +1,14 @@
-"""JSONL data: each line one JSON object with string fields; any bad line is an error naming file and line."""
+"""JSONL data: each line one JSON object with string fields; any bad line is an error naming file and line.
+And the fixed-size batching every host-side loop over examples uses."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from ppo_jax.outputs import atomic_path
 
@@ -125,3 +128,14 @@ def padded_chunks(items: Sequence, batch_size: int):
         chunk = list(items[start:start + batch_size])
         real = len(chunk)
         yield chunk + [chunk[-1]] * (batch_size - real), real
+
+
+def in_fixed_batches(fn: Callable[[np.ndarray], Any], n: int, batch_size: int) -> np.ndarray:
+    """``fn(idx)`` over ``range(n)`` in index batches of exactly ``batch_size`` (the last padded by
+    wrapping round to the start, so one compiled program serves all), the results concatenated
+    without the padding's rows."""
+    out = []
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size) % n
+        out.append(np.asarray(fn(idx))[: min(batch_size, n - start)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)

@@ -27,6 +27,10 @@ import optax
 from flax import struct
 
 from ppo_jax.validation import config_from_dict, require_finite, require_positive
+from rlhf_jax.data import in_fixed_batches
+from rlhf_jax.ppo import sequence_kl
+from rlhf_jax.ppo_trainer import PromptSource, evaluate_samples
+from rlhf_jax.sampling import SamplingConfig, make_generate
 from rlhf_jax.sft import SFTBatch, adamw_warmup_cosine, encode_examples
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, token_log_probs
@@ -135,15 +139,6 @@ def encode_pair_rows(tokenizer: Tokenizer, pairs: Sequence[dict], max_length: in
                     encode_examples(tokenizer, prompts, [p["rejected"] for p in pairs], max_length, where))
 
 
-def _batched(fn: Callable, rows: SFTBatch, batch_size: int) -> np.ndarray:
-    """``fn`` over ``rows`` in fixed-size batches (the last padded by repetition: one compile)."""
-    out = []
-    for start in range(0, len(rows), batch_size):
-        idx = np.arange(start, start + batch_size) % len(rows)
-        out.append(np.asarray(fn(rows[idx]))[: min(batch_size, len(rows) - start)])
-    return np.concatenate(out)
-
-
 @dataclass
 class DPOResult:
     params: dict
@@ -184,7 +179,8 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
 
     seq_logp = jax.jit(lambda p, rows: sequence_log_probs(model, p, rows))
     # The reference's log-probs, once for every pair (the reference never changes).
-    ref = {side: _batched(lambda rows: seq_logp(params, rows), getattr(data, side), config.batch_size)
+    ref = {side: in_fixed_batches(lambda idx, rows=getattr(data, side): seq_logp(params, rows[idx]), len(data),
+                                  config.batch_size)
            for side in ("chosen", "rejected")}
     heldout, train = order[:n_held], order[n_held:]
     steps_per_epoch = len(train) // config.batch_size
@@ -205,7 +201,9 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
         return optax.apply_updates(p, updates), opt_state, loss, aux
 
     def evaluate(p) -> dict:
-        logp = {side: _batched(lambda rows: seq_logp(p, rows), getattr(data[heldout], side), config.batch_size)
+        held = data[heldout]
+        logp = {side: in_fixed_batches(lambda idx, rows=getattr(held, side): seq_logp(p, rows[idx]), len(held),
+                                       config.batch_size)
                 for side in ("chosen", "rejected")}
         loss, m = dpo_loss(logp["chosen"], logp["rejected"], ref["chosen"][heldout], ref["rejected"][heldout],
                            config.beta, config.label_smoothing)
@@ -235,27 +233,14 @@ def evaluate_policy_samples(lm: TransformerLM, params, ref_params, tokenizer: To
                             batch_size: int = 64) -> dict:
     """One sample per prompt from the policy ``params``: the exact KL to the reference summed
     over the response (nats per sequence), the EOS rate and, with ``gold_reward(response,
-    ended)``, the mean gold reward."""
-    from rlhf_jax.data import padded_chunks
-    from rlhf_jax.ppo import sequence_kl
-    from rlhf_jax.ppo_trainer import decode_responses
-    from rlhf_jax.preferences import longest_prompt
-    from rlhf_jax.sampling import SamplingConfig, make_generate
-
+    ended)``, the mean gold reward (:func:`rlhf_jax.ppo_trainer.evaluate_samples` with a plain
+    sampler: no reward model, no RLHF programs)."""
+    source = PromptSource(tokenizer, prompts)
     generate = make_generate(lm, SamplingConfig(max_new_tokens=max_new_tokens), eos_id=tokenizer.eos_id,
                              pad_id=tokenizer.pad_id)
-    width = longest_prompt(tokenizer, prompts)
-    kl = jax.jit(lambda p, r, g: sequence_kl(lm, p, lm, r, g.sequences, g.attention_mask, g.response_mask, width))
-    batch_size = min(batch_size, len(prompts))
-    kls, ends, golds = [], [], []
-    for chunk, real in padded_chunks(prompts, batch_size):
-        batch = tokenizer.encode_batch(chunk, padding_side="left", add_bos=True, max_length=width)
-        key, k = jax.random.split(key)
-        gen = generate(params, batch.input_ids, batch.attention_mask, k)
-        kls.append(np.asarray(kl(params, ref_params, gen))[:real])
-        texts, ended = decode_responses(tokenizer, gen)
-        ends.append(ended[:real])
-        if gold_reward is not None:
-            golds += [gold_reward(y, bool(e)) for y, e in zip(texts[:real], ended[:real])]
-    return {"kl": float(np.mean(np.concatenate(kls))), "eos_rate": float(np.mean(np.concatenate(ends))),
-            "gold_reward": float(np.mean(golds)) if golds else None}
+    kl = jax.jit(lambda p, r, g: sequence_kl(lm, p, lm, r, g.sequences, g.attention_mask, g.response_mask,
+                                             source.width))
+    gold = None if gold_reward is None else (lambda prompt, response, ended: gold_reward(response, ended))
+    out = evaluate_samples(generate, kl, params, ref_params=ref_params, tokenizer=tokenizer, prompts=source,
+                           eval_prompts=prompts, key=key, batch_size=min(batch_size, len(prompts)), gold_reward=gold)
+    return {"kl": out["kl"], "eos_rate": out["eos_rate"], "gold_reward": out["gold_reward"] if gold else None}

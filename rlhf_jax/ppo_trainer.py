@@ -492,28 +492,43 @@ def _iterations(config, programs, state, history, start, *, ref_params, tokenize
 def evaluate_policy(programs: RLHFPrograms, policy_params, *, ref_params, tokenizer: Tokenizer, prompts: PromptSource,
                     eval_prompts: Sequence[str], key: jax.Array, batch_size: int, rm_params=None,
                     rm_norm: dict | None = None, gold_reward: Callable | None = None) -> dict:
-    """Mean gold and proxy reward, exact KL to the reference (nats per sequence), EOS rate and
-    length over ``eval_prompts`` (one sample each, in fixed-size batches), plus the samples."""
+    """:func:`evaluate_samples` with the programs' sampler, exact KL and (given ``rm_params``)
+    reward-model score, normalised by ``rm_norm``."""
     norm = rm_norm or {"mean": 0.0, "std": 1.0}
+    score = (None if rm_params is None
+             else lambda gen: programs.score(rm_params, gen, norm["mean"], norm["std"]))
+    return evaluate_samples(programs.generate, programs.kl, policy_params, ref_params=ref_params, tokenizer=tokenizer,
+                            prompts=prompts, eval_prompts=eval_prompts, key=key, batch_size=batch_size, score=score,
+                            gold_reward=gold_reward)
+
+
+def evaluate_samples(generate: Callable, kl: Callable, policy_params, *, ref_params, tokenizer: Tokenizer,
+                     prompts: PromptSource, eval_prompts: Sequence[str], key: jax.Array, batch_size: int,
+                     score: Callable | None = None, gold_reward: Callable | None = None) -> dict:
+    """Mean gold and proxy reward, exact KL to the reference (nats per sequence), EOS rate and
+    length over ``eval_prompts`` (one sample each from ``generate(policy_params, ids, mask,
+    key)``, in fixed-size batches), plus the samples. ``kl(policy_params, ref_params, gen)`` is
+    the per-sequence KL, ``score(gen)`` the proxy reward (NaN without one) and
+    ``gold_reward(prompt, response, ended_with_eos)`` the gold one (NaN without one)."""
     golds, proxies, kls, ends, lengths, samples = [], [], [], [], [], []
     for chunk, real in padded_chunks(eval_prompts, batch_size):
         ids, mask = prompts.encode(chunk)
         key, k = jax.random.split(key)
-        gen = programs.generate(policy_params, ids, mask, k)
-        kls.append(np.asarray(programs.kl(policy_params, ref_params, gen))[:real])
+        gen = generate(policy_params, ids, mask, k)
+        kls.append(np.asarray(kl(policy_params, ref_params, gen))[:real])
         texts, ended = decode_responses(tokenizer, gen)
         ends.append(ended[:real])
         lengths.append(np.asarray(gen.response_mask).sum(axis=1)[:real])
-        proxy = (np.asarray(programs.score(rm_params, gen, norm["mean"], norm["std"]))[:real]
-                 if rm_params is not None else np.full(real, np.nan))
+        proxy = np.asarray(score(gen))[:real] if score is not None else np.full(real, np.nan)
         gold = (np.asarray([gold_reward(p, y, bool(e)) for p, y, e in zip(chunk, texts, ended)])[:real]
                 if gold_reward is not None else np.full(real, np.nan))
         proxies.append(proxy)
         golds.append(gold)
         samples += [{"prompt": p, "response": y, "ended_with_eos": bool(e), "gold_reward": float(g),
                      "proxy_reward": float(r)} for p, y, e, g, r in zip(chunk, texts, ended, gold, proxy)]
-    kl = np.concatenate(kls)
-    return {"gold_reward": float(np.mean(np.concatenate(golds))), "proxy_reward": float(np.mean(np.concatenate(proxies))),
-            "kl": float(kl.mean()), "sqrt_kl": float(np.sqrt(max(kl.mean(), 0.0))),
-            "eos_rate": float(np.mean(np.concatenate(ends))), "response_length": float(np.mean(np.concatenate(lengths))),
-            "samples": samples}
+    kl_seq = np.concatenate(kls)
+    return {"gold_reward": float(np.mean(np.concatenate(golds))),
+            "proxy_reward": float(np.mean(np.concatenate(proxies))),
+            "kl": float(kl_seq.mean()), "sqrt_kl": float(np.sqrt(max(kl_seq.mean(), 0.0))),
+            "eos_rate": float(np.mean(np.concatenate(ends))),
+            "response_length": float(np.mean(np.concatenate(lengths))), "samples": samples}

@@ -22,6 +22,7 @@ import optax
 from flax import struct
 
 from ppo_jax.validation import require_finite, require_positive
+from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.preferences import expected_accuracy
 from rlhf_jax.sft import adamw_warmup_cosine
 from rlhf_jax.tokenizer import Tokenizer
@@ -191,12 +192,7 @@ class RMResult:
 
 def score_batches(score: Callable, params, ids: np.ndarray, mask: np.ndarray, batch_size: int) -> np.ndarray:
     """Scores in fixed-size batches (the last padded by repetition) so one program serves all."""
-    out = []
-    n = len(ids)
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size) % n
-        out.append(np.asarray(score(params, ids[idx], mask[idx]))[: min(batch_size, n - start)])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    return in_fixed_batches(lambda idx: score(params, ids[idx], mask[idx]), len(ids), batch_size)
 
 
 def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *, init_params_from=None,
