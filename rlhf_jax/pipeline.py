@@ -280,12 +280,25 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
     if max_new <= 0:
         raise ValueError(f"sft.model.max_len: {sft.lm.config.max_len} leaves no room for a response after "
                          f"{width}-token prompts")
-    programs = make_programs(ppo_config, sft.lm.config, rm.model, prompt_len=width, max_new_tokens=max_new,
-                             eos_id=tok.eos_id, pad_id=tok.pad_id)
     ref_frozen, rm_frozen = frozen_params(ppo_config, (sft.params, rm.params))
-    evaluate = lambda params, key: evaluate_policy(  # noqa: E731
-        programs, params, ref_params=ref_frozen, tokenizer=tok, prompts=source, eval_prompts=eval_prompts, key=key,
-        batch_size=ppo_config.batch_size, rm_params=rm_frozen, rm_norm=rm.norm, gold_reward=gold_fn)
+    programs_of: dict = {}
+
+    def programs_for(algo: str):
+        """The compiled programs of ``algo`` on these shapes, made once."""
+        if algo not in programs_of:
+            programs_of[algo] = make_programs(dataclasses.replace(ppo_config, algo=algo), sft.lm.config, rm.model,
+                                              prompt_len=width, max_new_tokens=max_new, eos_id=tok.eos_id,
+                                              pad_id=tok.pad_id)
+        return programs_of[algo]
+
+    def evaluator(algo: str) -> Callable:
+        """``evaluate(params, key)`` on the held-out prompts, with ``algo``'s programs."""
+        programs = programs_for(algo)
+        return lambda params, key: evaluate_policy(
+            programs, params, ref_params=ref_frozen, tokenizer=tok, prompts=source, eval_prompts=eval_prompts,
+            key=key, batch_size=ppo_config.batch_size, rm_params=rm_frozen, rm_norm=rm.norm, gold_reward=gold_fn)
+
+    programs, evaluate = programs_for("ppo"), evaluator("ppo")
     t0 = time.perf_counter()
     eval_key = jax.random.PRNGKey(config.seed + 4)
     before = evaluate(sft.params, eval_key)
@@ -306,17 +319,6 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
         log("best-of-n: " + ", ".join(f"n={r['n']} gold {r['gold_reward']:.3f}" for r in rows))
 
     # 4. PPO against the proxy and/or the gold reward; GRPO and RLOO against the proxy
-    programs_of = {"ppo": programs}
-
-    def evaluate_with(algo: str):
-        if algo not in programs_of:
-            programs_of[algo] = make_programs(dataclasses.replace(ppo_config, algo=algo), sft.lm.config, rm.model,
-                                              prompt_len=width, max_new_tokens=max_new, eos_id=tok.eos_id,
-                                              pad_id=tok.pad_id)
-        return programs_of[algo], lambda params, key: evaluate_policy(
-            programs_of[algo], params, ref_params=ref_frozen, tokenizer=tok, prompts=source, eval_prompts=eval_prompts,
-            key=key, batch_size=ppo_config.batch_size, rm_params=rm_frozen, rm_norm=rm.norm, gold_reward=gold_fn)
-
     runs = {"proxy": ("ppo_proxy", "ppo", "proxy", "PPO on proxy reward"),
             "gold": ("ppo_gold", "ppo", "gold", "PPO on gold reward"),
             "grpo": ("grpo", "grpo", "proxy", "GRPO on proxy reward"),
@@ -325,10 +327,9 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
         if mode not in modes:
             continue
         mode_config = dataclasses.replace(ppo_config, algo=algo)
-        mode_programs, mode_evaluate = evaluate_with(algo)
-        ppo = stage(name, lambda name=name, reward=reward: ppo_stage(
-            mode_config, mode_programs, sft.params, rm, run_dir / name, reward=reward, tokenizer=tok, source=source,
-            ref_params=ref_frozen, rm_params=rm_frozen, gold_reward=gold_fn, evaluate=mode_evaluate,
+        ppo = stage(name, lambda: ppo_stage(  # called at once, in this iteration
+            mode_config, programs_for(algo), sft.params, rm, run_dir / name, reward=reward, tokenizer=tok,
+            source=source, ref_params=ref_frozen, rm_params=rm_frozen, gold_reward=gold_fn, evaluate=evaluator(algo),
             eval_key=eval_key, checkpoint_every=config.checkpoint_every, show_progress=show_progress, resume=resume))
         history, after = ppo.history, ppo.final
         summary[name] = {**after, "iterations": ppo_config.iterations,
@@ -347,8 +348,7 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
         dpo = stage("dpo", lambda: dpo_stage(dpo_config, tok, prefs, run_dir / "dpo", lm=sft.lm, params=sft.params,
                                              show_progress=show_progress, resume=resume))
         # A policy without a value head: evaluated by programs whose policy has none either.
-        _, dpo_evaluate = evaluate_with("ppo" if ppo_config.value_model == "critic" else "rloo")
-        after = dpo_evaluate(dpo.params, eval_key)
+        after = evaluator("ppo" if ppo_config.value_model == "critic" else "rloo")(dpo.params, eval_key)
         write_json(run_dir / "dpo" / "samples.json", after.pop("samples"))
         summary["dpo"] = {**after, "heldout_accuracy": dpo.history[-1]["heldout_accuracy"]}
         if gold_fn is not None:
