@@ -146,8 +146,9 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
                     advantages = losses.normalize_advantages(advantages)
             batch = Batch(flat(traj.obs), flat(traj.action), flat(traj.log_prob), flat(values), flat(advantages),
                           flat(targets), mask)
-            params, opt_state, metrics = UPDATES[config.algo](network, tx, state.params, state.opt_state, batch, hp,
-                                                              lrs, k_update, config, shard_rows=env_sharding)
+            opt_state = optim.set_learning_rates(state.opt_state, lrs)  # this update's, for every rule
+            params, opt_state, metrics = UPDATES[config.algo](network, tx, state.params, opt_state, batch, hp,
+                                                              k_update, config, shard_rows=env_sharding)
 
             ep_return, ep_count = episode_return_stats(traj.episode_return, traj.done)
             ep_length, _ = episode_return_stats(traj.episode_length.astype(jnp.float32), traj.done)

@@ -25,13 +25,13 @@ def a2c_loss(network, params, batch: Batch, hp) -> tuple[jax.Array, dict]:
                    "approx_kl": losses.approx_kl_k3(logp, batch.log_prob)}
 
 
-def a2c_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict):
+def a2c_update(network, tx, params, opt_state, batch: Batch, hp):
     """One optimiser step on the whole batch. Returns ``(params, opt_state, metrics)``."""
     (_, aux), grads = jax.value_and_grad(lambda p: a2c_loss(network, p, batch, hp), has_aux=True)(params)
-    params, opt_state = optim.step(tx, params, optim.set_learning_rates(opt_state, lrs), grads)
+    params, opt_state = optim.step(tx, params, opt_state, grads)
     return params, opt_state, aux
 
 
-def update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
+def update(network, tx, params, opt_state, batch: Batch, hp, key: jax.Array, config, shard_rows=None):
     """:func:`a2c_update` in the signature of :data:`ppo_jax.algorithms.UPDATES` (no key used)."""
-    return a2c_update(network, tx, params, opt_state, batch, hp, lrs)
+    return a2c_update(network, tx, params, opt_state, batch, hp)

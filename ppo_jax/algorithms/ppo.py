@@ -44,7 +44,7 @@ def ppo_loss(network, params, mb: Batch, hp, normalize_advantages: bool):
     return loss, aux
 
 
-def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax.Array, *,
+def ppo_update(network, tx, params, opt_state, batch: Batch, hp, key: jax.Array, *,
                update_epochs: int, num_minibatches: int, per_minibatch_adv_norm: bool,
                shard_rows=None) -> tuple[Any, Any, dict]:
     """Runs ``update_epochs`` epochs, each a fresh permutation split into ``num_minibatches``.
@@ -67,7 +67,6 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
         (_, aux), grads = grad_fn(params, mb)
         return optim.step(tx, params, opt_state, grads), aux
 
-    opt_state = optim.set_learning_rates(opt_state, lrs)
     (params, opt_state), aux = minibatch_epochs(
         minibatch_step, (params, opt_state), batch, key, epochs=update_epochs, minibatches=num_minibatches,
         stop_when=lambda aux: (hp.target_kl > 0) & (aux["approx_kl"] > hp.target_kl))
@@ -79,9 +78,9 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key:
     return params, opt_state, metrics
 
 
-def update(network, tx, params, opt_state, batch: Batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
+def update(network, tx, params, opt_state, batch: Batch, hp, key: jax.Array, config, shard_rows=None):
     """:func:`ppo_update` with its sizes and switches from ``config`` (the signature of every
     rule in :data:`ppo_jax.algorithms.UPDATES`)."""
-    return ppo_update(network, tx, params, opt_state, batch, hp, lrs, key, update_epochs=config.update_epochs,
+    return ppo_update(network, tx, params, opt_state, batch, hp, key, update_epochs=config.update_epochs,
                       num_minibatches=config.num_minibatches, shard_rows=shard_rows,
                       per_minibatch_adv_norm=config.normalize_advantages and config.per_minibatch_adv_norm)

@@ -30,12 +30,11 @@ def complete_episode_mask(done: jax.Array) -> jax.Array:
     return (ends_later > 0).astype(jnp.float32)
 
 
-def reinforce_update(network, tx, params, opt_state, obs, action, returns, mask, hp, lrs: dict, key, *,
+def reinforce_update(network, tx, params, opt_state, obs, action, returns, mask, hp, key, *,
                      baseline: bool, epochs: int, minibatches: int):
     """One policy step on ``-mean_mask(log pi(a|s) (G - b(s)))`` (minus the entropy bonus), then,
     with a baseline, the critic's regression on ``G``. Inputs are flat ``[B, ...]``.
     Returns ``(params, opt_state, metrics)``."""
-    opt_state = optim.set_learning_rates(opt_state, lrs)
     values = network.apply({"params": params}, obs, method=ActorCritic.value)
     weight = returns - values if baseline else returns
 
@@ -56,9 +55,9 @@ def reinforce_update(network, tx, params, opt_state, obs, action, returns, mask,
     return params, opt_state, metrics
 
 
-def update(network, tx, params, opt_state, batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
+def update(network, tx, params, opt_state, batch, hp, key: jax.Array, config, shard_rows=None):
     """:func:`reinforce_update` in the signature of :data:`ppo_jax.algorithms.UPDATES`: the
     batch's ``advantage`` is the reward-to-go ``G`` and its ``mask`` the complete episodes."""
     return reinforce_update(network, tx, params, opt_state, batch.obs, batch.action, batch.advantage, batch.mask,
-                            hp, lrs, key, baseline=config.algo == "reinforce-baseline", epochs=config.update_epochs,
+                            hp, key, baseline=config.algo == "reinforce-baseline", epochs=config.update_epochs,
                             minibatches=config.num_minibatches)

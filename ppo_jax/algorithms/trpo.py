@@ -87,12 +87,11 @@ def trpo_step(surrogate: Callable[[jax.Array], jax.Array], mean_kl: Callable[[ja
     return new_theta, info
 
 
-def trpo_update(network, tx, params, opt_state, batch, hp, lrs: dict, key, *, cg_iters: int, backtrack_steps: int,
+def trpo_update(network, tx, params, opt_state, batch, hp, key, *, cg_iters: int, backtrack_steps: int,
                 epochs: int, minibatches: int):
     """The policy step of :func:`trpo_step` on the actor's flat parameters, then the critic's
     regression on the GAE targets (``epochs x minibatches``). ``batch`` is a flat
     :class:`~ppo_jax.rollout.Batch`. Returns ``(params, opt_state, metrics)``."""
-    from ppo_jax import optim
     from ppo_jax.algorithms.critic import regress_critic
     from ppo_jax.networks import ActorCritic
 
@@ -112,14 +111,14 @@ def trpo_update(network, tx, params, opt_state, batch, hp, lrs: dict, key, *, cg
     theta, info = trpo_step(surrogate, mean_kl, theta, delta=hp.trpo_delta, damping=hp.cg_damping,
                             cg_iters=cg_iters, backtrack_steps=backtrack_steps)
     new_params, opt_state, value_loss = regress_critic(
-        network, tx, {**params, "actor": unravel(theta)}, optim.set_learning_rates(opt_state, lrs), batch.obs,
+        network, tx, {**params, "actor": unravel(theta)}, opt_state, batch.obs,
         batch.target, batch.value, jnp.ones_like(batch.value), hp, key, epochs=epochs, minibatches=minibatches)
     entropy = jnp.mean(network.apply({"params": new_params}, batch.obs, method=ActorCritic.policy).entropy())
     return new_params, opt_state, {**info, "value_loss": value_loss, "entropy": entropy}
 
 
-def update(network, tx, params, opt_state, batch, hp, lrs: dict, key: jax.Array, config, shard_rows=None):
+def update(network, tx, params, opt_state, batch, hp, key: jax.Array, config, shard_rows=None):
     """:func:`trpo_update` in the signature of :data:`ppo_jax.algorithms.UPDATES`."""
-    return trpo_update(network, tx, params, opt_state, batch, hp, lrs, key, cg_iters=config.cg_iters,
+    return trpo_update(network, tx, params, opt_state, batch, hp, key, cg_iters=config.cg_iters,
                        backtrack_steps=config.backtrack_steps, epochs=config.update_epochs,
                        minibatches=config.num_minibatches)
