@@ -9,14 +9,7 @@ import sys
 
 import jax
 
-
-def cpu_model() -> str:
-    """The CPU's model name (machines here differ: Xeons with AMX, EPYCs with AVX2 only)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
+from ppo_jax.machine import cpu_model
 
 
 def machine() -> dict:

@@ -21,7 +21,9 @@ import time
 import jax
 import numpy as np
 from common import write_result
+from flops import iteration_flops, torch_matmul_gflops, xla_matmul_gflops
 
+from rlhf_jax.compute_dtype import resolve
 from rlhf_jax.ppo_trainer import RLHFConfig, init_state, make_programs
 from rlhf_jax.reward_model import reward_model
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
@@ -36,8 +38,11 @@ def main() -> None:
     parser.add_argument("--value-model", default="critic", choices=["critic", "policy-head"])
     parser.add_argument("--algo", default="ppo", choices=["ppo", "grpo", "rloo"])
     parser.add_argument("--group-size", type=int, default=4, help="grpo/rloo: responses per prompt")
-    parser.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="matmul inputs of the transformer blocks (float32 accumulation either way)")
+    parser.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                        help="matmul inputs of the transformer blocks (float32 accumulation either way; auto: "
+                             "bfloat16 where the cached probe found it faster)")
+    parser.add_argument("--torch-python", default=None,
+                        help="an interpreter with torch, to put PyTorch's matmul probe beside XLA's in the JSON")
     parser.add_argument("--out", default="benchmarks/results/rlhf_iteration.json")
     args = parser.parse_args()
 
@@ -77,12 +82,22 @@ def main() -> None:
     phases = ("sample", "score", "update", "total")
     best = {p: min(t[p] for t in runs) for p in phases}
     median = {p: float(np.median([t[p] for t in runs])) for p in phases}
+    flops = iteration_flops(model_config, batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                            epochs=config.epochs, critic=config.value_model == "critic" and not config.critic_free)
+    probe = {"xla_gflops": xla_matmul_gflops(),
+             "torch_gflops": torch_matmul_gflops(args.torch_python) if args.torch_python else None}
     result = {"benchmark": "rlhf_iteration", "batch": args.batch, "prompt_len": args.prompt_len,
               "new_tokens": args.new_tokens, "epochs": config.epochs, "minibatches": config.minibatches,
               "value_model": config.value_model, "algo": config.algo, "group_size": g,
-              "compute_dtype": args.compute_dtype, "model": model_config.to_dict(), "compile_s": compile_s,
-              "best_s": best, "median_s": median, "runs": runs}
+              "compute_dtype": args.compute_dtype, "compute_dtype_used": resolve(args.compute_dtype),
+              "model": model_config.to_dict(), "compile_s": compile_s, "best_s": best, "median_s": median,
+              "runs": runs, "matmul_gflop": {p: f / 1e9 for p, f in flops.items()},
+              "gflops_at_median": {p: flops[p] / 1e9 / median[p] for p in phases},
+              "matmul_probe_2048": probe}
     print("  ".join(f"{p} {best[p]:.3f} s (median {median[p]:.3f})" for p in phases) + f"  compile {compile_s:.1f} s")
+    print("  ".join(f"{p} {flops[p] / 1e9:.0f} GFLOP at {flops[p] / 1e9 / median[p]:.0f} GFLOP/s" for p in phases)
+          + f"  (float32 matmul probe: XLA {probe['xla_gflops']:.0f} GFLOP/s"
+          + (f", torch {probe['torch_gflops']:.0f}" if probe["torch_gflops"] else "") + ")")
     write_result(args.out, result)
     print(f"wrote {args.out}")
 

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.envs import validate_env_id
-from ppo_jax.validation import config_from_dict, require_finite, require_positive
+from ppo_jax.validation import DictConfig, require_finite, require_positive
 
 
 @dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(DictConfig):
     """PPO on a vectorised gymnax environment."""
 
     env: str = "CartPole-v1"
@@ -109,13 +109,6 @@ class PPOConfig:
 
     def replace(self, **changes) -> "PPOConfig":
         return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PPOConfig":
-        return config_from_dict(cls, d)
 
     def validate(self) -> "PPOConfig":
         """Checks every field before anything compiles; raises ValueError naming the field."""

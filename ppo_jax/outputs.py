@@ -131,26 +131,36 @@ def plot_learning_curve(path: Path, steps: np.ndarray, returns: np.ndarray, titl
 def plot_lines(path: Path, series: dict, *, xlabel: str, ylabel: str, title: str) -> None:
     """One line per ``series[name] = (x, y)``, with a shaded band for ``(x, y, low, high)``
     (error bars where there are few points)."""
+    plot_panels(path, [(ylabel, series)], xlabel=xlabel, title=title)
+
+
+def plot_panels(path: Path, panels: list[tuple[str, dict]], *, xlabel: str, title: str) -> None:
+    """:func:`plot_lines` for several ``(ylabel, series)`` side by side, sharing the x axis
+    (a name in several panels gets the same colour in each)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (x, y, *band) in series.items():
-        x, y = np.asarray(x), np.asarray(y, dtype=float)
-        few = len(x) < 30
-        line = ax.plot(x, y, label=name, marker="o" if few else None)[0]
-        if band:
-            low, high = np.asarray(band[0], dtype=float), np.asarray(band[1], dtype=float)
-            if few:
-                ax.errorbar(x, y, yerr=[y - low, high - y], fmt="none", color=line.get_color(), capsize=4)
-            else:
-                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(loc="best")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), sharex=True, squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        for name, (x, y, *band) in series.items():
+            x, y = np.asarray(x), np.asarray(y, dtype=float)
+            few = len(x) < 30
+            line = ax.plot(x, y, label=name, marker="o" if few else None)[0]
+            if band:
+                low, high = np.asarray(band[0], dtype=float), np.asarray(band[1], dtype=float)
+                if few:
+                    ax.errorbar(x, y, yerr=[y - low, high - y], fmt="none", color=line.get_color(), capsize=4)
+                else:
+                    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="best")
+    if len(panels) == 1:
+        axes[0][0].set_title(title)
+    else:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -46,3 +46,14 @@ def config_from_dict(cls, d: dict):
             value = tuple(value)
         values[name] = value
     return cls(**values)
+
+
+class DictConfig:
+    """``to_dict`` and its inverse ``from_dict`` (:func:`config_from_dict`) for a config dataclass."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return config_from_dict(cls, d)

@@ -1,6 +1,7 @@
-"""``rlhf-jax sft | rm | dpo | pipeline | generate | export``: tyro subcommands over the config dataclasses.
+"""``rlhf-jax sft | rm | dpo | pipeline | overoptimization | generate | export``: tyro subcommands over
+the config dataclasses.
 
-``sft``, ``rm``, ``dpo`` and ``pipeline`` run the stage functions of :mod:`rlhf_jax.stages`."""
+``sft``, ``rm``, ``dpo``, ``pipeline`` and ``overoptimization`` run the stage functions of :mod:`rlhf_jax.stages`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from ppo_jax.validation import require_finite, require_positive
 from rlhf_jax.dpo import DPOConfig
+from rlhf_jax.overoptimization import OveroptimizationConfig
 from rlhf_jax.pipeline import PipelineConfig
 from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.sft import SFTConfig
@@ -122,33 +124,58 @@ class GenerateArgs:
 
 
 @dataclass(frozen=True)
-class PipelineArgs(PipelineConfig):
-    """SFT -> preference pairs -> reward model -> PPO (proxy and gold) and best-of-n, on a
-    built-in task or your data. Writes one run folder."""
+class ResumableRunArgs:
+    """The flags of a command whose run folder can be resumed."""
 
     out: str | None = None
     """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
     no_progress: bool = False
     """Hide the progress bars."""
     resume: str | None = None
-    """Continue the killed pipeline run in this folder (with its own config.json; other flags are ignored)."""
+    """Continue the killed run in this folder (with its own config.json; other flags are ignored)."""
+
+
+def _run_or_resume(args: ResumableRunArgs, config_class, run, resume) -> dict:
+    """``resume(folder)`` with ``--resume``; else the config of ``args``, checked before any folder
+    is made or anything compiles, then ``run(config, out)``."""
+    if args.resume:
+        return resume(args.resume, show_progress=not args.no_progress)
+    config = config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+    config.validate()
+    return run(config, args.out, show_progress=not args.no_progress)
+
+
+@dataclass(frozen=True)
+class PipelineArgs(PipelineConfig, ResumableRunArgs):
+    """SFT -> preference pairs -> reward model -> PPO (proxy and gold) and best-of-n, on a
+    built-in task or your data. Writes one run folder."""
 
 
 def run_pipeline_command(args: PipelineArgs) -> dict:
     from rlhf_jax.pipeline import resume_pipeline, run_pipeline
 
-    if args.resume:
-        summary = resume_pipeline(args.resume, show_progress=not args.no_progress)
-    else:
-        config = PipelineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)})
-        config.validate()  # before any folder is made or anything compiles
-        summary = run_pipeline(config, args.out, show_progress=not args.no_progress)
+    summary = _run_or_resume(args, PipelineConfig, run_pipeline, resume_pipeline)
     run_dir = summary["run_dir"]
     keys = ("gold_reward_sft", "gold_reward_final", "proxy_reward_final", "kl_final", "rm_heldout_accuracy",
             "bayes_accuracy")
     shown = {k: summary.get(k) for k in keys}
     print("  ".join(f"{k} {v:.3f}" for k, v in shown.items() if isinstance(v, float) and np.isfinite(v)))
     print(f"run folder: {run_dir}")
+    return summary
+
+
+@dataclass(frozen=True)
+class OveroptimizationArgs(OveroptimizationConfig, ResumableRunArgs):
+    """Reward over-optimisation (Gao et al. 2022): reward models on fewer and more preference
+    pairs, RL against each with little or no KL penalty, gold and proxy reward against
+    sqrt(KL) in one plot. Writes one run folder."""
+
+
+def run_overoptimization_command(args: OveroptimizationArgs) -> dict:
+    from rlhf_jax.overoptimization import resume_overoptimization, run_overoptimization
+
+    summary = _run_or_resume(args, OveroptimizationConfig, run_overoptimization, resume_overoptimization)
+    print(f"run folder: {summary['run_dir']}")
     return summary
 
 
@@ -485,6 +512,7 @@ def run_generate(args: GenerateArgs) -> list[dict]:
 
 COMMANDS = {"sft": (SFTArgs, run_sft), "rm": (RMArgs, run_rm), "dpo": (DPOArgs, run_dpo),
             "pipeline": (PipelineArgs, run_pipeline_command), "generate": (GenerateArgs, run_generate),
+            "overoptimization": (OveroptimizationArgs, run_overoptimization_command),
             "export": (ExportArgs, run_export)}
 
 

@@ -15,7 +15,6 @@ sampling: one pass over the preference pairs, the reference's log-probs computed
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.validation import config_from_dict, require_finite, require_positive
+from ppo_jax.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.ppo import sequence_kl
 from rlhf_jax.ppo_trainer import PromptSource, evaluate_samples
@@ -37,7 +36,7 @@ from rlhf_jax.transformer import TransformerConfig, TransformerLM, token_log_pro
 
 
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(DictConfig):
     """DPO settings (the policy and the reference start from the same model)."""
 
     model: TransformerConfig = field(default_factory=lambda: TransformerConfig(num_layers=2, d_model=128, max_len=64))
@@ -80,13 +79,6 @@ class DPOConfig:
             raise ValueError(f"overlong: must be 'skip' or 'reject', got {self.overlong!r}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DPOConfig":
-        return config_from_dict(cls, d)
 
 
 def dpo_loss(logp_chosen: jax.Array, logp_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,

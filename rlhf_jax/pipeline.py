@@ -32,21 +32,23 @@ import numpy as np
 from ppo_jax.interrupt import Interrupted
 from ppo_jax.outputs import plot_lines, read_json, write_json
 from ppo_jax.rundir import check_resumable, claim_run_dir
-from ppo_jax.validation import config_from_dict, require_finite
+from ppo_jax.validation import DictConfig, require_finite
 from rlhf_jax.data import load_preferences, load_prompts, load_sft, write_preferences
 from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.hf import load_pretrained
-from rlhf_jax.ppo_trainer import PromptSource, RLHFConfig, evaluate_policy, frozen_params, make_programs
+from rlhf_jax.ppo_trainer import RLHFConfig
 from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.sft import SFTConfig
 from rlhf_jax.stages import (
     Preferences,
+    RLSetup,
     best_of_n_stage,
     dpo_stage,
     ppo_stage,
     preference_stage,
     reward_model_stage,
     reward_vs_sqrt_kl,
+    seeded,
     sft_stage,
     task_named,
 )
@@ -58,7 +60,7 @@ DEFAULT_MODES = ("proxy", "gold", "best-of-n")
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(DictConfig):
     """The whole SFT -> RM -> PPO run, on a built-in task or on your data and model."""
 
     task: str = "reviews"
@@ -147,14 +149,6 @@ class PipelineConfig:
         if self.model is None and self.rm.max_length > self.sft.model.max_len:
             raise ValueError(f"rm.max_length: {self.rm.max_length} exceeds sft.model.max_len {self.sft.model.max_len}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PipelineConfig":
-        """Inverse of :meth:`to_dict` (nested configs rebuilt, lists back to tuples)."""
-        return config_from_dict(cls, d)
-
 
 def _load_data(config: PipelineConfig) -> dict:
     """The user's data files, read (and checked, errors naming file and line) up front:
@@ -168,10 +162,6 @@ def _load_data(config: PipelineConfig) -> dict:
     pool = everything[:-held] or everything
     return {"sft": (prompts, responses), "pairs": load_preferences(config.pref_data),
             "prompts": (pool, everything[-held:])}
-
-
-def _stage_seed(config, seed: int):
-    return dataclasses.replace(config, seed=config.seed + seed)
 
 
 def resume_pipeline(run_dir: str | Path, *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -196,7 +186,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
     """
     config.validate()
     data = _load_data(config)  # bad files fail here, before any folder exists
-    sft_config = _stage_seed(config.sft, config.seed)
+    sft_config = seeded(config.sft, config.seed)
     if config.model is not None:
         pretrained, pretrained_params, tok = load_pretrained(config.model)
         sft_config = dataclasses.replace(sft_config, model=pretrained.config.with_runtime_of(config.sft.model))
@@ -259,7 +249,7 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
             task, sft.lm, sft.params, tok, rm_dir, num_pairs=config.num_pairs, tau=config.tau,
             flip_prob=config.flip_prob, max_new_tokens=config.ppo.max_new_tokens, seed=config.seed, resume=resume))
     rm = stage("reward_model", lambda: reward_model_stage(
-        _stage_seed(config.rm, config.seed), tok, prefs, rm_dir, init_params=sft.params, model_config=sft.lm.config,
+        seeded(config.rm, config.seed), tok, prefs, rm_dir, init_params=sft.params, model_config=sft.lm.config,
         show_progress=show_progress, resume=resume))
     summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=rm.bayes_accuracy,
                    rm_heldout_expected_accuracy=rm.history[-1].get("heldout_expected_accuracy"))
@@ -268,37 +258,14 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
         f"{wall.get('pairs', 0.0) + wall.get('reward_model', 0.0):.0f} s)")
 
     # 3. Evaluation of the SFT policy, and best-of-n from it
-    ppo_config = _stage_seed(config.ppo, config.seed)
+    ppo_config = seeded(config.ppo, config.seed)
     if data["prompts"] is not None:
         pool, eval_prompts = data["prompts"]
     else:
         pool, eval_prompts = task.prompts(1024, seed=config.seed + 2), task.prompts(config.eval_prompts,
                                                                                   seed=config.seed + 3)
-    source = PromptSource(tok, pool, also=eval_prompts)
-    width = source.width
-    max_new = min(ppo_config.max_new_tokens, sft.lm.config.max_len - width)
-    if max_new <= 0:
-        raise ValueError(f"sft.model.max_len: {sft.lm.config.max_len} leaves no room for a response after "
-                         f"{width}-token prompts")
-    ref_frozen, rm_frozen = frozen_params(ppo_config, (sft.params, rm.params))
-    programs_of: dict = {}
-
-    def programs_for(algo: str):
-        """The compiled programs of ``algo`` on these shapes, made once."""
-        if algo not in programs_of:
-            programs_of[algo] = make_programs(dataclasses.replace(ppo_config, algo=algo), sft.lm.config, rm.model,
-                                              prompt_len=width, max_new_tokens=max_new, eos_id=tok.eos_id,
-                                              pad_id=tok.pad_id)
-        return programs_of[algo]
-
-    def evaluator(algo: str) -> Callable:
-        """``evaluate(params, key)`` on the held-out prompts, with ``algo``'s programs."""
-        programs = programs_for(algo)
-        return lambda params, key: evaluate_policy(
-            programs, params, ref_params=ref_frozen, tokenizer=tok, prompts=source, eval_prompts=eval_prompts,
-            key=key, batch_size=ppo_config.batch_size, rm_params=rm_frozen, rm_norm=rm.norm, gold_reward=gold_fn)
-
-    programs, evaluate = programs_for("ppo"), evaluator("ppo")
+    setup = RLSetup(ppo_config, sft, rm.model, tok, pool, eval_prompts, gold_fn)
+    evaluate = setup.evaluator("ppo", rm)
     t0 = time.perf_counter()
     eval_key = jax.random.PRNGKey(config.seed + 4)
     before = evaluate(sft.params, eval_key)
@@ -310,9 +277,9 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
 
     curves_gold, curves_proxy = {}, {}
     if "best-of-n" in modes:
-        rows = stage("best_of_n", lambda: best_of_n_stage(
-            programs, sft.params, tok, source, eval_prompts, config.best_of_n, rm, gold_fn, ppo_config.batch_size,
-            jax.random.PRNGKey(config.seed + 5), run_dir / "best_of_n", resume=resume))
+        key = jax.random.PRNGKey(config.seed + 5)
+        rows = stage("best_of_n", lambda: best_of_n_stage(setup, config.best_of_n, rm, key, run_dir / "best_of_n",
+                                                           resume=resume))
         summary["best_of_n"] = rows
         curves_gold["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["gold_reward"] for r in rows])
         curves_proxy["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["proxy_reward"] for r in rows])
@@ -326,11 +293,9 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
     for mode, (name, algo, reward, label) in runs.items():
         if mode not in modes:
             continue
-        mode_config = dataclasses.replace(ppo_config, algo=algo)
         ppo = stage(name, lambda: ppo_stage(  # called at once, in this iteration
-            mode_config, programs_for(algo), sft.params, rm, run_dir / name, reward=reward, tokenizer=tok,
-            source=source, ref_params=ref_frozen, rm_params=rm_frozen, gold_reward=gold_fn, evaluate=evaluator(algo),
-            eval_key=eval_key, checkpoint_every=config.checkpoint_every, show_progress=show_progress, resume=resume))
+            algo, setup, rm, run_dir / name, reward=reward, eval_key=eval_key,
+            checkpoint_every=config.checkpoint_every, show_progress=show_progress, resume=resume))
         history, after = ppo.history, ppo.final
         summary[name] = {**after, "iterations": ppo_config.iterations,
                          "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in history[1:]]
@@ -344,11 +309,11 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
 
     # 5. DPO on the reward model's pairs, evaluated as the others
     if "dpo" in modes:
-        dpo_config = dataclasses.replace(_stage_seed(config.dpo, config.seed), model=sft.lm.config)
+        dpo_config = dataclasses.replace(seeded(config.dpo, config.seed), model=sft.lm.config)
         dpo = stage("dpo", lambda: dpo_stage(dpo_config, tok, prefs, run_dir / "dpo", lm=sft.lm, params=sft.params,
                                              show_progress=show_progress, resume=resume))
         # A policy without a value head: evaluated by programs whose policy has none either.
-        after = evaluator("ppo" if ppo_config.value_model == "critic" else "rloo")(dpo.params, eval_key)
+        after = setup.evaluator("ppo" if ppo_config.value_model == "critic" else "rloo", rm)(dpo.params, eval_key)
         write_json(run_dir / "dpo" / "samples.json", after.pop("samples"))
         summary["dpo"] = {**after, "heldout_accuracy": dpo.history[-1]["heldout_accuracy"]}
         if gold_fn is not None:

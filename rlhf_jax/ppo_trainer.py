@@ -23,7 +23,6 @@ sequence), averaged over sequences.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from jax.sharding import Mesh
 from ppo_jax import losses
 from ppo_jax.checkpoint import RunCheckpoints
 from ppo_jax.interrupt import stop_if_requested, stoppable
-from ppo_jax.validation import require_finite, require_positive
+from ppo_jax.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import padded_chunks
 from rlhf_jax.group_advantages import group_advantages, to_tokens
 from rlhf_jax.ppo import (
@@ -70,7 +69,7 @@ REWARDS = ("proxy", "gold")
 
 
 @dataclass(frozen=True)
-class RLHFConfig:
+class RLHFConfig(DictConfig):
     """RLHF-PPO (or GRPO, RLOO) settings (shapes and switches are static; everything compiles once)."""
 
     iterations: int = 60
@@ -180,9 +179,6 @@ class RLHFConfig:
     @property
     def responses_per_prompt(self) -> int:
         return self.group_size if self.critic_free else 1
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @struct.dataclass

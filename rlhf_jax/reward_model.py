@@ -10,7 +10,6 @@ subtracted from the gap; it equals binary cross-entropy with label 1 (eq. 48).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.validation import require_finite, require_positive
+from ppo_jax.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.preferences import expected_accuracy
 from rlhf_jax.sft import adamw_warmup_cosine
@@ -134,7 +133,7 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[dict], max_length: int, o
 
 
 @dataclass(frozen=True)
-class RMConfig:
+class RMConfig(DictConfig):
     """Reward-model training settings."""
 
     model: TransformerConfig = field(default_factory=lambda: TransformerConfig(num_layers=2, d_model=128, max_len=64))
@@ -172,9 +171,6 @@ class RMConfig:
             raise ValueError(f"overlong: must be 'truncate' or 'reject', got {self.overlong!r}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -10,7 +10,6 @@ weight decay on matrices only, global-norm clipping.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -21,13 +20,13 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.validation import config_from_dict, require_finite, require_positive
+from ppo_jax.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(DictConfig):
     """Supervised fine-tuning settings."""
 
     model: TransformerConfig = field(default_factory=lambda: TransformerConfig(num_layers=2, d_model=128, max_len=64))
@@ -65,13 +64,6 @@ class SFTConfig:
             raise ValueError(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
         if self.max_length > self.model.max_len:
             raise ValueError(f"max_length: {self.max_length} exceeds the model's max_len {self.model.max_len}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SFTConfig":
-        return config_from_dict(cls, d)
 
 
 @struct.dataclass

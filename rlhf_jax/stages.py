@@ -8,6 +8,7 @@ folder instead of run again (:func:`load_or_run`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -25,16 +26,25 @@ from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.best_of_n import best_of_n_curve
 from rlhf_jax.data import padded_chunks, write_preferences
 from rlhf_jax.dpo import DPOConfig, train_dpo
-from rlhf_jax.ppo_trainer import PromptSource, RLHFConfig, decode_responses, init_state, train_rlhf
+from rlhf_jax.ppo_trainer import (
+    PromptSource,
+    RLHFConfig,
+    decode_responses,
+    evaluate_policy,
+    frozen_params,
+    init_state,
+    make_programs,
+    train_rlhf,
+)
 from rlhf_jax.preferences import make_preference_pairs, new_token_room
 from rlhf_jax.progress import progress_bar
 from rlhf_jax.reward_model import RMConfig, RMResult, calibration_bins, train_reward_model
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.sft import SFTConfig, train_sft
-from rlhf_jax.tasks import reviews
+from rlhf_jax.tasks import praise, reviews
 from rlhf_jax.transformer import TransformerLM
 
-TASKS = {"reviews": reviews}
+TASKS = {"reviews": reviews, "praise": praise}
 """Built-in offline tasks: an SFT corpus, prompts and a gold reward each."""
 
 
@@ -42,6 +52,11 @@ def task_named(name: str):
     if name not in TASKS:
         raise ValueError(f"task: unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def seeded(config, offset: int):
+    """``config`` with ``offset`` added to its seed (each stage's own seed plus the run's)."""
+    return dataclasses.replace(config, seed=config.seed + offset)
 
 
 def load_or_run(marker: Path, load: Callable, run: Callable, resume: bool):
@@ -180,32 +195,68 @@ def reward_model_stage(config: RMConfig, tokenizer, prefs: Preferences, folder: 
     return load_or_run(folder / "metrics.json", load, run, resume)
 
 
-def best_of_n_stage(programs, sft_params, tokenizer, source: PromptSource, eval_prompts: Sequence[str],
-                    ns: Sequence[int], rm: RewardModelStage, gold_reward: Callable, batch_size: int, key: jax.Array,
-                    folder: Path, resume: bool = False) -> tuple[list[dict], bool]:
+def best_of_n_stage(setup: "RLSetup", ns: Sequence[int], rm: RewardModelStage, key: jax.Array, folder: Path,
+                    resume: bool = False) -> tuple[list[dict], bool]:
     """The best-of-n baseline: ``max(ns)`` responses per evaluation prompt from the SFT policy,
     the proxy's pick scored by the gold reward, into ``folder/curve.json`` (the marker)."""
     def run() -> list[dict]:
+        programs, tokenizer, batch_size = setup.programs("ppo"), setup.tokenizer, setup.config.batch_size
         n_max = max(ns)
-        proxy = np.zeros((len(eval_prompts), n_max))
-        gold = np.zeros((len(eval_prompts), n_max))
+        proxy = np.zeros((len(setup.eval_prompts), n_max))
+        gold = np.zeros((len(setup.eval_prompts), n_max))
         k = key
         for j in range(n_max):
-            for i, (chunk, real) in enumerate(padded_chunks(eval_prompts, batch_size)):
+            for i, (chunk, real) in enumerate(padded_chunks(setup.eval_prompts, batch_size)):
                 start = i * batch_size
-                ids, mask = source.encode(chunk)
+                ids, mask = setup.source.encode(chunk)
                 k, k_gen = jax.random.split(k)
-                gen = programs.generate(sft_params, ids, mask, k_gen)
+                gen = programs.generate(setup.sft.params, ids, mask, k_gen)
                 proxy[start:start + real, j] = np.asarray(programs.score(rm.params, gen, rm.norm["mean"],
                                                                          rm.norm["std"]))[:real]
                 texts, ended = decode_responses(tokenizer, gen)
-                gold[start:start + real, j] = [gold_reward(p, y, bool(e))
+                gold[start:start + real, j] = [setup.gold_reward(p, y, bool(e))
                                                for p, y, e in zip(chunk, texts, ended)][:real]
         rows = best_of_n_curve(proxy, gold, ns)
         write_json(folder / "curve.json", rows)
         return rows
 
     return load_or_run(folder / "curve.json", lambda: read_json(folder / "curve.json"), run, resume)
+
+
+class RLSetup:
+    """What the RL stages from one SFT policy share: the prompt pool and held-out prompts
+    (one prompt width), the reference (the SFT parameters) and each algorithm's compiled
+    programs, made once. Reward models of one shape share the programs."""
+
+    def __init__(self, config: RLHFConfig, sft: SFTStage, rm_model: TransformerLM, tokenizer, pool: Sequence[str],
+                 eval_prompts: Sequence[str], gold_reward: Callable | None):
+        self.config, self.sft, self.rm_model, self.tokenizer = config, sft, rm_model, tokenizer
+        self.eval_prompts, self.gold_reward = list(eval_prompts), gold_reward
+        self.source = PromptSource(tokenizer, pool, also=eval_prompts)
+        self.max_new_tokens = min(config.max_new_tokens, sft.lm.config.max_len - self.source.width)
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"sft.model.max_len: {sft.lm.config.max_len} leaves no room for a response after "
+                             f"{self.source.width}-token prompts")
+        self.ref_params = frozen_params(config, sft.params)
+        self._programs: dict = {}
+
+    def programs(self, algo: str):
+        """The compiled programs of ``algo`` on these shapes."""
+        if algo not in self._programs:
+            self._programs[algo] = make_programs(
+                dataclasses.replace(self.config, algo=algo), self.sft.lm.config, self.rm_model,
+                prompt_len=self.source.width, max_new_tokens=self.max_new_tokens, eos_id=self.tokenizer.eos_id,
+                pad_id=self.tokenizer.pad_id)
+        return self._programs[algo]
+
+    def evaluator(self, algo: str, rm: RewardModelStage) -> Callable:
+        """``evaluate(params, key)``: ``algo``'s sampler on the held-out prompts, scored by
+        ``rm``, the gold reward (if any) and the exact KL to the SFT policy."""
+        programs, rm_params = self.programs(algo), frozen_params(self.config, rm.params)
+        return lambda params, key: evaluate_policy(
+            programs, params, ref_params=self.ref_params, tokenizer=self.tokenizer, prompts=self.source,
+            eval_prompts=self.eval_prompts, key=key, batch_size=self.config.batch_size, rm_params=rm_params,
+            rm_norm=rm.norm, gold_reward=self.gold_reward)
 
 
 @dataclass
@@ -216,24 +267,26 @@ class PPOStage:
     """The evaluation of the final policy on the held-out prompts."""
 
 
-def ppo_stage(config: RLHFConfig, programs, sft_params, rm: RewardModelStage, folder: Path, *, reward: str,
-              tokenizer, source: PromptSource, ref_params, rm_params, gold_reward: Callable | None,
-              evaluate: Callable, eval_key: jax.Array, checkpoint_every: int, show_progress: bool = True,
-              resume: bool = False) -> tuple[PPOStage, bool]:
-    """RLHF-PPO from the SFT policy against ``reward`` (``"proxy"``: the reward model;
-    ``"gold"``: the task's gold reward) into ``folder``: periodic ``checkpoints/`` (a resumed
-    stage continues from its newest intact one), ``checkpoint/``, ``samples.json``,
-    ``metrics.json`` and ``final.json`` (the marker). ``evaluate(params, key)`` scores a
-    policy on the held-out prompts (with its samples)."""
+def ppo_stage(algo: str, setup: RLSetup, rm: RewardModelStage, folder: Path, *, reward: str, eval_key: jax.Array,
+              checkpoint_every: int, show_progress: bool = True, resume: bool = False) -> tuple[PPOStage, bool]:
+    """RLHF with ``algo`` (``ppo``, ``grpo`` or ``rloo``, with the setup's other settings) from
+    the SFT policy against ``reward`` (``"proxy"``: the reward model ``rm``; ``"gold"``: the
+    task's gold reward) into ``folder``: periodic ``checkpoints/`` (a resumed stage continues
+    from its newest intact one), ``checkpoint/``, ``samples.json``, ``metrics.json`` and
+    ``final.json`` (the marker, the final policy's evaluation on the held-out prompts)."""
+    config = dataclasses.replace(setup.config, algo=algo)
+
     def run() -> PPOStage:
-        state = init_state(config, programs, sft_params, rm.params)
+        programs, evaluate = setup.programs(algo), setup.evaluator(algo, rm)
+        state = init_state(config, programs, setup.sft.params, rm.params)
         checkpoints = RunCheckpoints(folder / "checkpoints") if checkpoint_every > 0 else None
         bar = progress_bar(f"ppo ({reward})", not show_progress,
                            "gold {task.fields[gold]} proxy {task.fields[proxy]} kl {task.fields[kl]}")
         with bar:
             job = bar.add_task("ppo", total=config.iterations, gold="-", proxy="-", kl="-")
-            result = train_rlhf(config, programs, state, ref_params=ref_params, tokenizer=tokenizer, prompts=source,
-                                rm_params=rm_params, rm_norm=rm.norm, reward=reward, gold_reward=gold_reward,
+            result = train_rlhf(config, programs, state, ref_params=setup.ref_params, tokenizer=setup.tokenizer,
+                                prompts=setup.source, rm_params=rm.params, rm_norm=rm.norm, reward=reward,
+                                gold_reward=setup.gold_reward,
                                 progress=lambda i, r: bar.update(job, completed=i + 1,
                                                                  gold=f"{r.get('gold_reward', nan):.3f}",
                                                                  proxy=f"{r['proxy_reward']:.3f}",
@@ -241,7 +294,7 @@ def ppo_stage(config: RLHFConfig, programs, sft_params, rm: RewardModelStage, fo
                                 checkpoints=checkpoints, checkpoint_every=checkpoint_every)
         final = evaluate(result.state.policy_params, eval_key)
         _clear(folder / "checkpoint")
-        ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, tokenizer)
+        ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, setup.tokenizer)
         write_json(folder / "samples.json", final.pop("samples"))
         write_json(folder / "metrics.json", result.history)
         write_json(folder / "final.json", final)

@@ -9,6 +9,7 @@ from rlhf_jax.transformer import (
     KVCache,
     TransformerConfig,
     TransformerLM,
+    forward_flops,
     init_params,
     positions_from_mask,
 )
@@ -112,3 +113,19 @@ def test_config_validation_names_the_field():
         TransformerConfig(dropout=1.0).validate()
     with pytest.raises(ValueError, match="unknown"):
         TransformerConfig.from_dict({"width": 3})
+
+
+@pytest.mark.parametrize("arch, extra", [("gpt2", {}), ("llama", {"num_kv_heads": 2})])
+def test_forward_flops_match_xla_cost_analysis(arch, extra):
+    """Our matmul count against XLA's count of the whole compiled forward pass (which adds the
+    elementwise work: a few percent more)."""
+    cfg = TransformerConfig(vocab_size=256, max_len=64, num_layers=2, num_heads=4, d_model=128, dropout=0.0,
+                            arch=arch, **extra)
+    lm = TransformerLM(cfg)
+    params = init_params(lm, jax.random.PRNGKey(0))
+    ids = jnp.zeros((4, 64), jnp.int32)
+    cost = jax.jit(lambda p: lm.apply({"params": p}, ids, jnp.ones_like(ids)).logits).lower(params).compile()
+    cost = cost.cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    ours = forward_flops(cfg, 4 * 64, 64)
+    assert ours <= xla <= 1.05 * ours, (ours, xla)
