@@ -25,6 +25,7 @@ tokens computes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,33 @@ def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Arr
 _init = nn.initializers.normal(stddev=0.02)
 
 
+def _weight_gradient(x: jax.Array, ct: jax.Array) -> jax.Array:
+    """``sum over every leading axis of x[..., k] ct[..., n]`` as one 2-D matmul over the
+    flattened rows: XLA:CPU runs this form faster than the two-contracting-axes dot autodiff
+    gives (the RLHF model's gradient step took 10% less time)."""
+    return jnp.einsum("mk,mn->kn", x.reshape(-1, x.shape[-1]), ct.reshape(-1, ct.shape[-1]),
+                      preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` over the last axis of ``x``, as ``nn.Dense`` computes it, with the backward
+    pass's weight gradient in :func:`_weight_gradient`'s form."""
+    return jnp.einsum("...k,kn->...n", x, w)
+
+
+def _matmul_fwd(x, w):
+    return _matmul(x, w), (x, w)
+
+
+def _matmul_bwd(res, ct):
+    x, w = res
+    return jnp.einsum("...n,kn->...k", ct, w), _weight_gradient(x, ct).astype(w.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 @jax.custom_vjp
 def _matmul_bf16(x: jax.Array, w: jax.Array) -> jax.Array:
     """``x @ w`` over the last axis of ``x`` with bfloat16 inputs and float32 accumulation and
@@ -174,23 +202,22 @@ def _matmul_bf16_bwd(res, ct):
     x, w = res
     ct = ct.astype(jnp.bfloat16)
     dx = jnp.einsum("...n,kn->...k", ct, w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
-    dw = jnp.einsum("...k,...n->kn", x.astype(jnp.bfloat16), ct, preferred_element_type=jnp.float32)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    return dx.astype(x.dtype), _weight_gradient(x.astype(jnp.bfloat16), ct).astype(w.dtype)
 
 
 _matmul_bf16.defvjp(_matmul_bf16_fwd, _matmul_bf16_bwd)
 
 
-def _dot_bf16(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+def _dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, bf16: bool = False):
     (lc, rc), (lb, rb) = dimension_numbers
     assert lc == (lhs.ndim - 1,) and rc == (0,) and not lb and not rb, dimension_numbers  # nn.Dense's form
-    return _matmul_bf16(lhs, rhs)
+    return (_matmul_bf16 if bf16 else _matmul)(lhs, rhs)
 
 
 def _dense(cfg: TransformerConfig, features: int, name: str, kernel_init=_init, use_bias: bool = True) -> nn.Dense:
-    if resolve_dtype(cfg.compute_dtype) == "bfloat16":
-        return nn.Dense(features, kernel_init=kernel_init, name=name, dot_general=_dot_bf16, use_bias=use_bias)
-    return nn.Dense(features, kernel_init=kernel_init, name=name, use_bias=use_bias)
+    bf16 = resolve_dtype(cfg.compute_dtype) == "bfloat16"
+    return nn.Dense(features, kernel_init=kernel_init, name=name, dot_general=functools.partial(_dot, bf16=bf16),
+                    use_bias=use_bias)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:
