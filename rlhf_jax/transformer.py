@@ -351,9 +351,11 @@ class TransformerLM(nn.Module):
         logits = scalar = None
         if self.lm_head:
             if cfg.tie_embeddings:
-                logits = embed.attend(hidden)
+                # hidden @ embedding^T, as Embed.attend, through _matmul's backward pass.
+                logits = _matmul(hidden, jnp.asarray(embed.embedding, hidden.dtype).T)
             else:
-                logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_init, name="lm_head")(hidden)
+                logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_init, name="lm_head",
+                                  dot_general=_dot)(hidden)
             logits = logits.astype(jnp.float32)
         if self.scalar_head:
             head = nn.Dense(1, kernel_init=nn.initializers.normal((1.0 / (cfg.d_model + 1)) ** 0.5), name="scalar_head")
