@@ -46,6 +46,7 @@ from rlhf_jax.stages import (
     seeded,
     sft_stage,
     task_named,
+    task_prompt_sets,
 )
 from rlhf_jax.tokenizer import ByteTokenizer
 
@@ -147,27 +148,27 @@ def run_overoptimization(config: OveroptimizationConfig, run_dir: str | Path | N
                                 tau=config.tau, flip_prob=0.0, max_new_tokens=ppo_config.max_new_tokens,
                                 seed=config.seed, resume=resume)
 
-    setup, eval_key = None, jax.random.PRNGKey(config.seed + 4)
-    summary: dict = {"task": config.task, "run_dir": str(run_dir), "kl_coef": ppo_config.kl_coef,
-                     "algo": ppo_config.algo, "reward_models": {}}
-    gold_curves, proxy_curves = {}, {}
+    rms = {}
     for n in config.pair_counts:
         subset = prefs.pairs[:n]
         ceiling = bayes_accuracy(np.array([p["label_prob"] for p in subset]))
-        rm, _ = reward_model_stage(seeded(config.rm, config.seed), tok, Preferences(subset, None, ceiling),
-                                   run_dir / f"rm_{n}", init_params=sft.params, model_config=sft.lm.config,
-                                   show_progress=show_progress, resume=resume)
-        if setup is None:  # the reward models share one shape, so one setup and one compile serve all
-            pool, eval_prompts = task.prompts(1024, seed=config.seed + 2), task.prompts(config.eval_prompts,
-                                                                                      seed=config.seed + 3)
-            setup = RLSetup(ppo_config, sft, rm.model, tok, pool, eval_prompts, gold_fn)
-            before = read_json(run_dir / "sft_eval.json") if resume and (run_dir / "sft_eval.json").exists() else None
-            if before is None:
-                before = setup.evaluator(ppo_config.algo, rm)(sft.params, eval_key)
-                before.pop("samples")
-                write_json(run_dir / "sft_eval.json", before)
-            summary["gold_reward_sft"] = before["gold_reward"]
-            log(f"sft policy: gold reward {before['gold_reward']:.3f}")
+        rms[n], _ = reward_model_stage(seeded(config.rm, config.seed), tok, Preferences(subset, None, ceiling),
+                                       run_dir / f"rm_{n}", init_params=sft.params, model_config=sft.lm.config,
+                                       show_progress=show_progress, resume=resume)
+
+    # The reward models share one shape, so one setup and one compile serve every RL stage.
+    first = rms[config.pair_counts[0]]
+    setup = RLSetup(ppo_config, sft, first.model, tok, *task_prompt_sets(task, config.eval_prompts, config.seed),
+                    gold_fn)
+    eval_key = jax.random.PRNGKey(config.seed + 4)
+    before = setup.evaluator(ppo_config.algo, first)(sft.params, eval_key)
+    before.pop("samples")
+    write_json(run_dir / "sft_eval.json", before)
+    log(f"sft policy: gold reward {before['gold_reward']:.3f}")
+    summary: dict = {"task": config.task, "run_dir": str(run_dir), "kl_coef": ppo_config.kl_coef,
+                     "algo": ppo_config.algo, "gold_reward_sft": before["gold_reward"], "reward_models": {}}
+    gold_curves, proxy_curves = {}, {}
+    for n, rm in rms.items():
         run, _ = ppo_stage(ppo_config.algo, setup, rm, run_dir / f"ppo_{n}", reward="proxy", eval_key=eval_key,
                            checkpoint_every=config.checkpoint_every, show_progress=show_progress, resume=resume)
         curve = overoptimization_curve(run.history)

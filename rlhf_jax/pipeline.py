@@ -51,6 +51,7 @@ from rlhf_jax.stages import (
     seeded,
     sft_stage,
     task_named,
+    task_prompt_sets,
 )
 from rlhf_jax.tokenizer import ByteTokenizer
 
@@ -262,8 +263,7 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
     if data["prompts"] is not None:
         pool, eval_prompts = data["prompts"]
     else:
-        pool, eval_prompts = task.prompts(1024, seed=config.seed + 2), task.prompts(config.eval_prompts,
-                                                                                  seed=config.seed + 3)
+        pool, eval_prompts = task_prompt_sets(task, config.eval_prompts, config.seed)
     setup = RLSetup(ppo_config, sft, rm.model, tok, pool, eval_prompts, gold_fn)
     evaluate = setup.evaluator("ppo", rm)
     t0 = time.perf_counter()

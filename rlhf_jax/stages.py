@@ -59,6 +59,12 @@ def seeded(config, offset: int):
     return dataclasses.replace(config, seed=config.seed + offset)
 
 
+def task_prompt_sets(task, eval_prompts: int, seed: int) -> tuple[list[str], list[str]]:
+    """A built-in task's RL prompt pool (1024 prompts) and ``eval_prompts`` held-out ones, from
+    seeds of their own (``seed + 2`` and ``seed + 3``)."""
+    return task.prompts(1024, seed=seed + 2), task.prompts(eval_prompts, seed=seed + 3)
+
+
 def load_or_run(marker: Path, load: Callable, run: Callable, resume: bool):
     """``(load(), True)`` when resuming and ``marker`` (the file a stage writes last) exists,
     else ``(run(), False)``."""
