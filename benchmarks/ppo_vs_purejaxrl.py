@@ -13,7 +13,9 @@ only meaningful between runs of one session: that is what the rounds are.
 
 ``--peers`` holds ``run_purejaxrl.py``; ``setup.sh`` there makes the peer's interpreter and
 says how to get the source. ``--ours-processes 2`` adds a row for ours with the seeds split
-over two processes (the multi-core default of ``ppo-jax train --num-seeds``). Every run
+over two processes (the multi-core default of ``ppo-jax train --num-seeds``), and
+``--ours-seed-groups 2`` a row for ours in one process with the seeds vmapped as two
+independent groups (``ppo_jax.seed_groups``; what it does with ``--processes 1``). Every run
 also reports the final policy's return (64 sampled episodes per seed), so a speed-up that
 broke learning shows. Not a test: nothing here asserts.
 """
@@ -39,6 +41,7 @@ def ours_once(args) -> dict:
 
     from ppo_jax import PPOConfig, make_train
     from ppo_jax.evaluate import make_evaluate
+    from ppo_jax.seed_groups import vmap_seeds
 
     config = PPOConfig(env=args.env, num_envs=args.num_envs, num_steps=128, update_epochs=4, num_minibatches=4,
                        total_timesteps=int(args.total_timesteps) // (args.num_envs * 128) * args.num_envs * 128,
@@ -46,7 +49,8 @@ def ours_once(args) -> dict:
     train = make_train(config)
     seeds = args.seeds
     # One seed without vmap, as the peer's runner does it (and as `ppo-jax train` does).
-    fn = jax.jit(jax.vmap(train)) if seeds > 1 else jax.jit(lambda key: jax.tree.map(lambda x: x[None], train(key[0])))
+    fn = (jax.jit(vmap_seeds(train, args.seed_groups)) if seeds > 1
+          else jax.jit(lambda key: jax.tree.map(lambda x: x[None], train(key[0]))))
     keys = jax.random.split(jax.random.PRNGKey(args.seed0), seeds)
     warm = jax.random.split(jax.random.PRNGKey(args.seed0 + 10_000), seeds)
     t0 = time.perf_counter()
@@ -61,9 +65,10 @@ def ours_once(args) -> dict:
     per_seed = np.asarray(evaluate(out.state.params, out.state.env_state.obs_stats,
                                    jax.random.split(jax.random.PRNGKey(args.seed0 + 777), seeds))).mean(axis=1)
     steps = config.num_updates * config.batch_size
-    return {"peer": "ppo_jax", "seeds": seeds, "compile_s": compile_s, "run_s": run_times[-1],
-            "run_times_s": run_times, "sps": steps * seeds / run_times[-1], "steps_per_seed": steps,
-            "final_return_mean": float(per_seed.mean()), "final_return_per_seed": per_seed.tolist()}
+    return {"peer": "ppo_jax", "seeds": seeds, "seed_groups": args.seed_groups, "compile_s": compile_s,
+            "run_s": run_times[-1], "run_times_s": run_times, "sps": steps * seeds / run_times[-1],
+            "steps_per_seed": steps, "final_return_mean": float(per_seed.mean()),
+            "final_return_per_seed": per_seed.tolist()}
 
 
 def run_json(cmd: list[str], env: dict) -> dict:
@@ -114,6 +119,10 @@ def main() -> None:
                    help="timed runs after the compile; the fastest counts (the least disturbed by the machine)")
     p.add_argument("--ours-processes", type=int, default=0,
                    help="also time ours with the seeds split over this many processes (0: not)")
+    p.add_argument("--ours-seed-groups", type=int, default=0,
+                   help="also time ours in one process with the seeds vmapped in this many independent groups "
+                        "(ppo_jax.seed_groups, what `ppo-jax train --num-seeds` does in one process; 0: not)")
+    p.add_argument("--seed-groups", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--seed0", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/ppo_vs_purejaxrl.json")
     p.add_argument("--ours-once", action="store_true", help=argparse.SUPPRESS)
@@ -137,7 +146,9 @@ def main() -> None:
     def save() -> None:
         summary = {}
         for seeds in args.seeds:
-            for kind in ["ppo_jax"] + ([f"ppo_jax x{args.ours_processes} processes"] if args.ours_processes else []):
+            kinds = ["ppo_jax"] + ([f"ppo_jax x{args.ours_processes} processes"] if args.ours_processes else [])
+            kinds += [f"ppo_jax {args.ours_seed_groups} seed groups"] if args.ours_seed_groups else []
+            for kind in kinds:
                 ratios = [r["sps_ratio"][kind] for r in rows if r["seeds"] == seeds and kind in r["sps_ratio"]]
                 compile_ratios = [r["compile_ratio"][kind] for r in rows
                                   if r["seeds"] == seeds and kind in r["compile_ratio"]]
@@ -163,6 +174,9 @@ def main() -> None:
             if args.ours_processes and seeds % args.ours_processes == 0 and seeds >= args.ours_processes:
                 sides.append((f"ppo_jax x{args.ours_processes} processes",
                               lambda: ours_split(args, seeds, args.ours_processes, env)))
+            if args.ours_seed_groups and seeds > 1 and seeds % args.ours_seed_groups == 0:
+                grouped_cmd = ours_cmd + ["--seed-groups", str(args.ours_seed_groups)]
+                sides.append((f"ppo_jax {args.ours_seed_groups} seed groups", lambda: run_json(grouped_cmd, env)))
             if rnd % 2:
                 sides = sides[1:] + sides[:1]
             results = {name: fn() for name, fn in sides}

@@ -13,7 +13,7 @@ if "xla_cpu_enable_concurrency_optimized_scheduler" not in _os.environ.get("XLA_
 # multi-process run must call jax.distributed.initialize before that
 # (ppo_jax.distributed.initialize_from_env, which imports only jax).
 _EXPORTS = {"HParams": "config", "PPOConfig": "config", "preset": "config", "stack_hparams": "config",
-            "TrainOutput": "train", "TrainState": "train", "make_train": "train"}
+            "TrainOutput": "train", "TrainState": "train", "make_train": "train", "vmap_seeds": "seed_groups"}
 
 
 def __getattr__(name):
@@ -24,5 +24,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'ppo_jax' has no attribute {name!r}")
 
 
-__all__ = ["PPOConfig", "HParams", "preset", "stack_hparams", "make_train", "TrainOutput", "TrainState"]
+__all__ = ["PPOConfig", "HParams", "preset", "stack_hparams", "make_train", "TrainOutput", "TrainState", "vmap_seeds"]
 __version__ = "0.1.0"

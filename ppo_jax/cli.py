@@ -220,12 +220,14 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     from ppo_jax.outputs import plot_learning_curve, write_json, write_metrics
     from ppo_jax.rundir import check_run_dir, claim_run_dir, ppo_run_name
     from ppo_jax.runner import NonFiniteError, eval_keys, run_resumable
+    from ppo_jax.seed_groups import default_groups
 
     config.validate()
     algo = config.algo
     primary = jax.process_index() == 0
     console = Console(stderr=True)
     layout = choose_layout(num_seeds, config.num_envs, devices)  # errors before any folder exists
+    seed_groups = default_groups(num_seeds) if layout.mesh is None else 1
     every = auto_checkpoint_every(config.num_updates) if checkpoint_every == -1 else checkpoint_every
     if jax.process_count() > 1 and not out:
         raise ValueError("out: a multi-process run needs --out, a folder every process can reach")
@@ -277,7 +279,7 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
                                    checkpoint_every=every, check_finite=check_finite,
                                    progress=on_update if progress and primary else None, on_status=on_status,
                                    min_save_interval_s=AUTO_SAVE_INTERVAL_S if checkpoint_every == -1 else 0.0,
-                                   on_compiled=compile_evaluation)
+                                   on_compiled=compile_evaluation, seed_groups=seed_groups)
         except NonFiniteError as err:
             if primary:
                 write_metrics(run_dir, err.metrics)
@@ -307,8 +309,8 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
         "env": config.env, "algo": algo, "total_timesteps": steps_per_seed, "num_seeds": num_seeds,
         "seed": seed, "final_return_per_seed": final_return_per_seed, "final_return_mean": final_return_per_seed.mean(),
         "eval_episodes": eval_episodes, "compile_s": result.compile_s, "run_s": result.run_s, "sps": sps,
-        "device": str(jax.devices()[0].platform), "layout": layout.describe(), "checkpoint_every": every,
-        "resumed_from_update": result.resumed_from, "run_dir": str(run_dir),
+        "device": str(jax.devices()[0].platform), "layout": layout.describe(), "seed_groups": seed_groups,
+        "checkpoint_every": every, "resumed_from_update": result.resumed_from, "run_dir": str(run_dir),
     }
     if not primary:
         return summary
@@ -320,7 +322,8 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
     for i, r in enumerate(final_return_per_seed):
         print(f"seed {i}: deterministic evaluation return {r:.1f} (mean of {eval_episodes} episodes)")
     print(f"steps/s: {sps:,.0f} ({num_seeds} seed(s) x {trained * config.batch_size:,} steps in {result.run_s:.2f} s; "
-          f"compile {result.compile_s:.2f} s; {layout.describe()})")
+          f"compile {result.compile_s:.2f} s; {layout.describe()}"
+          + (f", seeds in {seed_groups} groups, one per core" if seed_groups > 1 else "") + ")")
     print(f"run folder: {run_dir}")
     return summary
 

@@ -21,6 +21,7 @@ from ppo_jax.checkpoint import RunCheckpoints
 from ppo_jax.config import PPOConfig
 from ppo_jax.distributed import ENVS, Layout, fetch, global_array, leading_axis_constraint, place
 from ppo_jax.interrupt import stop_if_requested, stoppable
+from ppo_jax.seed_groups import vmap_seeds
 from ppo_jax.train import make_train_fns
 
 # NaN by design in an update where no episode finished, so not evidence of divergence.
@@ -79,7 +80,7 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
                   checkpoints: RunCheckpoints | None = None, checkpoint_every: int = 0,
                   check_finite: bool = True, progress: Callable[[Any], None] | None = None,
                   on_status: Callable[[str], None] | None = None, min_save_interval_s: float = 0.0,
-                  on_compiled: Callable[[Any], None] | None = None) -> RunResult:
+                  on_compiled: Callable[[Any], None] | None = None, seed_groups: int = 1) -> RunResult:
     """Trains ``num_seeds`` seeds on ``layout``, ``checkpoint_every`` updates per compiled
     call (0: all at once), saving after each call when ``checkpoints`` is given (but not
     within ``min_save_interval_s`` seconds of the last save, except at the end) and
@@ -88,6 +89,9 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
 
     ``on_compiled``, if given, is called with the initial train state once the training
     program is compiled, e.g. to compile an evaluation program while training runs.
+
+    ``seed_groups``: on one device, the seeds run as that many independent vmaps in the one
+    program (:func:`ppo_jax.seed_groups.vmap_seeds`), so a CPU runs one on each core.
 
     Ctrl-C (with ``checkpoints``): the first stops the run after the chunk in progress,
     saves it and raises :class:`ppo_jax.interrupt.Interrupted`; a second raises
@@ -103,10 +107,11 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     shard = leading_axis_constraint(layout.mesh, ENVS) if layout.axis == ENVS else None
     fns = make_train_fns(config, progress=progress, env_sharding=shard)
     keys = global_array(layout, seed_keys(seed, num_seeds))
-    init = place(layout, jax.vmap(fns.init))
+    groups = seed_groups if layout.mesh is None else 1
+    init = place(layout, vmap_seeds(fns.init, groups))
 
     def compile_chunk(n: int, like) -> Any:
-        return place(layout, jax.vmap(partial(fns.run, num=n))).lower(like).compile()
+        return place(layout, vmap_seeds(partial(fns.run, num=n), groups)).lower(like).compile()
 
     state = init(keys)
     first = min(every, num_updates)

@@ -111,6 +111,11 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
 
     def run(state: TrainState, num: int, hparams: HParams | None = None) -> TrainOutput:
         hp = config.hparams() if hparams is None else hparams
+        if hparams is None and config.target_kl == 0:
+            # KL early stopping known to be off: the update leaves its mask out, a select over
+            # every parameter and Adam moment per minibatch step (8-14% of a CartPole run on
+            # XLA:CPU at 8 vmapped seeds). The results are the same bit for bit.
+            hp = hp.replace(target_kl=None)
         env = make_env(hp)
         tx = optim.make_tx(hp.max_grad_norm, config.shared_torso)
 

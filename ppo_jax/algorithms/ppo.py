@@ -4,6 +4,7 @@ KL early stopping (listing 6) is a mask, not a ``break``: once a minibatch's app
 KL exceeds ``target_kl`` the rest of the update's minibatches *and epochs* leave the
 parameters and optimiser state unchanged (the listing's ``break`` only left the
 minibatch loop). The step that crossed the target is kept, as in the listing.
+``hp.target_kl`` None means early stopping is statically off (no mask at all).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def ppo_update(network, tx, params, opt_state, batch: Batch, hp, key: jax.Array,
 
     (params, opt_state), aux = minibatch_epochs(
         minibatch_step, (params, opt_state), batch, key, epochs=update_epochs, minibatches=num_minibatches,
-        stop_when=lambda aux: (hp.target_kl > 0) & (aux["approx_kl"] > hp.target_kl))
-    applied = aux.pop("applied")
+        stop_when=None if hp.target_kl is None else lambda aux: (hp.target_kl > 0) & (aux["approx_kl"] > hp.target_kl))
+    applied = aux.pop("applied") if "applied" in aux else jnp.ones_like(aux["total_loss"])
     n = jnp.maximum(applied.sum(), 1.0)
     metrics = {k: (v * applied).sum() / n for k, v in aux.items() if k != "max_ratio_deviation"}
     metrics["first_minibatch_ratio_deviation"] = aux["max_ratio_deviation"][0, 0]
