@@ -38,17 +38,22 @@ def iteration_flops(cfg, *, batch: int, prompt_len: int, new_tokens: int, epochs
     return {"sample": sample, "score": value_pass, "update": update, "total": sample + value_pass + update}
 
 
+def best_seconds(f, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``f()`` (a JAX computation) after one warm-up call."""
+    jax.block_until_ready(f())
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f())
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def xla_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     """The best GFLOP/s of one float32 ``[n, n] @ [n, n]`` in XLA on the default device."""
     x = jax.random.normal(jax.random.PRNGKey(0), (n, n))
     f = jax.jit(jnp.matmul)
-    jax.block_until_ready(f(x, x))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f(x, x))
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n ** 3 / best_seconds(lambda: f(x, x), repeats) / 1e9
 
 
 TORCH_PROBE = """
@@ -105,13 +110,7 @@ def xla_shape_gflops(shapes: list[dict], repeats: int = 7) -> list[dict]:
         row = dict(sh)
         for form, body in forms.items():
             f = jax.jit(lambda body=body: jax.lax.fori_loop(0, XLA_SHAPE_LOOPS, body, jnp.zeros((1, 1))))
-            jax.block_until_ready(f())
-            best = float("inf")
-            for _ in range(repeats):
-                t = time.perf_counter()
-                jax.block_until_ready(f())
-                best = min(best, time.perf_counter() - t)
-            row[form] = 2 * m * k * n * XLA_SHAPE_LOOPS / best / 1e9
+            row[form] = 2 * m * k * n * XLA_SHAPE_LOOPS / best_seconds(f, repeats) / 1e9
         out.append(row)
     return out
 

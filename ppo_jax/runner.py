@@ -107,13 +107,14 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     shard = leading_axis_constraint(layout.mesh, ENVS) if layout.axis == ENVS else None
     fns = make_train_fns(config, progress=progress, env_sharding=shard)
     keys = global_array(layout, seed_keys(seed, num_seeds))
+    if seed_groups > 1 and layout.mesh is not None:
+        raise ValueError(f"seed_groups: {seed_groups} groups need one device; this layout is {layout.describe()}")
     # Initialisation stays one vmap: it is quick, and its batched QR (orthogonal init) is what
     # XLA:CPU deadlocked on when several ran at once.
-    groups = seed_groups if layout.mesh is None else 1
     init = place(layout, jax.vmap(fns.init))
 
     def compile_chunk(n: int, like) -> Any:
-        return place(layout, vmap_seeds(partial(fns.run, num=n), groups)).lower(like).compile()
+        return place(layout, vmap_seeds(partial(fns.run, num=n), seed_groups)).lower(like).compile()
 
     state = init(keys)
     first = min(every, num_updates)

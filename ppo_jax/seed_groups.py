@@ -15,6 +15,7 @@ and 1. The same command gives the same numbers run after run.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import jax
@@ -48,8 +49,6 @@ def default_groups(num_seeds: int, cores: int | None = None) -> int:
     """On a CPU backend, the most groups up to the usable cores that divide ``num_seeds``;
     1 on an accelerator (one program there already fills the device) or with
     ``PPO_JAX_SEED_GROUPS=1`` (any other value sets the count, if it divides the seeds)."""
-    import os
-
     forced = os.environ.get("PPO_JAX_SEED_GROUPS")
     if forced:
         n = int(forced)

@@ -70,6 +70,10 @@ def test_kl_early_stopping_is_a_mask_over_remaining_epochs():
     key = jax.random.PRNGKey(3)
     loose = jax.jit(train)(key)
     assert np.all(loose.metrics["kl_stop_fraction"] == 0)
+    # target_kl 0 in the config leaves the mask out; passed as a traced 0 it keeps it, to no effect.
+    masked = jax.jit(train)(key, cfg.hparams())
+    for a, b in zip(jax.tree.leaves(loose.state.params), jax.tree.leaves(masked.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     tight = jax.jit(train)(key, cfg.replace(target_kl=1e-6).hparams())
     frac = np.asarray(tight.metrics["kl_stop_fraction"])
     # The first minibatch always runs (KL 0 before any step); after the step that crosses
