@@ -248,8 +248,8 @@ def run_training(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: s
                    TimeElapsedColumn(), console=console, disable=not (progress and primary))
     task = bar.add_task("compiling", total=config.num_updates)
 
-    def on_update(update):
-        bar.update(task, completed=int(np.max(np.asarray(update))) + 1)
+    def on_update(done):
+        bar.update(task, completed=done)
 
     def on_status(message):
         if message == "training":

@@ -157,10 +157,40 @@ _barriers = iter(range(1 << 62))
 def barrier(name: str, timeout_s: int = 900) -> None:
     """Waits for every process (no-op with one). Before a cross-process collective: the
     CPU collectives (gloo) give up after 30 s if one process compiles more slowly."""
-    if jax.process_count() > 1:
-        from jax._src import distributed as _distributed  # the public API only has collective barriers
+    if jax.process_count() <= 1:
+        return
+    label = f"{name}:{next(_barriers)}"
+    client = _coordination_client()
+    if client is not None:
+        client.wait_at_barrier(label, timeout_in_ms=timeout_s * 1000)
+        return
+    from jax.experimental import multihost_utils
 
-        _distributed.global_state.client.wait_at_barrier(f"{name}:{next(_barriers)}", timeout_in_ms=timeout_s * 1000)
+    # A collective barrier: the same wait, but subject to the collectives' own timeout.
+    multihost_utils.sync_global_devices(label)
+
+
+_client_noted = False
+
+
+def _coordination_client():
+    """JAX's coordination-service client, which has a barrier with a timeout of our choosing;
+    the public API has only collective barriers. Private, so a JAX that moved it gets None
+    (and one note)."""
+    global _client_noted
+    try:
+        from jax._src import distributed as _distributed
+
+        client = _distributed.global_state.client
+        if client is not None and hasattr(client, "wait_at_barrier"):
+            return client
+    except (ImportError, AttributeError):
+        pass
+    if not _client_noted:
+        _client_noted = True
+        print(f"ppo-jax: note: jax {jax.__version__} has no coordination-service barrier where it used to; "
+              "waiting on a collective barrier instead", file=sys.stderr)
+    return None
 
 
 def fetch(tree):

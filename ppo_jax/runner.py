@@ -90,6 +90,11 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     ``on_compiled``, if given, is called with the initial train state once the training
     program is compiled, e.g. to compile an evaluation program while training runs.
 
+    ``progress``, if given, is called with the number of updates done after each chunk (and
+    after a resume), from Python: a host callback inside the program would keep JAX from
+    writing it to the persistent compilation cache, and the training program is most of a
+    run's compile time.
+
     ``seed_groups``: on one device, the seeds run as that many independent vmaps in the one
     program (:func:`ppo_jax.seed_groups.vmap_seeds`), so a CPU runs one on each core.
 
@@ -105,7 +110,7 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     num_updates = config.num_updates
     every = checkpoint_every if checkpoint_every > 0 else num_updates
     shard = leading_axis_constraint(layout.mesh, ENVS) if layout.axis == ENVS else None
-    fns = make_train_fns(config, progress=progress, env_sharding=shard)
+    fns = make_train_fns(config, env_sharding=shard)
     keys = global_array(layout, seed_keys(seed, num_seeds))
     if seed_groups > 1 and layout.mesh is not None:
         raise ValueError(f"seed_groups: {seed_groups} groups need one device; this layout is {layout.describe()}")
@@ -132,6 +137,8 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
         done = resumed_from = found[0]
         state, metrics = found[1]["state"], {k: np.array(v) for k, v in found[1]["metrics"].items()}
         status(f"resumed from {checkpoints.path(done)} (update {done} of {num_updates})")
+    if progress is not None:
+        progress(done)
 
     run_s = 0.0
     status("training")
@@ -165,6 +172,8 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
             for k, v in chunk.items():
                 metrics[k][:, done:done + n] = v
             state, done = out.state, done + n
+            if progress is not None:
+                progress(done)
             due = time.monotonic() - last_save >= min_save_interval_s or done == num_updates or stop.requested
             if checkpoints is not None and due:
                 checkpoints.save(done, {"state": state, "metrics": metrics}, {"update": done})

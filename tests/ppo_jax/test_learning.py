@@ -27,7 +27,7 @@ def test_cartpole_four_seeds_solve_within_5e5_steps():
 
 
 def test_pendulum_improves_clearly_over_random_policy():
-    config = preset("Pendulum-v1").replace(total_timesteps=150_000)  # about -135 vs -1150 random
+    config = preset("Pendulum-v1").replace(total_timesteps=36 * 4096)  # about -135 vs -1150 random
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
     eval_keys = jax.random.split(jax.random.PRNGKey(9), 2)
@@ -43,7 +43,7 @@ def test_pendulum_improves_clearly_over_random_policy():
 
 
 def test_trpo_solves_cartpole_within_5e5_steps():
-    config = preset("CartPole-v1", "trpo").replace(total_timesteps=400_000)  # 500 on both seeds here
+    config = preset("CartPole-v1", "trpo").replace(total_timesteps=781 * 512)  # 500 on both seeds here
     keys = jax.random.split(jax.random.PRNGKey(42), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
     returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 2))
@@ -54,7 +54,7 @@ def test_trpo_solves_cartpole_within_5e5_steps():
 
 
 def test_a2c_solves_cartpole_within_5e5_steps():
-    config = preset("CartPole-v1", "a2c").replace(total_timesteps=300_000)  # 8 envs x 8 steps per gradient step
+    config = preset("CartPole-v1", "a2c").replace(total_timesteps=4687 * 64)  # 8 envs x 8 steps per gradient step
     keys = jax.random.split(jax.random.PRNGKey(42), 2)
     out = jax.jit(jax.vmap(make_train(config)))(keys)
     returns = evaluate_seeds(config, out.state, jax.random.split(jax.random.PRNGKey(7), 2))
