@@ -9,7 +9,7 @@ import sys
 
 import jax
 
-from ppo_jax.machine import cpu_model
+from ppo_jax.run.machine import cpu_model
 
 
 def machine() -> dict:

@@ -140,7 +140,7 @@ def main() -> None:
     sys.path.insert(0, HERE)
     from common import write_result
 
-    env = dict(os.environ, XLA_FLAGS=XLA_FLAG, PPO_JAX_COMPILATION_CACHE="0")
+    env = dict(os.environ, XLA_FLAGS=XLA_FLAG, RL_JAX_COMPILATION_CACHE="0")
     rows = []
 
     def save() -> None:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.envs import validate_env_id
-from ppo_jax.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 
 
 @dataclass(frozen=True)

@@ -61,10 +61,10 @@ def _import_gymnax():
 gymnax = _import_gymnax()
 from gymnax.environments import spaces  # noqa: E402
 
-from ppo_jax import cpu_prng  # noqa: E402
+from ppo_jax.run import prng  # noqa: E402
 
 # Every program that steps an environment draws many tiny random arrays: fuse their hash.
-cpu_prng.install()
+prng.install()
 
 OBS_CLIP = 10.0
 NORM_EPS = 1e-8

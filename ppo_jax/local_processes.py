@@ -130,7 +130,7 @@ class LocalRun:
         self.reserved: Path | None = None
         if flag_value(argv, "--out") is None and flag_value(argv, "--resume") is None:
             # Every process writes into one folder, so it is named here, once, for all of them.
-            from ppo_jax.rundir import new_run_dir, ppo_run_name
+            from ppo_jax.run.rundir import new_run_dir, ppo_run_name
 
             env, algo = flag_value(argv, "--env") or "CartPole-v1", flag_value(argv, "--algo") or "ppo"
             self.reserved = new_run_dir("runs", ppo_run_name(argv[0], env, algo))

@@ -17,10 +17,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from ppo_jax.checkpoint import RunCheckpoints
+from ppo_jax.run.checkpoints import RunCheckpoints
 from ppo_jax.config import PPOConfig
 from ppo_jax.distributed import ENVS, Layout, fetch, global_array, leading_axis_constraint, place
-from ppo_jax.interrupt import stop_if_requested, stoppable
+from ppo_jax.run.interrupt import stop_if_requested, stoppable
 from ppo_jax.seed_groups import vmap_seeds
 from ppo_jax.train import make_train_fns
 
@@ -99,7 +99,7 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     program (:func:`ppo_jax.seed_groups.vmap_seeds`), so a CPU runs one on each core.
 
     Ctrl-C (with ``checkpoints``): the first stops the run after the chunk in progress,
-    saves it and raises :class:`ppo_jax.interrupt.Interrupted`; a second raises
+    saves it and raises :class:`ppo_jax.run.interrupt.Interrupted`; a second raises
     KeyboardInterrupt at once, after any save in flight has finished.
 
     With ``check_finite``, a NaN or inf in a metric or the parameters raises

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from ppo_jax.config import TRACED_FIELDS, PPOConfig, stack_hparams
 from ppo_jax.distributed import SEEDS, Layout, choose_layout, fetch, global_array, place
 from ppo_jax.evaluate import make_evaluate
-from ppo_jax.outputs import plot_lines, write_json
+from ppo_jax.run.outputs import plot_lines, write_json
 from ppo_jax.runner import eval_keys, seed_keys
 from ppo_jax.stats import (
     iqm,

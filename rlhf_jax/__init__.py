@@ -4,6 +4,6 @@ Importing ``ppo_jax`` first sets the XLA:CPU flag that avoids a known deadlock o
 """
 
 import ppo_jax  # noqa: F401  (sets XLA_FLAGS before JAX starts)
-from ppo_jax import cpu_prng
+from ppo_jax.run import prng
 
-cpu_prng.install()  # sampling draws a small random array per token: fuse its hash
+prng.install()  # sampling draws a small random array per token: fuse its hash

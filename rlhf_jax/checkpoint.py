@@ -5,7 +5,7 @@ leaves no half checkpoint), ``model.json`` (the :class:`TransformerConfig` and w
 exist) and ``tokenizer.json`` when the model uses a user's tokenizer (copied, so the
 checkpoint stands alone), with ``tokenizer_meta.json`` naming its special tokens.
 ``model.json`` also holds a checksum of each parameter array, checked on load: a damaged
-or partial checkpoint is one :class:`ppo_jax.checkpoint.CheckpointError` naming its folder.
+or partial checkpoint is one :class:`ppo_jax.run.checkpoints.CheckpointError` naming its folder.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from ppo_jax.checkpoint import CheckpointError, orbax_restore, tree_checksums, verify_checksums
-from ppo_jax.outputs import read_json, write_json
+from ppo_jax.run.checkpoints import CheckpointError, orbax_restore, tree_checksums, verify_checksums
+from ppo_jax.run.outputs import read_json, write_json
 from rlhf_jax.tokenizer import ByteTokenizer, JsonTokenizer, Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ppo_jax.validation import require_finite, require_positive
+from ppo_jax.run.validation import require_finite, require_positive
 from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.overoptimization import OveroptimizationConfig
 from rlhf_jax.pipeline import PipelineConfig
@@ -209,7 +209,7 @@ class ExportArgs:
 
 
 def run_export(args: ExportArgs) -> None:
-    from ppo_jax.rundir import check_run_dir
+    from ppo_jax.run.rundir import check_run_dir
     from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.hf import save_pretrained
 
@@ -223,8 +223,8 @@ def run_export(args: ExportArgs) -> None:
 def run_sft(args: SFTArgs) -> dict:
     import jax
 
-    from ppo_jax.outputs import write_json
-    from ppo_jax.rundir import check_run_dir, claim_run_dir
+    from ppo_jax.run.outputs import write_json
+    from ppo_jax.run.rundir import check_run_dir, claim_run_dir
     from rlhf_jax.data import load_sft
     from rlhf_jax.preferences import new_token_room, sample_responses
     from rlhf_jax.sampling import SamplingConfig
@@ -328,8 +328,8 @@ def _prepare(args, config, command: str, name: str):
     line), all before anything is written; then claims the run folder and writes its
     ``config.json``. Returns ``(run_dir, task, lm, params, tokenizer, preferences)``, the
     task None with ``--data`` and the preferences None without."""
-    from ppo_jax.outputs import write_json
-    from ppo_jax.rundir import check_run_dir, claim_run_dir
+    from ppo_jax.run.outputs import write_json
+    from ppo_jax.run.rundir import check_run_dir, claim_run_dir
     from rlhf_jax.data import load_preferences
     from rlhf_jax.stages import Preferences, task_named
 
@@ -353,7 +353,7 @@ def run_rm(args: RMArgs) -> dict:
 
     import jax
 
-    from ppo_jax.outputs import write_json
+    from ppo_jax.run.outputs import write_json
     from rlhf_jax.preferences import bayes_accuracy, new_token_room, sample_responses
     from rlhf_jax.reward_model import RewardScorer, calibration_bins, rank_correlation
     from rlhf_jax.sampling import SamplingConfig
@@ -416,7 +416,7 @@ def run_dpo(args: DPOArgs) -> dict:
 
     import jax
 
-    from ppo_jax.outputs import write_json
+    from ppo_jax.run.outputs import write_json
     from rlhf_jax.dpo import evaluate_policy_samples
     from rlhf_jax.preferences import new_token_room
     from rlhf_jax.stages import dpo_stage
@@ -472,8 +472,8 @@ def run_dpo(args: DPOArgs) -> dict:
 def run_generate(args: GenerateArgs) -> list[dict]:
     import jax
 
-    from ppo_jax.outputs import write_json
-    from ppo_jax.rundir import check_run_dir, claim_run_dir
+    from ppo_jax.run.outputs import write_json
+    from ppo_jax.run.rundir import check_run_dir, claim_run_dir
     from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.preferences import longest_prompt, new_token_room, sample_responses
     from rlhf_jax.sampling import SamplingConfig
@@ -519,7 +519,7 @@ COMMANDS = {"sft": (SFTArgs, run_sft), "rm": (RMArgs, run_rm), "dpo": (DPOArgs, 
 def main(argv: list[str] | None = None) -> None:
     import tyro
 
-    from ppo_jax import compile_cache
+    from ppo_jax.run import compile_cache
 
     compile_cache.enable()
     args = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, prog="rlhf-jax",

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from ppo_jax.machine import cpu_model
+from ppo_jax.run.machine import cpu_model
 
 DTYPES = ("float32", "bfloat16", "auto")
 SPEEDUP_NEEDED = 1.2
@@ -37,7 +37,7 @@ def resolve(name: str) -> str:
 
 
 def cache_file() -> Path:
-    from ppo_jax.compile_cache import default_folder
+    from ppo_jax.run.compile_cache import default_folder
 
     return default_folder().parent / "compute_dtype.json"
 
@@ -76,13 +76,13 @@ def decided() -> str:
 def probe(repeats: int = 7) -> tuple[float, float]:
     """Best seconds of a forward and backward pass through ``x @ w`` of :data:`PROBE_SHAPE`, in
     float32 and with bfloat16 inputs, alternating the two."""
-    from rlhf_jax.transformer import _matmul_bf16
+    from rlhf_jax.matmul import matmul_bf16
 
     m, k, n = PROBE_SHAPE
     x = jax.random.normal(jax.random.PRNGKey(0), (m, k))
     w = jax.random.normal(jax.random.PRNGKey(1), (k, n)) / k ** 0.5
     grads = [jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
-             for f in (jnp.matmul, _matmul_bf16)]
+             for f in (jnp.matmul, matmul_bf16)]
     best = [float("inf"), float("inf")]
     for fn in grads:
         jax.block_until_ready(fn(x, w))

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ppo_jax.outputs import atomic_path
+from ppo_jax.run.outputs import atomic_path
 
 
 def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequence[str] = (),

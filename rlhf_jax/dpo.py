@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.ppo import sequence_kl
 from rlhf_jax.ppo_trainer import PromptSource, evaluate_samples

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppo_jax.outputs import atomic_path, read_json, write_json
+from ppo_jax.run.outputs import atomic_path, read_json, write_json
 from rlhf_jax.tokenizer import JsonTokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 

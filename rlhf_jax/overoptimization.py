@@ -29,9 +29,9 @@ from typing import Callable
 import jax
 import numpy as np
 
-from ppo_jax.outputs import plot_panels, read_json, write_json
-from ppo_jax.rundir import check_resumable, claim_run_dir
-from ppo_jax.validation import DictConfig, require_finite
+from ppo_jax.run.outputs import plot_panels, read_json, write_json
+from ppo_jax.run.rundir import check_resumable, claim_run_dir
+from ppo_jax.run.validation import DictConfig, require_finite
 from rlhf_jax.ppo_trainer import RLHFConfig
 from rlhf_jax.preferences import bayes_accuracy
 from rlhf_jax.reward_model import RMConfig

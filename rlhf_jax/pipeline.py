@@ -29,10 +29,10 @@ from typing import Callable
 import jax
 import numpy as np
 
-from ppo_jax.interrupt import Interrupted
-from ppo_jax.outputs import plot_lines, read_json, write_json
-from ppo_jax.rundir import check_resumable, claim_run_dir
-from ppo_jax.validation import DictConfig, require_finite
+from ppo_jax.run.interrupt import Interrupted
+from ppo_jax.run.outputs import plot_lines, read_json, write_json
+from ppo_jax.run.rundir import check_resumable, claim_run_dir
+from ppo_jax.run.validation import DictConfig, require_finite
 from rlhf_jax.data import load_preferences, load_prompts, load_sft, write_preferences
 from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.hf import load_pretrained

@@ -36,9 +36,9 @@ from flax import struct
 from jax.sharding import Mesh
 
 from ppo_jax import losses
-from ppo_jax.checkpoint import RunCheckpoints
-from ppo_jax.interrupt import stop_if_requested, stoppable
-from ppo_jax.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.checkpoints import RunCheckpoints
+from ppo_jax.run.interrupt import stop_if_requested, stoppable
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import padded_chunks
 from rlhf_jax.group_advantages import group_advantages, to_tokens
 from rlhf_jax.ppo import (

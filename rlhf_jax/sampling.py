@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ppo_jax.validation import require_finite
+from ppo_jax.run.validation import require_finite
 from rlhf_jax.transformer import KVCache, TransformerLM
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 

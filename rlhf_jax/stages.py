@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from ppo_jax.checkpoint import RunCheckpoints
-from ppo_jax.outputs import plot_lines, read_json, write_json
+from ppo_jax.run.checkpoints import RunCheckpoints
+from ppo_jax.run.outputs import plot_lines, read_json, write_json
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.best_of_n import best_of_n_curve
 from rlhf_jax.data import padded_chunks, write_preferences
@@ -37,7 +37,7 @@ from rlhf_jax.ppo_trainer import (
     train_rlhf,
 )
 from rlhf_jax.preferences import make_preference_pairs, new_token_room
-from rlhf_jax.progress import progress_bar
+from ppo_jax.run.progress import progress_bar
 from rlhf_jax.reward_model import RMConfig, RMResult, calibration_bins, train_reward_model
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.sft import SFTConfig, train_sft
@@ -45,6 +45,14 @@ from rlhf_jax.tasks import praise, reviews
 from rlhf_jax.transformer import TransformerLM
 
 TASKS = {"reviews": reviews, "praise": praise}
+
+LOSS = "loss {task.fields[loss]}"  # the supervised stages' progress status
+
+RUN_PAYLOAD = "rlhf_jax RL state"
+RUN_FORMAT = 2
+"""Layout of an RL stage's periodic checkpoints (policy, value head, optimiser states, KL
+controller, metrics). Its first number was 2, shared with PPO's train state; the layout has
+not changed since, so checkpoints of runs in progress stay readable."""
 """Built-in offline tasks: an SFT corpus, prompts and a gold reward each."""
 
 
@@ -95,7 +103,7 @@ def sft_stage(config: SFTConfig, tokenizer, prompts: Sequence[str], responses: S
     ``checkpoint/``, ``loss.png`` and ``metrics.json`` (the marker). Returns the stage and
     whether it was loaded."""
     def run() -> SFTStage:
-        bar = progress_bar("sft", not show_progress)
+        bar = progress_bar("sft", not show_progress, LOSS)
         with bar:
             job = bar.add_task("sft", total=config.steps, loss="-")
             result = train_sft(config, tokenizer, prompts, responses, params=params,
@@ -169,7 +177,7 @@ def reward_model_stage(config: RMConfig, tokenizer, prefs: Preferences, folder: 
     ``folder``: ``checkpoint/``, ``accuracy.png``, ``calibration.png`` and ``metrics.json``
     (the marker)."""
     def run() -> RewardModelStage:
-        bar = progress_bar("reward model", not show_progress)
+        bar = progress_bar("reward model", not show_progress, LOSS)
         with bar:
             job = bar.add_task("rm", total=None, loss="-")
             result = train_reward_model(config, tokenizer, prefs.pairs, init_params_from=init_params,
@@ -285,7 +293,8 @@ def ppo_stage(algo: str, setup: RLSetup, rm: RewardModelStage, folder: Path, *, 
     def run() -> PPOStage:
         programs, evaluate = setup.programs(algo), setup.evaluator(algo, rm)
         state = init_state(config, programs, setup.sft.params, rm.params)
-        checkpoints = RunCheckpoints(folder / "checkpoints") if checkpoint_every > 0 else None
+        checkpoints = (RunCheckpoints(folder / "checkpoints", format=RUN_FORMAT, payload=RUN_PAYLOAD)
+                       if checkpoint_every > 0 else None)
         bar = progress_bar(f"ppo ({reward})", not show_progress,
                            "gold {task.fields[gold]} proxy {task.fields[proxy]} kl {task.fields[kl]}")
         with bar:
@@ -342,7 +351,7 @@ def dpo_stage(config: DPOConfig, tokenizer, prefs: Preferences, folder: Path, *,
     ``checkpoint/``, ``accuracy.png`` (the implicit reward's held-out accuracy by epoch) and
     ``metrics.json`` (the marker)."""
     def run() -> DPOStage:
-        bar = progress_bar("dpo", not show_progress)
+        bar = progress_bar("dpo", not show_progress, LOSS)
         with bar:
             job = bar.add_task("dpo", total=None, loss="-")
             result = train_dpo(config, tokenizer, prefs.pairs, params=params, model=lm, where=prefs.where,

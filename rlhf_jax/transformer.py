@@ -35,9 +35,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.distributions import Categorical
-from ppo_jax.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.compute_dtype import DTYPES
 from rlhf_jax.compute_dtype import resolve as resolve_dtype
+from rlhf_jax.matmul import matmul, matmul_bf16
 
 
 @dataclass(frozen=True)
@@ -159,59 +160,10 @@ def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Arr
 _init = nn.initializers.normal(stddev=0.02)
 
 
-def _weight_gradient(x: jax.Array, ct: jax.Array) -> jax.Array:
-    """``sum over every leading axis of x[..., k] ct[..., n]`` as one 2-D matmul over the
-    flattened rows: XLA:CPU runs this form faster than the two-contracting-axes dot autodiff
-    gives (the RLHF model's gradient step took 10% less time)."""
-    return jnp.einsum("mk,mn->kn", x.reshape(-1, x.shape[-1]), ct.reshape(-1, ct.shape[-1]),
-                      preferred_element_type=jnp.float32)
-
-
-@jax.custom_vjp
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x @ w`` over the last axis of ``x``, as ``nn.Dense`` computes it, with the backward
-    pass's weight gradient in :func:`_weight_gradient`'s form."""
-    return jnp.einsum("...k,kn->...n", x, w)
-
-
-def _matmul_fwd(x, w):
-    return _matmul(x, w), (x, w)
-
-
-def _matmul_bwd(res, ct):
-    x, w = res
-    return jnp.einsum("...n,kn->...k", ct, w), _weight_gradient(x, ct).astype(w.dtype)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-@jax.custom_vjp
-def _matmul_bf16(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x @ w`` over the last axis of ``x`` with bfloat16 inputs and float32 accumulation and
-    output, forward and backward: the form XLA:CPU hands to bfloat16 matrix units (AMX)."""
-    return jnp.einsum("...k,kn->...n", x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
-                      preferred_element_type=jnp.float32)
-
-
-def _matmul_bf16_fwd(x, w):
-    return _matmul_bf16(x, w), (x, w)
-
-
-def _matmul_bf16_bwd(res, ct):
-    x, w = res
-    ct = ct.astype(jnp.bfloat16)
-    dx = jnp.einsum("...n,kn->...k", ct, w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
-    return dx.astype(x.dtype), _weight_gradient(x.astype(jnp.bfloat16), ct).astype(w.dtype)
-
-
-_matmul_bf16.defvjp(_matmul_bf16_fwd, _matmul_bf16_bwd)
-
-
 def _dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, bf16: bool = False):
     (lc, rc), (lb, rb) = dimension_numbers
     assert lc == (lhs.ndim - 1,) and rc == (0,) and not lb and not rb, dimension_numbers  # nn.Dense's form
-    return (_matmul_bf16 if bf16 else _matmul)(lhs, rhs)
+    return (matmul_bf16 if bf16 else matmul)(lhs, rhs)
 
 
 def _dense(cfg: TransformerConfig, features: int, name: str, kernel_init=_init, use_bias: bool = True) -> nn.Dense:
@@ -351,8 +303,8 @@ class TransformerLM(nn.Module):
         logits = scalar = None
         if self.lm_head:
             if cfg.tie_embeddings:
-                # hidden @ embedding^T, as Embed.attend, through _matmul's backward pass.
-                logits = _matmul(hidden, jnp.asarray(embed.embedding, hidden.dtype).T)
+                # hidden @ embedding^T, as Embed.attend, through matmul's backward pass.
+                logits = matmul(hidden, jnp.asarray(embed.embedding, hidden.dtype).T)
             else:
                 logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_init, name="lm_head",
                                   dot_general=_dot)(hidden)

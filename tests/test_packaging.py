@@ -57,6 +57,6 @@ def test_readme_names_the_tested_versions():
 
 
 def test_the_prng_lowering_was_measured_on_the_lowest_jax():
-    from ppo_jax import cpu_prng
+    from ppo_jax.run import prng
 
-    assert cpu_prng.jax_minor(_lower_bounds()["jax"]) in cpu_prng.MEASURED
+    assert prng.jax_minor(_lower_bounds()["jax"]) in prng.MEASURED

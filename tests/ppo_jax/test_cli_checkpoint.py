@@ -115,7 +115,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_re
     import os
     import signal
 
-    from ppo_jax.cli import resume_training
+    from ppo_jax.experiment import resume_run as resume_training
 
     # 60 updates, a checkpoint every 6: the kill lands with most of the run still to go.
     args = ["train", "--num-envs", "4", "--num-steps", "64", "--total-timesteps", str(60 * 256), "--update-epochs",
@@ -161,7 +161,7 @@ def test_a_diverging_run_stops_naming_the_update_and_metric(tmp_path, capsys):
 
 
 def test_learning_curve_carries_the_last_finished_return_forward(tmp_path):
-    from ppo_jax.outputs import carry_forward, plot_learning_curve
+    from ppo_jax.run.outputs import carry_forward, plot_learning_curve
 
     nan = np.nan
     returns = np.array([[nan, 10.0, nan, nan, 30.0, nan], [5.0, nan, 7.0, nan, nan, nan]])
@@ -177,7 +177,7 @@ def test_a_second_run_loads_its_programs_from_the_persistent_cache(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env["PPO_JAX_COMPILATION_CACHE"] = str(tmp_path / "cache")
+    env["RL_JAX_COMPILATION_CACHE"] = str(tmp_path / "cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every program, however fast it compiled
     summaries = []
     for run in ("first", "second"):

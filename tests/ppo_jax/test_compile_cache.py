@@ -17,7 +17,8 @@ TRAIN = ["train", "--num-envs", "4", "--num-steps", "16", "--total-timesteps", "
 def _train(tmp_path, name: str) -> str:
     env = {k: v for k, v in os.environ.items()
            if k not in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                        "JAX_COMPILATION_CACHE_MAX_SIZE", "PPO_JAX_COMPILATION_CACHE")}
+                        "JAX_COMPILATION_CACHE_MAX_SIZE", "RL_JAX_COMPILATION_CACHE",
+                        "PPO_JAX_COMPILATION_CACHE")}
     env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
     code = "from ppo_jax.console import main; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, *TRAIN, "--out", str(tmp_path / name)], env=env,
@@ -30,7 +31,7 @@ def _train(tmp_path, name: str) -> str:
 def test_train_prints_no_warning_and_caches_the_training_program(tmp_path):
     printed = _train(tmp_path, "first")
     assert "warning" not in printed.lower(), printed
-    folder = tmp_path / "cache" / "ppo-jax" / "xla"
+    folder = tmp_path / "cache" / "rl-jax" / "xla"
     big = ("jit_init-", "jit_run-", "jit_evaluate-")
 
     def entries():

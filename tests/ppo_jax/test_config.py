@@ -75,16 +75,26 @@ def test_preset_defaults_run_whole_updates_without_a_warning():
     assert (cartpole.total_timesteps, cartpole.num_updates) == (499_712, 976)
 
 
-def test_compilation_cache_folder_and_switch(tmp_path, monkeypatch):
-    from ppo_jax import compile_cache
+def test_compilation_cache_folder_and_switch(tmp_path, monkeypatch, capsys):
+    from ppo_jax.run import compile_cache, settings
 
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
-    monkeypatch.setenv("PPO_JAX_COMPILATION_CACHE", "0")
+    monkeypatch.delenv("PPO_JAX_COMPILATION_CACHE", raising=False)
+    monkeypatch.setenv("RL_JAX_COMPILATION_CACHE", "0")
     assert compile_cache.enable() is None
-    monkeypatch.setenv("PPO_JAX_COMPILATION_CACHE", "")
+    monkeypatch.setenv("RL_JAX_COMPILATION_CACHE", "")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert compile_cache.default_folder() == tmp_path / "ppo-jax" / "xla"
+    assert compile_cache.default_folder() == tmp_path / "rl-jax" / "xla"
+    assert capsys.readouterr().err == ""
+    # The spelling of earlier releases still works, with one deprecation line.
+    monkeypatch.delenv("RL_JAX_COMPILATION_CACHE")
+    monkeypatch.setenv("PPO_JAX_COMPILATION_CACHE", "0")
+    monkeypatch.setattr(settings, "_noted", set())
+    assert compile_cache.enable() is None and compile_cache.enable() is None
+    err = capsys.readouterr().err
+    assert err.count("PPO_JAX_COMPILATION_CACHE is deprecated; use RL_JAX_COMPILATION_CACHE") == 1
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "own"))
+    monkeypatch.delenv("PPO_JAX_COMPILATION_CACHE")
     assert compile_cache.enable() is None  # JAX's own setting wins
 
 

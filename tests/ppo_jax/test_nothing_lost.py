@@ -97,7 +97,7 @@ def _largest_data_file(checkpoint: Path) -> Path:
     ("no_metadata", "is damaged or incomplete"),
     ("meta_json", "meta.json:2: invalid JSON"),
     ("no_state", "is incomplete (no state"),
-    ("old_format", "is in format 1, written by another version of ppo_jax"),
+    ("old_format", "holds a ppo_jax train state in format 1, written by another version"),
 ])
 def test_a_damaged_final_checkpoint_is_one_line_naming_it(tmp_path, capsys, finished_run, damage, message):
     run = tmp_path / "run"
@@ -164,7 +164,7 @@ def test_resume_refuses_a_checkpoint_of_another_layout_and_leaves_it_in_place(tm
     meta = older / "checkpoints" / "8" / "meta" / "metadata"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 1}))
     line = _fails(capsys, ["train", "--resume", str(older), "--no-progress"])
-    assert f"{older / 'checkpoints' / '8'} is in format 1, written by another version of ppo_jax" in line, line
+    assert f"{older / 'checkpoints' / '8'} holds a ppo_jax train state in format 1, written by another version" in line, line
     assert (older / "checkpoints" / "8").is_dir() and not (older / "checkpoints" / "8.damaged").exists()
 
 
@@ -277,7 +277,7 @@ def test_non_finite_and_overlong_data_name_file_and_line(tmp_path, capsys):
 
 def test_an_interrupted_pipeline_says_how_to_resume(tmp_path, capsys, monkeypatch):
     import rlhf_jax.stages as stages
-    from ppo_jax.interrupt import Interrupted
+    from ppo_jax.run.interrupt import Interrupted
 
     def stopped(*args, **kwargs):  # the PPO stage, as Ctrl-C leaves it after its checkpoint 1 of 2
         raise Interrupted(1, 2, tmp_path / "pipe" / "ppo_proxy" / "checkpoints" / "1")

@@ -197,18 +197,19 @@ class _Tokenizer:
 
 
 def test_resumed_run_ends_as_the_uninterrupted_one_and_a_nan_keeps_the_last_good_checkpoint(tmp_path):
-    from ppo_jax.checkpoint import RunCheckpoints
+    from ppo_jax.run.checkpoints import RunCheckpoints
+    from rlhf_jax.stages import RUN_FORMAT, RUN_PAYLOAD
 
     config, programs, sft, rm_params, ids, mask = _tiny()
     run = functools.partial(train_rlhf, programs=programs, ref_params=sft, tokenizer=_Tokenizer(),
                             prompts=_Prompts(ids, mask), rm_params=rm_params, checkpoint_every=1)
     with_iterations = lambda n: config.__class__(**{**config.to_dict(), "iterations": n})  # noqa: E731
     whole = run(with_iterations(2), state=init_state(config, programs, sft, rm_params),
-                checkpoints=RunCheckpoints(tmp_path / "whole"))
+                checkpoints=RunCheckpoints(tmp_path / "whole", format=RUN_FORMAT, payload=RUN_PAYLOAD))
     # "Killed" after its first checkpoint: the same run stopped after one iteration, then resumed.
-    run(with_iterations(1), state=init_state(config, programs, sft, rm_params), checkpoints=RunCheckpoints(tmp_path / "b"))
+    run(with_iterations(1), state=init_state(config, programs, sft, rm_params), checkpoints=RunCheckpoints(tmp_path / "b", format=RUN_FORMAT, payload=RUN_PAYLOAD))
     resumed = run(with_iterations(2), state=init_state(config, programs, sft, rm_params),
-                  checkpoints=RunCheckpoints(tmp_path / "b"))
+                  checkpoints=RunCheckpoints(tmp_path / "b", format=RUN_FORMAT, payload=RUN_PAYLOAD))
     jax.tree.map(np.testing.assert_array_equal, resumed.state, whole.state)
     assert [r["policy_loss"] for r in resumed.history] == [r["policy_loss"] for r in whole.history]
     assert len(resumed.history) == 2
@@ -222,4 +223,4 @@ def test_resumed_run_ends_as_the_uninterrupted_one_and_a_nan_keeps_the_last_good
 
     with pytest.raises(FloatingPointError, match=r"iteration 1: non-finite gold_reward.*last good checkpoint: .*c/1"):
         run(with_iterations(3), state=init_state(config, programs, sft, rm_params), rm_params=None, reward="gold",
-            gold_reward=gold, checkpoints=RunCheckpoints(tmp_path / "c"))
+            gold_reward=gold, checkpoints=RunCheckpoints(tmp_path / "c", format=RUN_FORMAT, payload=RUN_PAYLOAD))

@@ -134,13 +134,13 @@ def test_forward_flops_match_xla_cost_analysis(arch, extra):
 def test_dense_backward_matches_autodiff_of_the_plain_matmul():
     """The blocks' Dense layers carry their own backward pass (the weight gradient as one 2-D
     matmul over flattened rows): it must be the gradient autodiff gives the plain matmul."""
-    from rlhf_jax.transformer import _matmul
+    from rlhf_jax.matmul import matmul
 
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 8))
     w = jax.random.normal(jax.random.PRNGKey(1), (8, 6))
     r = jax.random.normal(jax.random.PRNGKey(2), (3, 5, 6))
-    ours = jax.grad(lambda x, w: jnp.sum(_matmul(x, w) * r), argnums=(0, 1))(x, w)
+    ours = jax.grad(lambda x, w: jnp.sum(matmul(x, w) * r), argnums=(0, 1))(x, w)
     plain = jax.grad(lambda x, w: jnp.sum(jnp.einsum("btk,kn->btn", x, w) * r), argnums=(0, 1))(x, w)
     for a, b in zip(ours, plain):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(_matmul(x, w), jnp.einsum("btk,kn->btn", x, w))
+    np.testing.assert_array_equal(matmul(x, w), jnp.einsum("btk,kn->btn", x, w))

@@ -18,17 +18,19 @@ is slower here but equally correct:
   did not finish compiling (stopped after 2 minutes here; 10 in the first report). Not used.
 - any other version: not measured; JAX's lowering, with a one-line note on stderr.
 
-``PPO_JAX_UNROLLED_THREEFRY=0`` keeps JAX's lowering on every version; ``=1`` asks for the
+``RL_JAX_UNROLLED_THREEFRY=0`` keeps JAX's lowering on every version; ``=1`` asks for the
 unrolled one on any version (to measure a new JAX), still falling back if the private
 module moved.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-ENV = "PPO_JAX_UNROLLED_THREEFRY"
+from ppo_jax.run.settings import env_setting
+
+NAME = "UNROLLED_THREEFRY"
+ENV = "RL_JAX_UNROLLED_THREEFRY"
 # (major, minor) -> whether the unrolled lowering is used there by default.
 MEASURED = {(0, 10): True, (0, 11): False}
 
@@ -76,7 +78,7 @@ def install() -> bool:
         return True
     import jax
 
-    wanted, note = decide(jax.__version__, os.environ.get(ENV))
+    wanted, note = decide(jax.__version__, env_setting(NAME))
     if note:
         _note(note)
     if not wanted:

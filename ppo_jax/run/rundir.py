@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from ppo_jax.outputs import write_json
+from ppo_jax.run.outputs import write_json
 
 MARKER = "run.json"
 

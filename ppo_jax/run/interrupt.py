@@ -68,7 +68,7 @@ def sigint_ignored() -> Iterator[None]:
 @contextmanager
 def stoppable(checkpoints, on_request: Callable[[], None] | None = None) -> Iterator[StopRequest]:
     """:func:`deferred_interrupt` around a run that saves to ``checkpoints`` (a
-    :class:`ppo_jax.checkpoint.RunCheckpoints`, or None: then Ctrl-C is not deferred, as
+    :class:`ppo_jax.run.checkpoints.RunCheckpoints`, or None: then Ctrl-C is not deferred, as
     there is nothing to save). On a second Ctrl-C, a save in flight finishes before the
     KeyboardInterrupt goes on, so no temporary folder is left."""
     with deferred_interrupt(enabled=checkpoints is not None, on_request=on_request) as stop:

@@ -2,8 +2,8 @@
 
 Compiling is a large share of a short run on XLA:CPU (the default CartPole run compiles
 for about as long as it trains); with the cache, running the same command again loads the
-programs from disk instead. Off with ``PPO_JAX_COMPILATION_CACHE=0``; another folder with
-``PPO_JAX_COMPILATION_CACHE=/path``; JAX's own ``JAX_COMPILATION_CACHE_DIR``, when set, wins.
+programs from disk instead. Off with ``RL_JAX_COMPILATION_CACHE=0``; another folder with
+``RL_JAX_COMPILATION_CACHE=/path``; JAX's own ``JAX_COMPILATION_CACHE_DIR``, when set, wins.
 """
 
 from __future__ import annotations
@@ -11,19 +11,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ENV = "PPO_JAX_COMPILATION_CACHE"
+from ppo_jax.run.settings import env_setting
+
+NAME = "COMPILATION_CACHE"
 OFF = ("0", "off", "false", "no")
 
 
 def default_folder() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ppo-jax" / "xla"
+    return Path(base) / "rl-jax" / "xla"
 
 
 def enable() -> Path | None:
     """Points JAX's persistent compilation cache at the user's cache folder (before anything
     compiles); returns the folder, or None when it is off or JAX's own setting is in force."""
-    setting = os.environ.get(ENV, "")
+    setting = env_setting(NAME) or ""
     if setting.lower() in OFF or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
     import jax

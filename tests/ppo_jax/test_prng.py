@@ -8,14 +8,14 @@ import sys
 import jax
 import pytest
 
-from ppo_jax import cpu_prng
+from ppo_jax.run import prng
 
 pytestmark = pytest.mark.timeout(120)
 
 DRAWS = """
 import json, sys
 import jax, jax.numpy as jnp
-from ppo_jax import envs  # installs the lowering unless PPO_JAX_UNROLLED_THREEFRY=0
+from ppo_jax import envs  # installs the lowering unless RL_JAX_UNROLLED_THREEFRY=0
 
 def draws(key):
     k1, k2, k3 = jax.random.split(key, 3)
@@ -31,7 +31,7 @@ print(json.dumps(jax.tree.map(lambda x: jnp.asarray(x).tolist(), out)))
 
 
 def _draws(unrolled: bool) -> dict:
-    env = {**os.environ, "PPO_JAX_UNROLLED_THREEFRY": "1" if unrolled else "0", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, prng.ENV: "1" if unrolled else "0", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", DRAWS], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout)
 
@@ -42,8 +42,8 @@ def test_unrolled_threefry_draws_the_same_bits_as_jax_default():
 
 LOOPS = """
 import jax
-from ppo_jax import cpu_prng
-print(cpu_prng.install(), " while(" in jax.jit(lambda k: jax.random.uniform(k, (3,))).lower(jax.random.PRNGKey(0)).compile().as_text())
+from ppo_jax.run import prng
+print(prng.install(), " while(" in jax.jit(lambda k: jax.random.uniform(k, (3,))).lower(jax.random.PRNGKey(0)).compile().as_text())
 """
 
 
@@ -51,7 +51,7 @@ print(cpu_prng.install(), " while(" in jax.jit(lambda k: jax.random.uniform(k, (
 def test_random_draws_compile_without_a_loop_only_when_unrolled(setting):
     # In a subprocess: the registration is process-wide, and on JAX versions where it is not
     # used by default it must not reach the other tests' programs.
-    env = {**os.environ, cpu_prng.ENV: setting, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, prng.ENV: setting, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", LOOPS], capture_output=True, text=True, env=env, check=True)
     installed, has_loop = out.stdout.split()
     # JAX's own CPU lowering has a five-round loop here
@@ -59,20 +59,20 @@ def test_random_draws_compile_without_a_loop_only_when_unrolled(setting):
 
 
 def test_the_unrolled_lowering_is_the_default_only_on_measured_versions():
-    assert cpu_prng.decide("0.10.2", None) == (True, None)
-    assert cpu_prng.decide("0.11.2", None) == (False, None)  # its init program never finished compiling
+    assert prng.decide("0.10.2", None) == (True, None)
+    assert prng.decide("0.11.2", None) == (False, None)  # its init program never finished compiling
     for version in ("0.12.0", "0.9.1", "1.0.0", "nightly"):
-        used, note = cpu_prng.decide(version, None)
-        assert not used and version in note and cpu_prng.ENV in note
-    assert cpu_prng.decide("0.12.0", "1") == (True, None)
-    assert cpu_prng.decide("0.10.2", "0") == (False, None)
-    used, note = cpu_prng.decide("0.10.2", "yes")
+        used, note = prng.decide(version, None)
+        assert not used and version in note and prng.ENV in note
+    assert prng.decide("0.12.0", "1") == (True, None)
+    assert prng.decide("0.10.2", "0") == (False, None)
+    used, note = prng.decide("0.10.2", "yes")
     assert not used and "'yes'" in note
 
 
 def test_the_process_uses_what_decide_says():
     # conftest leaves the variable unset unless the developer set it
-    expected, _ = cpu_prng.decide(jax.__version__, os.environ.get(cpu_prng.ENV))
+    expected, _ = prng.decide(jax.__version__, os.environ.get(prng.ENV))
     from ppo_jax import envs  # noqa: F401  (installs it if wanted)
 
-    assert cpu_prng._installed == expected
+    assert prng._installed == expected

@@ -1,0 +1,27 @@
+"""Environment variables of the run toolkit, under names shared by ``ppo-jax`` and ``rlhf-jax``.
+
+Each toolkit variable is ``RL_JAX_<NAME>``. The ``PPO_JAX_<NAME>`` spelling of earlier
+releases still works, with a one-line deprecation note on stderr (once per variable).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+PREFIX = "RL_JAX_"
+OLD_PREFIX = "PPO_JAX_"
+_noted: set[str] = set()
+
+
+def env_setting(name: str) -> str | None:
+    """The value of ``RL_JAX_<name>``, else of the deprecated ``PPO_JAX_<name>``, else None."""
+    new, old = PREFIX + name, OLD_PREFIX + name
+    if new in os.environ:
+        return os.environ[new]
+    if old in os.environ:
+        if old not in _noted:
+            _noted.add(old)
+            print(f"note: {old} is deprecated; use {new} (same values)", file=sys.stderr)
+        return os.environ[old]
+    return None
