@@ -7,7 +7,7 @@ epochs x 4 minibatches, lr 2.5e-4 annealed, value clipping 0.2, 5e5 steps); odd 
 ours first, so a machine that drifts slower or faster favours neither. A speed ratio is
 only meaningful between runs of one session: that is what the rounds are.
 
-    python benchmarks/ppo_vs_purejaxrl.py --peers ../shared/peers \\
+    python benchmarks/ppo_vs_purejaxrl.py --peers PEERS \\
         --peer-python ~/peers/venv_purejaxrl/bin/python --peer-src ~/peers/purejaxrl \\
         --seeds 1 8 --rounds 3 --out benchmarks/results/ppo_vs_purejaxrl_cpu_2core.json
 

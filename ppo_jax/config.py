@@ -41,7 +41,7 @@ class PPOConfig(DictConfig):
     activation: str = "tanh"
     """Hidden activation: tanh, relu or gelu (static)."""
     shared_torso: bool = False
-    """One torso and one optimiser (remark 9.14) instead of two networks with two optimisers (listing 6)."""
+    """One torso and one optimiser instead of two networks with two optimisers."""
     normalize_observations: bool = False
     """Running observation normalisation, clipped to +-10 (static)."""
     normalize_rewards: bool = False
@@ -49,7 +49,7 @@ class PPOConfig(DictConfig):
     anneal_lr: bool = True
     """Anneal learning rates linearly to 0 over the updates (static)."""
     normalize_advantages: bool = True
-    """Normalise advantages, eq. (27) (static)."""
+    """Normalise advantages per minibatch, docs/theory.md §9 (static)."""
     per_minibatch_adv_norm: bool = True
     """Normalise advantages per minibatch (True) or once per batch (False) (static)."""
     algo: str = "ppo"
@@ -68,19 +68,19 @@ class PPOConfig(DictConfig):
     gae_lambda: float = 0.95
     """GAE lambda (traced)."""
     clip_eps: float = 0.2
-    """PPO ratio clip epsilon, eq. (24) (traced)."""
+    """PPO ratio clip epsilon, docs/theory.md §9 (traced)."""
     value_clip_eps: float = 0.0
-    """Value clipping epsilon, eq. (34)/(35); 0 turns value clipping off (traced)."""
+    """Value clipping epsilon, docs/theory.md §5; 0 turns value clipping off (traced)."""
     vf_coef: float = 0.5
-    """Value loss coefficient c1, eq. (36) (traced)."""
+    """Value loss coefficient c1, docs/theory.md §9 (traced)."""
     ent_coef: float = 0.01
-    """Entropy bonus coefficient c2, eq. (38) (traced)."""
+    """Entropy bonus coefficient c2, docs/theory.md §9 (traced)."""
     max_grad_norm: float = 0.5
     """Global-norm gradient clip, per optimiser (traced)."""
     target_kl: float = 0.0
     """Stop the remaining minibatches and epochs of an update once approx KL exceeds this; 0 disables (traced)."""
     trpo_delta: float = 0.01
-    """TRPO: the trust region's radius, mean KL(pi_old || pi) <= delta, problem (22) (traced)."""
+    """TRPO: the trust region's radius, mean KL(pi_old || pi) <= delta, docs/theory.md §7 (traced)."""
     cg_damping: float = 0.1
     """TRPO: damping added to the Fisher-vector product (traced)."""
 
@@ -95,7 +95,7 @@ class PPOConfig(DictConfig):
 
     @property
     def whole_episodes(self) -> bool:
-        """REINFORCE's update rules learn from whole episodes (eq. 4): each rollout starts fresh
+        """REINFORCE's update rules learn from whole episodes (docs/theory.md §1): each rollout starts fresh
         episodes and must hold the longest one."""
         return self.algo in ("reinforce", "reinforce-baseline")
 

@@ -1,4 +1,4 @@
-"""Action distributions of listing 7: categorical over logits, diagonal Gaussian with a learned log-std.
+"""Action distributions (docs/theory.md §6): categorical over logits, diagonal Gaussian with a learned log-std.
 
 Small pytree classes so that a distribution can cross ``jit``/``vmap`` boundaries.
 """
@@ -39,7 +39,7 @@ class Categorical:
         return jnp.argmax(self.logits, axis=-1)
 
     def kl(self, other: "Categorical") -> jax.Array:
-        """Exact ``KL(self || other)``, eq. (20)."""
+        """Exact ``KL(self || other)`` (docs/theory.md §8)."""
         p = self.log_probs_all
         return jnp.sum(jnp.exp(p) * (p - other.log_probs_all), axis=-1)
 

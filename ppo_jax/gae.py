@@ -1,4 +1,4 @@
-"""Advantage estimators (notes section 6, appendix 11.3).
+"""Advantage estimators (docs/theory.md §1, §3-§5).
 
 All inputs are time-major: arrays of shape ``[T, ...]`` where any trailing axes are
 batch axes (environments). Episode ends are given as two separate flags:
@@ -40,7 +40,7 @@ def td_errors(
     terminated: jax.Array,
     gamma: float | jax.Array,
 ) -> jax.Array:
-    """One-step TD errors, section 5.2: ``delta_t = r_t + gamma (1 - term_t) V(s'_t) - V(s_t)``."""
+    """One-step TD errors, docs/theory.md §3: ``delta_t = r_t + gamma (1 - term_t) V(s'_t) - V(s_t)``."""
     not_term = 1.0 - jnp.asarray(terminated).astype(rewards.dtype)
     return rewards + gamma * not_term * next_values - values
 
@@ -54,7 +54,7 @@ def gae(
     gamma: float | jax.Array,
     lam: float | jax.Array,
 ) -> jax.Array:
-    """GAE form C (theorem 6.6), the O(T) backward recursion used in training.
+    """GAE form C (docs/theory.md §4), the O(T) backward recursion used in training.
 
     ``A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}`` with
     ``done_t = terminated_t or truncated_t`` and ``A_T = 0``, computed with
@@ -121,7 +121,7 @@ def gae_direct_sum(
     gamma: float | jax.Array,
     lam: float | jax.Array,
 ) -> jax.Array:
-    """GAE form A (definition 6.1): ``A_t = sum_l (gamma lambda)^l delta_{t+l}``.
+    """GAE form A (docs/theory.md §4): ``A_t = sum_l (gamma lambda)^l delta_{t+l}``.
 
     The sum runs to the end of the episode containing ``t`` or the end of the rollout,
     whichever comes first. O(T^2) memory; a reference for tests, not for training.
@@ -143,7 +143,7 @@ def lambda_returns(
     gamma: float | jax.Array,
     lam: float | jax.Array,
 ) -> jax.Array:
-    """The lambda-return of definition 6.4, computed directly from n-step returns.
+    """The lambda-return (docs/theory.md §4), computed directly from n-step returns.
 
     ``R_t^(lambda) = (1 - lambda) sum_{n=1}^{N-1} lambda^{n-1} R_t^(n) + lambda^{N-1} R_t^(N)``,
     where ``R_t^(n) = sum_{k<n} gamma^k r_{t+k} + gamma^n V(s_{t+n})`` and ``N`` is the
@@ -179,16 +179,16 @@ def gae_lambda_return(
     gamma: float | jax.Array,
     lam: float | jax.Array,
 ) -> jax.Array:
-    """GAE form B (theorem 6.5): ``A_t = R_t^(lambda) - V(s_t)``. Arguments as in :func:`gae`."""
+    """GAE form B (docs/theory.md §4): ``A_t = R_t^(lambda) - V(s_t)``. Arguments as in :func:`gae`."""
     return lambda_returns(rewards, next_values, terminated, truncated, gamma, lam) - values
 
 
 def reward_to_go(rewards: jax.Array, dones: jax.Array, gamma: float | jax.Array) -> jax.Array:
-    """Discounted reward-to-go of eq. (4): ``R_t = sum_{k>=t} gamma^(k-t) r_k`` within an episode.
+    """Discounted reward-to-go (docs/theory.md §1): ``R_t = sum_{k>=t} gamma^(k-t) r_k`` within an episode.
 
     ``dones[t]`` marks the last step of an episode; the sum restarts after it. Steps of an
     episode still running at the end of the array sum only what was observed (no
-    bootstrap): that is the Monte-Carlo quantity of eq. (4) for complete episodes only.
+    bootstrap): that is the Monte-Carlo quantity of §1 for complete episodes only.
     """
     not_done = 1.0 - jnp.asarray(dones).astype(rewards.dtype)
 
@@ -202,8 +202,8 @@ def reward_to_go(rewards: jax.Array, dones: jax.Array, gamma: float | jax.Array)
 
 
 def value_targets(advantages: jax.Array, values: jax.Array) -> jax.Array:
-    """Value regression targets, eq. (31): ``R_t^target = A_t + V_old(s_t)``.
+    """Value regression targets (docs/theory.md §5): ``R_t^target = A_t + V_old(s_t)``.
 
-    Call this with the raw advantages, before any normalisation (eq. 27).
+    Call this with the raw advantages, before any normalisation (§9).
     """
     return advantages + values

@@ -1,7 +1,7 @@
-"""PPO loss terms and diagnostics (notes sections 7-9). Pure functions of arrays.
+"""PPO loss terms and diagnostics (docs/theory.md §5, §6, §8, §9). Pure functions of arrays.
 
 Every mean here is over the leading (sample) axis of a minibatch, as in the sample
-estimates eq. (25), (29) and (39). With ``mask`` (token-level RLHF: prompt and padding
+estimates of docs/theory.md §5, §6 and §9. With ``mask`` (token-level RLHF: prompt and padding
 positions are 0) a mean is over the masked-in entries only.
 """
 
@@ -20,15 +20,15 @@ def masked_mean(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 
 
 def importance_ratio(logp_new: jax.Array, logp_old: jax.Array) -> jax.Array:
-    """Importance ratio of definition 7.2, ``r_t = exp(log pi_theta - log pi_theta_old)``."""
+    """Importance ratio (docs/theory.md §6), ``r_t = exp(log pi_theta - log pi_theta_old)``."""
     return jnp.exp(logp_new - logp_old)
 
 
 def clipped_surrogate_loss(ratio: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array,
                            mask: jax.Array | None = None) -> jax.Array:
-    """PPO policy loss, eq. (24)/(25): ``-mean(min(r A, clip(r, 1-eps, 1+eps) A))``.
+    """PPO policy loss (docs/theory.md §9): ``-mean(min(r A, clip(r, 1-eps, 1+eps) A))``.
 
-    The negative of the clipped objective of definition 9.2, to be minimised.
+    The negative of the clipped objective, to be minimised.
     """
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
@@ -42,7 +42,7 @@ def value_loss(
     clip_eps: float | jax.Array = 0.0,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Value loss, eq. (28)/(29) ``mean((V - R)^2)``; clipped form eq. (34)/(35) when ``clip_eps > 0``.
+    """Value loss (docs/theory.md §5) ``mean((V - R)^2)``; the clipped form when ``clip_eps > 0``.
 
     Clipped: ``V_clip = V_old + clip(V - V_old, -eps, eps)`` and the loss is
     ``mean(max((V - R)^2, (V_clip - R)^2))``. ``clip_eps`` may be traced; ``<= 0`` (or no
@@ -57,7 +57,7 @@ def value_loss(
 
 
 def entropy_bonus(entropy: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Mean policy entropy, the ``E_t[H(pi(.|s_t))]`` term of eq. (38)."""
+    """Mean policy entropy, the ``E_t[H(pi(.|s_t))]`` term of docs/theory.md §6."""
     return masked_mean(entropy, mask)
 
 
@@ -68,12 +68,12 @@ def total_loss(
     vf_coef: float | jax.Array,
     ent_coef: float | jax.Array,
 ) -> jax.Array:
-    """Total PPO loss, eq. (36)/(38)/(39): ``L_policy + c1 L_value - c2 H``."""
+    """Total PPO loss (docs/theory.md §9): ``L_policy + c1 L_value - c2 H``."""
     return policy_loss + vf_coef * value_loss_ - ent_coef * entropy
 
 
 def normalize_advantages(advantages: jax.Array, eps: float = 1e-8, mask: jax.Array | None = None) -> jax.Array:
-    """Advantage normalisation, eq. (27): ``(A - mean(A)) / (std(A) + eps)``.
+    """Advantage normalisation (docs/theory.md §9): ``(A - mean(A)) / (std(A) + eps)``.
 
     With ``mask`` the mean and (population) std are taken over masked entries only and
     masked-out entries come back as 0.
@@ -93,13 +93,13 @@ def approx_kl_k1(logp_new: jax.Array, logp_old: jax.Array, mask: jax.Array | Non
 
 
 def approx_kl_k3(logp_new: jax.Array, logp_old: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """The ``(r - 1) - log r`` estimator of listing 4 (k3): unbiased for ``KL(pi_old || pi_new)``, always >= 0."""
+    """The ``(r - 1) - log r`` estimator (k3, docs/theory.md §8): unbiased for ``KL(pi_old || pi_new)``, always >= 0."""
     log_ratio = logp_new - logp_old
     return masked_mean(jnp.expm1(log_ratio) - log_ratio, mask)
 
 
 def clip_fraction(ratio: jax.Array, clip_eps: float | jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Share of samples whose ratio lies outside ``[1 - eps, 1 + eps]`` (listing 4)."""
+    """Share of samples whose ratio lies outside ``[1 - eps, 1 + eps]``."""
     return masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask)
 
 

@@ -1,6 +1,6 @@
 """Epochs x minibatches: the loop every update rule with several gradient steps per batch runs.
 
-PPO (listing 6), the critic regression of TRPO and REINFORCE-with-baseline, and the RLHF
+PPO, the critic regression of TRPO and REINFORCE-with-baseline, and the RLHF
 update all take ``epochs`` passes over a batch, each a fresh random order of its rows split
 into equal minibatches, one optimiser step per minibatch.
 """

@@ -1,4 +1,4 @@
-"""Flax linen actor-critic modules (listing 7) with orthogonal initialisation.
+"""Flax linen actor-critic modules with orthogonal initialisation.
 
 Gains follow "The 37 implementation details of PPO": sqrt(2) on hidden layers, 0.01 on
 the policy head (a near-uniform initial policy), 1.0 on the value head. The Gaussian
@@ -6,9 +6,9 @@ policy's log-std is a learned, state-independent parameter.
 
 Two layouts, chosen by ``shared_torso``:
 
-- separate (listing 6): parameters ``{"actor": ..., "critic": ...}``, each trained by its
+- separate: parameters ``{"actor": ..., "critic": ...}``, each trained by its
   own optimiser with its own learning rate;
-- shared torso (remark 9.14): one torso, two heads, one optimiser.
+- shared torso: one torso, two heads, one optimiser.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Optimisers: Adam (eps 1e-5) after global-norm clipping, one per parameter group.
 
-With separate actor and critic networks (listing 6) each network has its own
+With separate actor and critic networks each network has its own
 optimiser, learning rate and gradient-norm clip (``optax.partition`` over the groups
 ``"actor"`` and ``"critic"``); with a shared torso there is one group, ``"all"``.
 Learning rates are hyperparameters in the optimiser state (``optax.inject_hyperparams``),

@@ -39,8 +39,8 @@ class Transition:
 class Batch:
     """Flat ``[B, ...]`` samples for an update rule, made from a rollout's transitions.
 
-    ``advantage`` and ``target`` are GAE's (eq. 28 and 31), or for REINFORCE both the
-    Monte-Carlo reward-to-go (eq. 4). ``mask`` is 1 on the samples the rule may learn from
+    ``advantage`` and ``target`` are GAE's (docs/theory.md §4, §5), or for REINFORCE both the
+    Monte-Carlo reward-to-go (§1). ``mask`` is 1 on the samples the rule may learn from
     (REINFORCE: the steps whose episode ends inside the rollout); None means all.
     """
 

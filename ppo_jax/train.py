@@ -6,7 +6,7 @@
     hps = stack_hparams([cfg.replace(lr=lr) for lr in lrs])     # a sweep of traced fields
     outs = jax.jit(jax.vmap(train))(keys, hps)                 # ... still one compile
 
-Data flow per update: rollout -> V on the batch -> GAE (form C) -> targets (eq. 31)
+Data flow per update: rollout -> V on the batch -> GAE (form C) -> targets (docs/theory.md §5)
 -> the update rule of ``config.algo`` (PPO epochs, one A2C step, a TRPO step and critic
 regression; REINFORCE uses the Monte-Carlo reward-to-go instead of GAE) -> metrics. Metrics leave as arrays with a leading ``num_updates`` axis.
 """
@@ -125,7 +125,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
             env_state, obs = state.env_state, state.obs
             if config.whole_episodes:
                 # Every rollout starts fresh episodes, so each one that starts in it ends in it
-                # (num_steps >= the time limit): eq. (4) needs whole episodes, and an episode cut
+                # (num_steps >= the time limit): the reward-to-go needs whole episodes, and an episode cut
                 # at the rollout's end would only ever contribute its tail.
                 k_roll, k_restart = jax.random.split(k_roll)
                 obs, env_state = env.restart(k_restart, env_state)
@@ -139,7 +139,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
             lrs = optim.group_lrs(hp.lr, hp.critic_lr, config.shared_torso, lr_scale)
             mask = None
             if config.whole_episodes:
-                # Monte-Carlo reward-to-go of complete episodes (eq. 4): no bootstrap, no GAE.
+                # Monte-Carlo reward-to-go of complete episodes (docs/theory.md §1): no bootstrap, no GAE.
                 advantages = targets = gae_lib.reward_to_go(traj.reward, traj.done, hp.gamma)
                 mask = flat(complete_episode_mask(traj.done))
             else:

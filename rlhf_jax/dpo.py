@@ -1,9 +1,9 @@
 """Direct preference optimisation (DPO, Rafailov et al. 2023): the policy is its own reward model.
 
-The KL-regularised objective (notes eq. 53) ``max E[r] - beta KL(pi || pi_ref)`` is maximised by
+The KL-regularised objective (docs/theory.md §11, §13; arXiv:2305.18290) ``max E[r] - beta KL(pi || pi_ref)`` is maximised by
 ``pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x)``, so ``r(x, y) = beta log(pi*(y|x) /
-pi_ref(y|x)) + beta log Z(x)``. Put into the Bradley-Terry likelihood (eq. 43, the reward
-model's loss eq. 45) the ``Z(x)`` of the two responses to one prompt cancel:
+pi_ref(y|x)) + beta log Z(x)``. Put into the Bradley-Terry likelihood (docs/theory.md §10, the reward
+model's loss) the ``Z(x)`` of the two responses to one prompt cancel:
 
     L = -log sigmoid(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
 

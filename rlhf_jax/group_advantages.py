@@ -9,7 +9,7 @@ prompt ``g``.
   which biases the gradient towards groups of low spread.
 - RLOO (Ahmadian et al. 2024): ``A_i = r_i - mean_{j != i} r_j = G / (G - 1) (r_i - mean_g r)``.
   Every other sample is independent of sample ``i``, so the baseline leaves the policy
-  gradient estimator unbiased (corollary 4.2: any baseline not depending on the action).
+  gradient estimator unbiased (docs/theory.md §2: any baseline not depending on the action).
 
 A sequence-level advantage applies to every response token (:func:`to_tokens`).
 """

@@ -230,8 +230,8 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32", *, lm_head:
     """``(model, params, tokenizer)`` from a local Hugging Face folder. ``scalar_head``
     reads the ``score`` head of a ``...ForSequenceClassification`` checkpoint; ``dtype``
     (``"float32"`` or ``"bfloat16"``) is the parameters' dtype (bfloat16 halves the memory of
-    frozen reference and reward models)."""
-    folder = Path(path)
+    frozen reference and reward models). ``~`` in ``path`` is the user's home, as in a shell."""
+    folder = Path(path).expanduser()
     if not folder.is_dir():
         raise HFFormatError(f"model: {folder} is not a folder")
     hf = _read_json(folder / "config.json")

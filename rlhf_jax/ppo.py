@@ -1,6 +1,6 @@
-"""RLHF-PPO math on response tokens (notes section 10.7, SPEC section 6), reusing ppo_jax.
+"""RLHF-PPO math on response tokens (docs/theory.md §11), reusing ppo_jax.
 
-The token MDP of definition 10.20: the state is ``[x; y_<t]``, the action the token ``y_t``.
+The token MDP: the state is ``[x; y_<t]``, the action the token ``y_t``.
 Everything here takes ``[B, N]`` arrays over the N response positions with a response mask
 (1 on sampled tokens up to and including EOS), so prompt tokens never enter a sum and
 padding after EOS gets no reward, value or advantage. GAE is
@@ -32,7 +32,7 @@ def response_log_probs(model, params, sequences: jax.Array, attention_mask: jax.
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k1") -> jax.Array:
     """Per-token estimate of ``KL(pi || pi_ref)`` from a token sampled from ``pi``.
 
-    ``k1 = log pi - log pi_ref`` (eq. 52's summand; unbiased, can be negative) or
+    ``k1 = log pi - log pi_ref`` (docs/theory.md §8; unbiased, can be negative) or
     ``k3 = (rho - 1) - log rho`` with ``rho = pi_ref / pi`` (unbiased, never negative).
     """
     if estimator == "k1":
@@ -104,7 +104,7 @@ def sequence_kl(policy, policy_params, reference, ref_params, sequences: jax.Arr
     return (exact_kl(logits, ref, temperature) * response_mask).sum(axis=1)
 
 
-# --- The PPO update on a batch of sampled responses (definition 10.26) -------------------------
+# --- The PPO update on a batch of sampled responses (docs/theory.md §11) -----------------------------
 
 
 

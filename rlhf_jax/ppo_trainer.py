@@ -1,4 +1,4 @@
-"""The RLHF-PPO loop (notes section 10.7, SPEC section 6): sample, score, learn, repeat.
+"""The RLHF-PPO loop (docs/theory.md §11): sample, score, learn, repeat.
 
 One iteration:
 
@@ -9,8 +9,8 @@ One iteration:
    (responses are cut at their first EOS); or with the task's gold reward (``reward="gold"``,
    the upper bound);
 3. **learn** (one jitted program): tempered log-probs of the response tokens under the
-   policy and the frozen reference (shifted by one, at the sampling temperature), values, eq. (54)
-   per-token rewards, token-level GAE through ``ppo_jax.gae`` with masked whitening,
+   policy and the frozen reference (shifted by one, at the sampling temperature), values, the per-token
+   rewards of docs/theory.md §11, token-level GAE through ``ppo_jax.gae`` with masked whitening,
    ``epochs x minibatches`` of the clipped PPO update through ``ppo_jax.losses``, and the
    adaptive KL controller's new coefficient.
 
@@ -114,7 +114,7 @@ class RLHFConfig(DictConfig):
     gae_lambda: float = 0.95
     """GAE lambda over response tokens."""
     kl_coef: float = 0.05
-    """Initial beta of eq. (54)."""
+    """Initial beta of the per-token KL penalty (docs/theory.md §11)."""
     kl_estimator: str = "k1"
     """Per-token KL in the reward: 'k1' (log pi - log pi_ref) or 'k3'."""
     adaptive_kl: bool = False
@@ -283,7 +283,7 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         return constrain_params(RLHFState(*models, kl_coef), mesh, config.fsdp), metrics
 
     def learn_with_critic(state: RLHFState, gen: Generation, score, key, out, logp, ref_logp):
-        """PPO: eq. (54) rewards, token-level GAE on the critic's values, the clipped update of
+        """PPO: per-token rewards (docs/theory.md §11), token-level GAE on the critic's values, the clipped update of
         both models. Returns the four model states, the per-token KL and PPO's own metrics."""
         seq, am, mask = gen.sequences, gen.attention_mask, gen.response_mask
         scalar = out.scalar if shared else critic.apply({"params": state.critic_params}, seq, am).scalar

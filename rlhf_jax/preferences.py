@@ -1,8 +1,8 @@
-"""Preference pairs made the way real labels are (notes eq. 40-43).
+"""Preference pairs made the way real labels are (docs/theory.md §10).
 
 For each prompt, two responses are sampled from the SFT policy; the labeller prefers the
 first with probability ``sigmoid((r*(y1) - r*(y2)) / tau)`` (Bradley-Terry over the gold
-reward, eq. 40, with temperature ``tau``), and a label is flipped with probability
+reward, with temperature ``tau``), and a label is flipped with probability
 ``flip_prob`` (careless labellers). The Bayes-optimal accuracy of such labels, the best any
 reward model can score on them, is the mean of ``max(q, 1 - q)`` over pairs, with ``q`` the
 probability (after flips) that the first response is labelled chosen.

@@ -1,11 +1,11 @@
-"""Reward model (notes section 10, SPEC section 5): Bradley-Terry loss, last-token pooling, training, scoring.
+"""Reward model (docs/theory.md §10): Bradley-Terry loss, last-token pooling, training, scoring.
 
-``r_phi(x, y) = Linear(LM_phi([x; y])_last)`` (eq. 50): the transformer over
+``r_phi(x, y) = Linear(LM_phi([x; y])_last)``: the transformer over
 ``[BOS] prompt response [EOS]`` and a scalar head (init N(0, 1/(d+1))) read
 at the last real token, found from the attention mask so that left, right and no padding
-all work (listing 8's ``mask.sum(1) - 1`` is right only for right padding).
-The loss is eq. (45)/(46), ``-log sigmoid(r_w - r_l)``, optionally with a margin
-subtracted from the gap; it equals binary cross-entropy with label 1 (eq. 48).
+all work (the common ``mask.sum(1) - 1`` is right only for right padding).
+The loss is ``-log sigmoid(r_w - r_l)``, optionally with a margin
+subtracted from the gap; it equals binary cross-entropy with label 1.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
 
 
 class RewardScorer:
-    """``score(prompts, responses) -> np.ndarray`` (listing 11): pads and batches for the caller.
+    """``score(prompts, responses) -> np.ndarray``: pads and batches for the caller.
 
     Scores are normalised with ``norm`` (mean 0, std 1 on the SFT responses it was fitted on).
     """

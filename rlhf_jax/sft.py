@@ -1,7 +1,7 @@
 """Supervised fine-tuning: next-token cross-entropy on response tokens only.
 
-The SFT model is the reference policy ``pi_ref`` of the notes' section 10.7 (the policy of
-definition 10.20 before RL). Each example is ``[BOS] prompt response [EOS]``, right-padded;
+The SFT model is the reference policy ``pi_ref`` of RLHF (docs/theory.md §11: the token
+policy before RL). Each example is ``[BOS] prompt response [EOS]``, right-padded;
 the loss is the mean over response tokens (EOS included) of ``-log pi(y_t | x, y_<t)``,
 read from the logits one position earlier. Prompt and padding positions
 carry no loss and so give no gradient. AdamW with linear warm-up then cosine decay,

@@ -7,7 +7,7 @@ attention (``num_kv_heads``; query head ``h`` reads key/value head ``h // (H / H
 biases except optional ones on q, k and v (Qwen2). Both: optional tied input/output
 embeddings, dropout (off unless ``deterministic=False``; RL code never turns it on),
 optional activation checkpointing of each block (``remat``). The language model of the
-notes' definition 10.20: ``pi(a_t | s_t)``
+token MDP (docs/theory.md §11): ``pi(a_t | s_t)``
 with ``s_t = [x; y_<t]`` is the softmax of the logits at position ``t - 1``.
 
 Positions come from the attention mask, ``cumsum(mask) - 1`` clamped at 0 (not 0..L-1,

@@ -1,8 +1,8 @@
-"""A2C (notes theorem 4.6): one gradient step per batch on the advantage form of the policy gradient.
+"""A2C (docs/theory.md §3): one gradient step per batch on the advantage form of the policy gradient.
 
 ``grad J = E[ grad log pi(a|s) A(s, a) ]`` with ``A`` estimated by GAE, so the policy loss
 is ``-mean(log pi(a|s) A)``; the critic's value loss and the entropy bonus are added as in
-eq. (39). No ratio, no clipping, no second pass over the data.
+docs/theory.md §9. No ratio, no clipping, no second pass over the data.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Critic regression: ``epochs x minibatches`` Adam steps of the (masked) value loss, eq. (30)/(31).
+"""Critic regression: ``epochs x minibatches`` Adam steps of the (masked) value loss, docs/theory.md §5.
 
 Used by REINFORCE with a baseline and by TRPO, whose policy steps are not gradient steps on
 a joint loss; only the critic's parameter group moves.

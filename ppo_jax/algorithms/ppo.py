@@ -1,9 +1,9 @@
-"""The PPO update (notes section 9, listing 6): epochs x minibatches of the clipped loss.
+"""The PPO update (docs/theory.md §9; arXiv:1707.06347): epochs x minibatches of the clipped loss.
 
-KL early stopping (listing 6) is a mask, not a ``break``: once a minibatch's approximate
+KL early stopping is a mask, not a ``break``: once a minibatch's approximate
 KL exceeds ``target_kl`` the rest of the update's minibatches *and epochs* leave the
-parameters and optimiser state unchanged (the listing's ``break`` only left the
-minibatch loop). The step that crossed the target is kept, as in the listing.
+parameters and optimiser state unchanged (a plain ``break`` would only leave the
+minibatch loop). The step that crossed the target is kept, as in the usual implementations.
 ``hp.target_kl`` None means early stopping is statically off (no mask at all).
 """
 
@@ -23,7 +23,7 @@ AUX_NAMES = ("total_loss", "policy_loss", "value_loss", "entropy", "approx_kl", 
 
 
 def ppo_loss(network, params, mb: Batch, hp, normalize_advantages: bool):
-    """Total loss eq. (39) on a minibatch, with diagnostics as auxiliary output."""
+    """Total loss (docs/theory.md §9) on a minibatch, with diagnostics as auxiliary output."""
     dist, value = network.apply({"params": params}, mb.obs)
     logp = dist.log_prob(mb.action)
     ratio = losses.importance_ratio(logp, mb.log_prob)

@@ -1,16 +1,16 @@
-"""REINFORCE (notes eq. 2-4, corollary 4.2): Monte-Carlo policy gradient on complete episodes.
+"""REINFORCE (docs/theory.md §1, §2): Monte-Carlo policy gradient on complete episodes.
 
 ``grad J ~ mean_t grad log pi(a_t|s_t) (G_t - b(s_t))`` with ``G_t`` the discounted
-reward-to-go of eq. (4), summed to the episode's end: no critic in the target and no
+reward-to-go of §1, summed to the episode's end: no critic in the target and no
 bootstrapping. Every rollout starts fresh episodes and is at least as long as the time
 limit, so each episode's first one ends inside it, whole; a later episode still running
 when the rollout ends has no complete ``G_t`` and its steps are masked out. (With rollouts
 that continued episodes across updates, an episode longer than the rollout contributed only
 its tail, and the policy never learnt from the first steps of long episodes: CartPole
 returns stalled near the 128-step rollout length.)
-With ``baseline=True`` the state baseline ``b(s) = V(s)`` (corollary 4.2: any function of
+With ``baseline=True`` the state baseline ``b(s) = V(s)`` (§2: any function of
 the state leaves the estimator unbiased) is fitted to ``G`` by regression, which lowers the
-estimator's variance (theorem 4.4); without it ``b = 0``.
+estimator's variance (§2); without it ``b = 0``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TRPO (notes section 8.6): problem (22) solved by conjugate gradient and a line search.
+"""TRPO (docs/theory.md §7; arXiv:1502.05477): the trust-region problem solved by conjugate gradient and a line search.
 
     maximise_theta  L(theta) = E[ pi_theta(a|s) / pi_old(a|s) * A(s, a) ]
     subject to      KL_bar(theta) = E_s[ KL(pi_old(.|s) || pi_theta(.|s)) ] <= delta
@@ -102,7 +102,7 @@ def trpo_update(network, tx, params, opt_state, batch, hp, key, *, cg_iters: int
     def dist(actor_vec):
         return network.apply({"params": {**params, "actor": unravel(actor_vec)}}, batch.obs, method=ActorCritic.policy)
 
-    def surrogate(actor_vec):  # problem (22)'s objective
+    def surrogate(actor_vec):  # the trust-region problem's objective
         return jnp.mean(jnp.exp(dist(actor_vec).log_prob(batch.action) - batch.log_prob) * batch.advantage)
 
     def mean_kl(actor_vec):
