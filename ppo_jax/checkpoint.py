@@ -35,7 +35,6 @@ from ppo_jax.run.checkpoints import (
 )
 from ppo_jax.run.outputs import read_json, write_json
 
-
 PAYLOAD = "ppo_jax train state"
 FORMAT = 2
 """Layout of the saved state. 2: the optimiser state is optax's (``partition`` of flattened,

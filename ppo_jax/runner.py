@@ -17,9 +17,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from ppo_jax.run.checkpoints import RunCheckpoints
 from ppo_jax.config import PPOConfig
 from ppo_jax.distributed import ENVS, Layout, fetch, global_array, leading_axis_constraint, place
+from ppo_jax.run.checkpoints import RunCheckpoints
 from ppo_jax.run.interrupt import stop_if_requested, stoppable
 from ppo_jax.seed_groups import vmap_seeds
 from ppo_jax.train import make_train_fns

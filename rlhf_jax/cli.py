@@ -354,10 +354,9 @@ def run_rm(args: RMArgs) -> dict:
     import jax
 
     from ppo_jax.run.outputs import write_json
-    from rlhf_jax.preferences import bayes_accuracy, new_token_room, sample_responses
-    from rlhf_jax.reward_model import RewardScorer, calibration_bins, rank_correlation
-    from rlhf_jax.sampling import SamplingConfig
-    from rlhf_jax.stages import reward_model_stage
+    from rlhf_jax.preferences import bayes_accuracy
+    from rlhf_jax.reward_model import calibration_bins
+    from rlhf_jax.stages import reward_model_gold_correlation, reward_model_stage
 
     require_finite(args)
     config = _config_of(RMConfig, args, args.transformer)
@@ -390,14 +389,8 @@ def run_rm(args: RMArgs) -> dict:
         summary["heldout_bayes_accuracy"] = bayes_accuracy([prefs.pairs[i]["label_prob"]
                                                             for i in result.heldout_index])
         t0 = time.perf_counter()
-        fresh = task.prompts(256, seed=config.seed + 2)
-        sampling = SamplingConfig(max_new_tokens=new_token_room(tokenizer, fresh, lm.config.max_len, 40))
-        texts, ended, _ = sample_responses(lm, lm_params, tokenizer, fresh, sampling,
-                                           jax.random.PRNGKey(config.seed + 3))
-        gold = [task.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
-        scores = RewardScorer(result.model, result.params, tokenizer, norm=result.norm,
-                              max_length=config.max_length).score(fresh, texts)
-        summary["gold_rank_correlation"] = rank_correlation(scores, gold)
+        summary["gold_rank_correlation"] = reward_model_gold_correlation(task, lm, lm_params, tokenizer, result,
+                                                                         config)
         wall["evaluation"] = time.perf_counter() - t0
     summary["wall_s"] = wall
     write_json(run_dir / "summary.json", summary)
@@ -417,9 +410,7 @@ def run_dpo(args: DPOArgs) -> dict:
     import jax
 
     from ppo_jax.run.outputs import write_json
-    from rlhf_jax.dpo import evaluate_policy_samples
-    from rlhf_jax.preferences import new_token_room
-    from rlhf_jax.stages import dpo_stage
+    from rlhf_jax.stages import dpo_stage, policy_gold_before_after
 
     require_finite(args)
     config = _config_of(DPOConfig, args, args.transformer)
@@ -445,16 +436,8 @@ def run_dpo(args: DPOArgs) -> dict:
                    device=str(jax.devices()[0].platform))
     if task is not None:
         t0 = time.perf_counter()
-        fresh = task.prompts(args.eval_prompts, seed=config.seed + 2)
-        key = jax.random.PRNGKey(config.seed + 3)
-        new = new_token_room(tokenizer, fresh, lm.config.max_len, 40)
-        gold = lambda response, ended: task.gold_reward(response, ended)  # noqa: E731
-        before = evaluate_policy_samples(lm, params, params, tokenizer, fresh, key, max_new_tokens=new,
-                                         gold_reward=gold)
-        after = evaluate_policy_samples(lm, dpo.params, params, tokenizer, fresh, key, max_new_tokens=new,
-                                        gold_reward=gold)
-        summary.update(gold_reward_reference=before["gold_reward"], gold_reward_final=after["gold_reward"],
-                       kl_final=after["kl"], eos_rate_final=after["eos_rate"])
+        summary.update(policy_gold_before_after(task, lm, params, dpo.params, tokenizer,
+                                                num_prompts=args.eval_prompts, seed=config.seed))
         wall["evaluation"] = time.perf_counter() - t0
     summary["wall_s"] = wall
     write_json(run_dir / "summary.json", summary)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import jax
 import numpy as np
 
 from ppo_jax.run.outputs import plot_panels, read_json, write_json
@@ -35,6 +34,7 @@ from ppo_jax.run.validation import DictConfig, require_finite
 from rlhf_jax.ppo_trainer import RLHFConfig
 from rlhf_jax.preferences import bayes_accuracy
 from rlhf_jax.reward_model import RMConfig
+from rlhf_jax.seeds import stream_key
 from rlhf_jax.sft import SFTConfig
 from rlhf_jax.stages import (
     Preferences,
@@ -160,7 +160,7 @@ def run_overoptimization(config: OveroptimizationConfig, run_dir: str | Path | N
     first = rms[config.pair_counts[0]]
     setup = RLSetup(ppo_config, sft, first.model, tok, *task_prompt_sets(task, config.eval_prompts, config.seed),
                     gold_fn)
-    eval_key = jax.random.PRNGKey(config.seed + 4)
+    eval_key = stream_key(config.seed, "evaluation")
     before = setup.evaluator(ppo_config.algo, first)(sft.params, eval_key)
     before.pop("samples")
     write_json(run_dir / "sft_eval.json", before)

@@ -38,6 +38,7 @@ from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.hf import load_pretrained
 from rlhf_jax.ppo_trainer import RLHFConfig
 from rlhf_jax.reward_model import RMConfig
+from rlhf_jax.seeds import stream_key
 from rlhf_jax.sft import SFTConfig
 from rlhf_jax.stages import (
     Preferences,
@@ -267,7 +268,7 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
     setup = RLSetup(ppo_config, sft, rm.model, tok, pool, eval_prompts, gold_fn)
     evaluate = setup.evaluator("ppo", rm)
     t0 = time.perf_counter()
-    eval_key = jax.random.PRNGKey(config.seed + 4)
+    eval_key = stream_key(config.seed, "evaluation")
     before = evaluate(sft.params, eval_key)
     write_json(run_dir / "samples_sft.json", before.pop("samples"))
     wall["evaluation"] = time.perf_counter() - t0
@@ -277,7 +278,7 @@ def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, 
 
     curves_gold, curves_proxy = {}, {}
     if "best-of-n" in modes:
-        key = jax.random.PRNGKey(config.seed + 5)
+        key = stream_key(config.seed, "best_of_n")
         rows = stage("best_of_n", lambda: best_of_n_stage(setup, config.best_of_n, rm, key, run_dir / "best_of_n",
                                                            resume=resume))
         summary["best_of_n"] = rows

@@ -22,10 +22,11 @@ import numpy as np
 
 from ppo_jax.run.checkpoints import RunCheckpoints
 from ppo_jax.run.outputs import plot_lines, read_json, write_json
+from ppo_jax.run.progress import progress_bar
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.best_of_n import best_of_n_curve
 from rlhf_jax.data import padded_chunks, write_preferences
-from rlhf_jax.dpo import DPOConfig, train_dpo
+from rlhf_jax.dpo import DPOConfig, evaluate_policy_samples, train_dpo
 from rlhf_jax.ppo_trainer import (
     PromptSource,
     RLHFConfig,
@@ -36,10 +37,17 @@ from rlhf_jax.ppo_trainer import (
     make_programs,
     train_rlhf,
 )
-from rlhf_jax.preferences import make_preference_pairs, new_token_room
-from ppo_jax.run.progress import progress_bar
-from rlhf_jax.reward_model import RMConfig, RMResult, calibration_bins, train_reward_model
+from rlhf_jax.preferences import make_preference_pairs, new_token_room, sample_responses
+from rlhf_jax.reward_model import (
+    RewardScorer,
+    RMConfig,
+    RMResult,
+    calibration_bins,
+    rank_correlation,
+    train_reward_model,
+)
 from rlhf_jax.sampling import SamplingConfig
+from rlhf_jax.seeds import prompt_seed, stream_key
 from rlhf_jax.sft import SFTConfig, train_sft
 from rlhf_jax.tasks import praise, reviews
 from rlhf_jax.transformer import TransformerLM
@@ -69,8 +77,9 @@ def seeded(config, offset: int):
 
 def task_prompt_sets(task, eval_prompts: int, seed: int) -> tuple[list[str], list[str]]:
     """A built-in task's RL prompt pool (1024 prompts) and ``eval_prompts`` held-out ones, from
-    seeds of their own (``seed + 2`` and ``seed + 3``)."""
-    return task.prompts(1024, seed=seed + 2), task.prompts(eval_prompts, seed=seed + 3)
+    seed streams of their own (:mod:`rlhf_jax.seeds`)."""
+    return (task.prompts(1024, seed=prompt_seed(seed, "rl_pool")),
+            task.prompts(eval_prompts, seed=prompt_seed(seed, "heldout")))
 
 
 def load_or_run(marker: Path, load: Callable, run: Callable, resume: bool):
@@ -141,7 +150,7 @@ def preference_stage(task, lm: TransformerLM, params, tokenizer, folder: Path, *
     labelled by Bradley-Terry sampling on its gold reward, into ``folder``: ``pairs.jsonl``
     and ``preferences.json`` (the marker, with the Bayes ceiling)."""
     def run() -> Preferences:
-        prompts = task.prompts(num_pairs, seed=seed + 1)
+        prompts = task.prompts(num_pairs, seed=prompt_seed(seed, "pairs"))
         sampling = SamplingConfig(max_new_tokens=new_token_room(tokenizer, prompts, lm.config.max_len, max_new_tokens))
         pairs, bayes = make_preference_pairs(lm, params, tokenizer, prompts, task.gold_reward, sampling=sampling,
                                              tau=tau, flip_prob=flip_prob, seed=seed)
@@ -369,3 +378,34 @@ def dpo_stage(config: DPOConfig, tokenizer, prefs: Preferences, folder: Path, *,
         return DPOStage(loaded_lm, loaded, read_json(folder / "metrics.json"))
 
     return load_or_run(folder / "metrics.json", load, run, resume)
+
+
+def reward_model_gold_correlation(task, lm: TransformerLM, lm_params, tokenizer, rm: RMResult, config: RMConfig,
+                                  num_prompts: int = 256) -> float:
+    """Spearman rank correlation between the reward model ``rm``'s scores and the task's gold
+    reward, on responses the policy ``(lm, lm_params)`` samples for fresh prompts (none of them
+    in a pair; the run's ``rl_pool`` and ``rm_dpo_samples`` seed streams)."""
+    fresh = task.prompts(num_prompts, seed=prompt_seed(config.seed, "rl_pool"))
+    sampling = SamplingConfig(max_new_tokens=new_token_room(tokenizer, fresh, lm.config.max_len, 40))
+    texts, ended, _ = sample_responses(lm, lm_params, tokenizer, fresh, sampling,
+                                       stream_key(config.seed, "rm_dpo_samples"))
+    gold = [task.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
+    scores = RewardScorer(rm.model, rm.params, tokenizer, norm=rm.norm, max_length=config.max_length).score(fresh, texts)
+    return rank_correlation(scores, gold)
+
+
+def policy_gold_before_after(task, lm: TransformerLM, ref_params, params, tokenizer, *, num_prompts: int,
+                             seed: int) -> dict:
+    """The task's gold reward of the reference policy ``ref_params`` and of ``params`` on the
+    same fresh prompts and sampling key (the run's ``rl_pool`` and ``rm_dpo_samples`` streams),
+    with the final policy's KL to the reference (nats per sequence) and EOS rate."""
+    fresh = task.prompts(num_prompts, seed=prompt_seed(seed, "rl_pool"))
+    key = stream_key(seed, "rm_dpo_samples")
+    new = new_token_room(tokenizer, fresh, lm.config.max_len, 40)
+    gold = lambda response, ended: task.gold_reward(response, ended)  # noqa: E731
+    before = evaluate_policy_samples(lm, ref_params, ref_params, tokenizer, fresh, key, max_new_tokens=new,
+                                     gold_reward=gold)
+    after = evaluate_policy_samples(lm, params, ref_params, tokenizer, fresh, key, max_new_tokens=new,
+                                    gold_reward=gold)
+    return {"gold_reward_reference": before["gold_reward"], "gold_reward_final": after["gold_reward"],
+            "kl_final": after["kl"], "eos_rate_final": after["eos_rate"]}
