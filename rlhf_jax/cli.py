@@ -209,27 +209,14 @@ class ExportArgs:
 
 
 def run_export(args: ExportArgs) -> None:
-    from ppo_jax.run.rundir import check_run_dir
-    from rlhf_jax import checkpoint as ckpt
-    from rlhf_jax.hf import save_pretrained
+    from rlhf_jax.experiment import export_run
 
-    check_run_dir(args.out, "rlhf-jax export")
-    model, params, tokenizer = ckpt.load(args.checkpoint)
-    folder = save_pretrained(args.out, model, params, tokenizer, kind=args.kind)
-    kind = "ForCausalLM" if model.lm_head else "ForSequenceClassification"
+    folder, kind = export_run(args.checkpoint, args.out, args.kind)
     print(f"wrote a ...{kind} folder: {folder}")
 
 
 def run_sft(args: SFTArgs) -> dict:
-    import jax
-
-    from ppo_jax.run.outputs import write_json
-    from ppo_jax.run.rundir import check_run_dir, claim_run_dir
-    from rlhf_jax.data import load_sft
-    from rlhf_jax.preferences import new_token_room, sample_responses
-    from rlhf_jax.sampling import SamplingConfig
-    from rlhf_jax.sft import encode_examples
-    from rlhf_jax.stages import sft_stage, task_named
+    from rlhf_jax.experiment import sft_run
     from rlhf_jax.tokenizer import load_tokenizer
 
     require_finite(args)
@@ -238,47 +225,17 @@ def run_sft(args: SFTArgs) -> dict:
                         else args.transformer)
     config.validate()
     require_positive(args, "num_examples", "num_samples", integer=True)
-    task = None if args.data is not None else task_named(args.task)
-    if args.out:
-        check_run_dir(args.out, "rlhf-jax sft")
-    tokenizer = pretrained[2] if pretrained else load_tokenizer(args.tokenizer)
-    if args.data is not None:
-        prompts, responses, where = load_sft(args.data)
-        encode_examples(tokenizer, prompts, responses, config.max_length, where)  # errors name the line, up front
-        source = {"data": str(args.data)}
-    else:
-        prompts, responses = task.sft_corpus(args.num_examples, seed=config.seed)
-        source = {"task": args.task}
-
-    run_dir = claim_run_dir(args.out, "rlhf-jax sft", "sft")
-    write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
-                                         "tokenizer": args.tokenizer, "pretrained": args.model})
-    sft, _ = sft_stage(config, tokenizer, prompts, responses, run_dir, params=pretrained[1] if pretrained else None,
-                       show_progress=not args.no_progress)
-
-    sample_prompts = list(prompts[: args.num_samples]) if task is None else task.prompts(args.num_samples, seed=1)
-    max_new = max(1, new_token_room(tokenizer, sample_prompts, config.model.max_len, 48))
-    texts, ended, lengths = sample_responses(sft.lm, sft.params, tokenizer, sample_prompts,
-                                             SamplingConfig(max_new_tokens=max_new), jax.random.PRNGKey(config.seed))
-    samples = [{"prompt": p, "response": t, "ended_with_eos": bool(e)} for p, t, e in zip(sample_prompts, texts, ended)]
-    if task is not None:
-        for s in samples:
-            s["gold_reward"] = task.gold_reward(s["response"], s["ended_with_eos"])
-    write_json(run_dir / "samples.json", samples)
-    summary = {
-        **source, "train_examples": len(prompts), "steps": config.steps,
-        "final_train_loss": float(sft.train_loss[-10:].mean()), "heldout_loss": sft.eval_loss[-1],
-        "eos_rate": float(np.mean(ended)), "mean_response_tokens": float(np.mean(lengths)),
-        "wall_s": sft.wall_s, "device": str(jax.devices()[0].platform), "run_dir": str(run_dir),
-    }
-    if task is not None:
-        summary["gold_reward_mean"] = float(np.mean([s["gold_reward"] for s in samples]))
-    write_json(run_dir / "summary.json", summary)
+    summary = sft_run(config, task=args.task, data=args.data,
+                      tokenizer=pretrained[2] if pretrained else load_tokenizer(args.tokenizer),
+                      init_params=pretrained[1] if pretrained else None, num_examples=args.num_examples,
+                      num_samples=args.num_samples, out=args.out, progress=not args.no_progress,
+                      provenance={"tokenizer": args.tokenizer, "pretrained": args.model})
+    samples = summary.pop("samples")
     for s in samples[:4]:
         print(f"{s['prompt']!r} -> {s['response']!r}")
     print(f"held-out loss {summary['heldout_loss']:.3f} nats/token; EOS rate {summary['eos_rate']:.2f}; "
-          f"{config.steps} steps in {sft.wall_s:.1f} s")
-    print(f"run folder: {run_dir}")
+          f"{config.steps} steps in {summary['wall_s']:.1f} s")
+    print(f"run folder: {summary['run_dir']}")
     return summary
 
 
@@ -453,13 +410,9 @@ def run_dpo(args: DPOArgs) -> dict:
 
 
 def run_generate(args: GenerateArgs) -> list[dict]:
-    import jax
-
-    from ppo_jax.run.outputs import write_json
-    from ppo_jax.run.rundir import check_run_dir, claim_run_dir
+    from ppo_jax.run.rundir import check_run_dir
     from rlhf_jax import checkpoint as ckpt
-    from rlhf_jax.preferences import longest_prompt, new_token_room, sample_responses
-    from rlhf_jax.sampling import SamplingConfig
+    from rlhf_jax.experiment import generate_run
 
     if not args.prompt:
         raise ValueError("prompt: give at least one --prompt")
@@ -471,22 +424,10 @@ def run_generate(args: GenerateArgs) -> list[dict]:
     if args.out:
         check_run_dir(args.out, "rlhf-jax generate")
     model, params, tokenizer = ckpt.load(args.checkpoint) if args.checkpoint else _load_hf(args.model)
-    prompts = [p for p in args.prompt for _ in range(args.num_samples)]
-    longest = longest_prompt(tokenizer, prompts)
-    max_new = (args.max_new_tokens if args.max_new_tokens is not None
-               else new_token_room(tokenizer, prompts, model.config.max_len, 48))
-    if max_new <= 0 or longest + max_new > model.config.max_len:
-        raise ValueError(f"max_new_tokens: a prompt of {longest} tokens plus {max_new} new tokens does not fit "
-                         f"the model's context of {model.config.max_len}")
-    sampling = SamplingConfig(max_new_tokens=max_new, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, greedy=args.greedy)
-    sampling.validate(model.config.vocab_size)
-    texts, ended, _ = sample_responses(model, params, tokenizer, prompts, sampling, jax.random.PRNGKey(args.seed))
-    samples = [{"prompt": p, "response": t, "ended_with_eos": bool(e)} for p, t, e in zip(prompts, texts, ended)]
-    run_dir = claim_run_dir(args.out, "rlhf-jax generate", "generate")
-    write_json(run_dir / "samples.json", {"checkpoint": str(args.checkpoint or args.model),
-                                          "sampling": dataclasses.asdict(sampling),
-                                          "seed": args.seed, "samples": samples})
+    samples, run_dir = generate_run(model, params, tokenizer, list(args.prompt), num_samples=args.num_samples,
+                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed,
+                                    out=args.out, source=str(args.checkpoint or args.model))
     for s in samples:
         print(f"{s['prompt']!r} -> {s['response']!r}{'' if s['ended_with_eos'] else ' [no EOS]'}")
     print(f"run folder: {run_dir}")

@@ -1,5 +1,7 @@
 """SFT: response-only loss, its masking, and that training drives the loss down."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -66,3 +68,21 @@ def test_config_validation_names_the_field():
         SFTConfig(steps=10, warmup_steps=10).validate()
     with pytest.raises(ValueError, match="max_length"):
         SFTConfig(max_length=100).validate()
+
+
+def test_sft_run_is_the_command_as_a_library_function(tmp_path):
+    from rlhf_jax import checkpoint as ckpt
+    from rlhf_jax.experiment import generate_run, sft_run
+
+    config = SFTConfig(model=TransformerConfig(num_layers=1, d_model=32, num_heads=2), steps=20, warmup_steps=2,
+                       batch_size=8)
+    summary = sft_run(config, task="reviews", num_examples=64, num_samples=2, out=str(tmp_path / "sft"),
+                      progress=False)
+    assert len(summary.pop("samples")) == 2 and summary["run_dir"] == str(tmp_path / "sft")
+    assert json.loads((tmp_path / "sft" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    model, params, tokenizer = ckpt.load(tmp_path / "sft")
+    samples, run_dir = generate_run(model, params, tokenizer, ["Review of the lamp:"], num_samples=3,
+                                    max_new_tokens=5, out=str(tmp_path / "gen"))
+    assert len(samples) == 3 and (run_dir / "samples.json").exists()
+    with pytest.raises(ValueError, match="num_samples"):
+        generate_run(model, params, tokenizer, ["Review of the lamp:"], num_samples=0)
