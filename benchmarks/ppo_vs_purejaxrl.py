@@ -106,8 +106,7 @@ def ours_split(args, seeds: int, processes: int, env: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--peers", default=os.path.join(HERE, "..", "..", "shared", "peers"),
-                   help="folder holding run_purejaxrl.py")
+    p.add_argument("--peers", required=True, help="folder holding run_purejaxrl.py")
     p.add_argument("--peer-python", help="the interpreter with PureJaxRL's dependencies (gymnax 0.0.9)")
     p.add_argument("--peer-src", help="a PureJaxRL checkout (has purejaxrl/ppo.py)")
     p.add_argument("--env", default="CartPole-v1")

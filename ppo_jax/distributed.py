@@ -30,6 +30,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ppo_jax.run.settings import note_once
+
 SEEDS = "seeds"
 ENVS = "envs"
 
@@ -170,14 +172,10 @@ def barrier(name: str, timeout_s: int = 900) -> None:
     multihost_utils.sync_global_devices(label)
 
 
-_client_noted = False
-
-
 def _coordination_client():
     """JAX's coordination-service client, which has a barrier with a timeout of our choosing;
     the public API has only collective barriers. Private, so a JAX that moved it gets None
     (and one note)."""
-    global _client_noted
     try:
         from jax._src import distributed as _distributed
 
@@ -186,10 +184,8 @@ def _coordination_client():
             return client
     except (ImportError, AttributeError):
         pass
-    if not _client_noted:
-        _client_noted = True
-        print(f"ppo-jax: note: jax {jax.__version__} has no coordination-service barrier where it used to; "
-              "waiting on a collective barrier instead", file=sys.stderr)
+    note_once(f"ppo-jax: note: jax {jax.__version__} has no coordination-service barrier where it used to; "
+              "waiting on a collective barrier instead")
     return None
 
 

@@ -225,12 +225,11 @@ def run_sft(args: SFTArgs) -> dict:
                         else args.transformer)
     config.validate()
     require_positive(args, "num_examples", "num_samples", integer=True)
-    summary = sft_run(config, task=args.task, data=args.data,
+    summary, samples = sft_run(config, task=args.task, data=args.data,
                       tokenizer=pretrained[2] if pretrained else load_tokenizer(args.tokenizer),
                       init_params=pretrained[1] if pretrained else None, num_examples=args.num_examples,
                       num_samples=args.num_samples, out=args.out, progress=not args.no_progress,
                       provenance={"tokenizer": args.tokenizer, "pretrained": args.model})
-    samples = summary.pop("samples")
     for s in samples[:4]:
         print(f"{s['prompt']!r} -> {s['response']!r}")
     print(f"held-out loss {summary['heldout_loss']:.3f} nats/token; EOS rate {summary['eos_rate']:.2f}; "
@@ -412,17 +411,14 @@ def run_dpo(args: DPOArgs) -> dict:
 def run_generate(args: GenerateArgs) -> list[dict]:
     from ppo_jax.run.rundir import check_run_dir
     from rlhf_jax import checkpoint as ckpt
-    from rlhf_jax.experiment import generate_run
+    from rlhf_jax.experiment import GENERATE, check_generate, generate_run
 
-    if not args.prompt:
-        raise ValueError("prompt: give at least one --prompt")
-    if args.num_samples <= 0:
-        raise ValueError(f"num_samples: must be a positive integer, got {args.num_samples}")
+    check_generate(list(args.prompt), args.num_samples)
     require_finite(args)
     if (args.checkpoint is None) == (args.model is None):
         raise ValueError("checkpoint: give --checkpoint (our checkpoint) or --model (a Hugging Face folder)")
     if args.out:
-        check_run_dir(args.out, "rlhf-jax generate")
+        check_run_dir(args.out, GENERATE)
     model, params, tokenizer = ckpt.load(args.checkpoint) if args.checkpoint else _load_hf(args.model)
     samples, run_dir = generate_run(model, params, tokenizer, list(args.prompt), num_samples=args.num_samples,
                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,

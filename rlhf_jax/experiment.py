@@ -24,15 +24,17 @@ from rlhf_jax.stages import sft_stage, task_named
 from rlhf_jax.tokenizer import Tokenizer, load_tokenizer
 from rlhf_jax.transformer import TransformerLM
 
+GENERATE = "rlhf-jax generate"
+
 
 def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None, tokenizer: Tokenizer | None = None,
             init_params=None, num_examples: int = 4096, num_samples: int = 16, out: str | None = None,
-            progress: bool = True, provenance: dict | None = None) -> dict:
+            progress: bool = True, provenance: dict | None = None) -> tuple[dict, list[dict]]:
     """Supervised fine-tuning of ``config.model`` (from ``init_params`` when given, e.g. a
     pretrained model's) on the JSONL file ``data`` or, without it, ``num_examples`` examples of
     the built-in ``task``; then ``num_samples`` sampled responses. Writes ``config.json`` (with
     ``provenance``), the checkpoint, ``samples.json`` and ``summary.json`` into the run folder;
-    returns the summary, with the samples added under ``"samples"``."""
+    returns ``(summary, samples)``."""
     config.validate()
     if num_examples <= 0 or num_samples <= 0:
         raise ValueError(f"num_examples, num_samples: must be positive integers, got {num_examples}, {num_samples}")
@@ -72,7 +74,7 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
     if task_ is not None:
         summary["gold_reward_mean"] = float(np.mean([s["gold_reward"] for s in samples]))
     write_json(run_dir / "summary.json", summary)
-    return {**summary, "samples": samples}
+    return summary, samples
 
 
 def generate_run(model: TransformerLM, params, tokenizer: Tokenizer, prompts: list[str], *, num_samples: int = 1,
@@ -81,13 +83,9 @@ def generate_run(model: TransformerLM, params, tokenizer: Tokenizer, prompts: li
     """``num_samples`` responses to each prompt, written with the sampling settings to the run
     folder's ``samples.json``; returns ``(samples, run_dir)``. ``max_new_tokens`` None: as
     many as the context leaves, at most 48."""
-    if not prompts:
-        raise ValueError("prompt: give at least one --prompt")
-    if num_samples <= 0:
-        raise ValueError(f"num_samples: must be a positive integer, got {num_samples}")
-    command = "rlhf-jax generate"
+    check_generate(prompts, num_samples)
     if out:
-        check_run_dir(out, command)
+        check_run_dir(out, GENERATE)
     prompts = [p for p in prompts for _ in range(num_samples)]
     longest = longest_prompt(tokenizer, prompts)
     max_new = (max_new_tokens if max_new_tokens is not None
@@ -100,10 +98,18 @@ def generate_run(model: TransformerLM, params, tokenizer: Tokenizer, prompts: li
     sampling.validate(model.config.vocab_size)
     texts, ended, _ = sample_responses(model, params, tokenizer, prompts, sampling, jax.random.PRNGKey(seed))
     samples = [{"prompt": p, "response": t, "ended_with_eos": bool(e)} for p, t, e in zip(prompts, texts, ended)]
-    run_dir = claim_run_dir(out, command, "generate")
+    run_dir = claim_run_dir(out, GENERATE, "generate")
     write_json(run_dir / "samples.json", {"checkpoint": source, "sampling": dataclasses.asdict(sampling),
                                           "seed": seed, "samples": samples})
     return samples, run_dir
+
+
+def check_generate(prompts: list[str], num_samples: int) -> None:
+    """The request checks of :func:`generate_run` (the CLI makes them before loading a model)."""
+    if not prompts:
+        raise ValueError("prompt: give at least one --prompt")
+    if num_samples <= 0:
+        raise ValueError(f"num_samples: must be a positive integer, got {num_samples}")
 
 
 def export_run(checkpoint: str, out: str, kind: str | None = None) -> tuple[Path, str]:

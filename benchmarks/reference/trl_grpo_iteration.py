@@ -1,11 +1,12 @@
 """Peer timing: one GRPO iteration of TRL's own ``GRPOTrainer`` on the reference shapes (CPU; fp32 or bf16).
 
-Not part of the project (it needs torch, transformers and trl); run it in the TRL venv that
-``../shared/peers/rlhf/setup_venvs.sh`` makes, on the same machine and in the same session
-as ``benchmarks/rlhf_iteration.py --algo grpo``:
+Not part of the project (it needs torch, transformers and trl); run it in a venv with TRL,
+on the same machine and in the same session as ``benchmarks/rlhf_iteration.py --algo grpo``.
+``--peers`` names the folder of the peer runners' shared module ``common.py`` (byte
+tokenizer, CPU probes, versions):
 
     ~/venvs/rlhf-trl/bin/python benchmarks/reference/trl_grpo_iteration.py \\
-        --peers ../shared/peers/rlhf --out /tmp/trl_grpo.json
+        --peers PEERS/rlhf --out /tmp/trl_grpo.json
 
 The same work as ours: randomly initialised GPT-2s (vocabulary 256, 4 layers, 4 heads, width
 256, no dropout) as policy, frozen reference and reward model (a scalar head on the last
@@ -39,7 +40,7 @@ BATCH, GROUP, PROMPT_LEN, NEW_TOKENS, EPOCHS, MINIBATCHES = 64, 4, 16, 48, 4, 4
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peers", default="../shared/peers/rlhf",
+    parser.add_argument("--peers", required=True,
                         help="the peers folder (its common.py: byte tokenizer, CPU probes, versions)")
     parser.add_argument("--warmup", type=int, default=1, help="iterations not timed")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations")

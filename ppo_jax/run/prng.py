@@ -25,9 +25,7 @@ module moved.
 
 from __future__ import annotations
 
-import sys
-
-from ppo_jax.run.settings import env_setting
+from ppo_jax.run.settings import env_setting, note_once
 
 NAME = "UNROLLED_THREEFRY"
 ENV = "RL_JAX_UNROLLED_THREEFRY"
@@ -35,7 +33,6 @@ ENV = "RL_JAX_UNROLLED_THREEFRY"
 MEASURED = {(0, 10): True, (0, 11): False}
 
 _installed = False
-_noted = False
 
 
 def jax_minor(version: str) -> tuple[int, int] | None:
@@ -63,13 +60,6 @@ def decide(version: str, setting: str | None) -> tuple[bool, str | None]:
     return measured, None
 
 
-def _note(text: str) -> None:
-    global _noted
-    if not _noted:
-        print(f"ppo-jax: note: {text}", file=sys.stderr)
-        _noted = True
-
-
 def install() -> bool:
     """Registers the unrolled threefry lowering on CPU (once) where :func:`decide` says so;
     returns whether it is in place."""
@@ -80,7 +70,7 @@ def install() -> bool:
 
     wanted, note = decide(jax.__version__, env_setting(NAME))
     if note:
-        _note(note)
+        note_once(f"ppo-jax: note: {note}")
     if not wanted:
         return False
     try:
@@ -90,7 +80,7 @@ def install() -> bool:
         mlir.register_lowering(threefry2x32.threefry2x32_p, threefry2x32._threefry2x32_lowering_rule,
                                platform="cpu")
     except (ImportError, AttributeError):
-        _note(f"jax {jax.__version__} moved its threefry lowering; using JAX's own")
+        note_once(f"ppo-jax: note: jax {jax.__version__} moved its threefry lowering; using JAX's own")
         return False
     _installed = True
     return True

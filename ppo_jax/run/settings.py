@@ -1,7 +1,9 @@
 """Environment variables of the run toolkit, under names shared by ``ppo-jax`` and ``rlhf-jax``.
 
 Each toolkit variable is ``RL_JAX_<NAME>``. The ``PPO_JAX_<NAME>`` spelling of earlier
-releases still works, with a one-line deprecation note on stderr (once per variable).
+releases still works, with a one-line deprecation note on stderr (once per variable). Notes of
+this kind (:func:`note_once`) say something once per process, never as a warning: the
+commands' output stays free of warnings on a default run.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ OLD_PREFIX = "PPO_JAX_"
 _noted: set[str] = set()
 
 
+def note_once(line: str) -> None:
+    """Prints ``line`` to stderr, unless this process printed it already."""
+    if line not in _noted:
+        _noted.add(line)
+        print(line, file=sys.stderr)
+
+
 def env_setting(name: str) -> str | None:
     """The value of ``RL_JAX_<name>``, else of the deprecated ``PPO_JAX_<name>``, else None."""
     new, old = PREFIX + name, OLD_PREFIX + name
     if new in os.environ:
         return os.environ[new]
     if old in os.environ:
-        if old not in _noted:
-            _noted.add(old)
-            print(f"note: {old} is deprecated; use {new} (same values)", file=sys.stderr)
+        note_once(f"note: {old} is deprecated; use {new} (same values)")
         return os.environ[old]
     return None

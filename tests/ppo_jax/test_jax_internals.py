@@ -5,13 +5,14 @@ import sys
 import pytest
 
 from ppo_jax import distributed
+from ppo_jax.run import settings
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_barrier_falls_back_to_a_collective_barrier_when_the_client_moved(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "jax._src.distributed", None)  # makes its import fail
-    monkeypatch.setattr(distributed, "_client_noted", False)
+    monkeypatch.setattr(settings, "_noted", set())
     assert distributed._coordination_client() is None
     assert distributed._coordination_client() is None
     err = capsys.readouterr().err

@@ -76,9 +76,9 @@ def test_sft_run_is_the_command_as_a_library_function(tmp_path):
 
     config = SFTConfig(model=TransformerConfig(num_layers=1, d_model=32, num_heads=2), steps=20, warmup_steps=2,
                        batch_size=8)
-    summary = sft_run(config, task="reviews", num_examples=64, num_samples=2, out=str(tmp_path / "sft"),
-                      progress=False)
-    assert len(summary.pop("samples")) == 2 and summary["run_dir"] == str(tmp_path / "sft")
+    summary, samples = sft_run(config, task="reviews", num_examples=64, num_samples=2, out=str(tmp_path / "sft"),
+                               progress=False)
+    assert len(samples) == 2 and summary["run_dir"] == str(tmp_path / "sft")
     assert json.loads((tmp_path / "sft" / "summary.json").read_text()) == json.loads(json.dumps(summary))
     model, params, tokenizer = ckpt.load(tmp_path / "sft")
     samples, run_dir = generate_run(model, params, tokenizer, ["Review of the lamp:"], num_samples=3,
