@@ -1,18 +1,17 @@
 """ppo_jax against the real PureJaxRL, side by side: steps/s and compile time, written as JSON.
 
-Each round runs PureJaxRL's own ``purejaxrl/ppo.py`` (through ``run_purejaxrl.py`` of the
-peers folder, with the peer's interpreter and gymnax 0.0.9) and then ours in a fresh
-process, with the same configuration (PureJaxRL's CartPole one: 4 envs x 128 steps, 4
-epochs x 4 minibatches, lr 2.5e-4 annealed, value clipping 0.2, 5e5 steps); odd rounds run
+Each round runs PureJaxRL's own ``purejaxrl/ppo.py`` (through ``benchmarks/peers/purejaxrl_ppo.py``,
+with the peer's interpreter and gymnax 0.0.9) and then ours in a fresh process, with the same
+configuration (PureJaxRL's CartPole one: 4 envs x 128 steps, 4 epochs x 4 minibatches, lr 2.5e-4 annealed, value clipping 0.2, 5e5 steps); odd rounds run
 ours first, so a machine that drifts slower or faster favours neither. A speed ratio is
 only meaningful between runs of one session: that is what the rounds are.
 
-    python benchmarks/ppo_vs_purejaxrl.py --peers PEERS \\
+    PEERS=~/peers bash benchmarks/peers/setup_purejaxrl.sh     # the peer's source and interpreter, once
+    python benchmarks/ppo_vs_purejaxrl.py \\
         --peer-python ~/peers/venv_purejaxrl/bin/python --peer-src ~/peers/purejaxrl \\
         --seeds 1 8 --rounds 3 --out benchmarks/results/ppo_vs_purejaxrl_cpu_2core.json
 
-``--peers`` holds ``run_purejaxrl.py``; ``setup.sh`` there makes the peer's interpreter and
-says how to get the source. ``--ours-processes 2`` adds a row for ours with the seeds split
+``--ours-processes 2`` adds a row for ours with the seeds split
 over two processes (the multi-core default of ``ppo-jax train --num-seeds``), and
 ``--ours-seed-groups 2`` a row for ours in one process with the seeds vmapped as two
 independent groups (``ppo_jax.seed_groups``; what it does with ``--processes 1``). Every run
@@ -106,7 +105,6 @@ def ours_split(args, seeds: int, processes: int, env: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--peers", required=True, help="folder holding run_purejaxrl.py")
     p.add_argument("--peer-python", help="the interpreter with PureJaxRL's dependencies (gymnax 0.0.9)")
     p.add_argument("--peer-src", help="a PureJaxRL checkout (has purejaxrl/ppo.py)")
     p.add_argument("--env", default="CartPole-v1")
@@ -131,10 +129,8 @@ def main() -> None:
         print(json.dumps(ours_once(args)), flush=True)
         return
     if not (args.peer_python and args.peer_src):
-        p.error("--peer-python and --peer-src are required (see the peers folder's setup.sh)")
-    runner = os.path.join(args.peers, "run_purejaxrl.py")
-    if not os.path.exists(runner):
-        p.error(f"--peers: {runner} does not exist")
+        p.error("--peer-python and --peer-src are required (benchmarks/peers/setup_purejaxrl.sh makes both)")
+    runner = os.path.join(HERE, "peers", "purejaxrl_ppo.py")
 
     sys.path.insert(0, HERE)
     from common import write_result

@@ -3,8 +3,8 @@
 Vocabulary 256, 4 layers, 4 heads, width 256 (randomly initialised); separate policy,
 reference, reward and value models; 64 prompts of 16 tokens, 48 new tokens at T = 1;
 4 epochs x 4 minibatches of 16. Phases: ``sample`` (generation with the KV cache),
-``score`` (the reward model), ``update`` (policy/reference log-probs, values, eq. (54)
-rewards, GAE, and the PPO epochs: one compiled program). Compile time is separate; the
+``score`` (the reward model), ``update`` (policy/reference log-probs, values, the per-token
+rewards of docs/theory.md §11, GAE, and the PPO epochs: one compiled program). Compile time is separate; the
 figure is the best and the median of ``--repeats`` iterations (this machine's timings vary).
 ``benchmarks/reference/torch_rlhf_iteration.py`` times a plain PyTorch + Hugging Face
 implementation of the same iteration. ``--algo grpo`` (or ``rloo``) times the critic-free

@@ -1,19 +1,14 @@
-"""PPO and the policy-gradient family on vectorised gymnax environments, in JAX."""
+"""PPO and the policy-gradient family on vectorised gymnax environments, in JAX.
 
-import os as _os
-
-# XLA:CPU's concurrency-optimised scheduler can deadlock vmapped programs
-# that contain a batched QR (orthogonal init) on a 2-core machine. Turning it off cost
-# nothing measurable; it only has effect if set before the CPU backend starts.
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in _os.environ.get("XLA_FLAGS", ""):
-    _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+Importing it changes no global state; :func:`configure` (called by the commands and by
+``make_train``) sets the XLA flag and PRNG lowering the library relies on."""
 
 # Imported on first use, not here: gymnax starts the XLA backend when imported, and a
 # multi-process run must call jax.distributed.initialize before that
 # (ppo_jax.distributed.initialize_from_env, which imports only jax).
 _EXPORTS = {"HParams": "config", "PPOConfig": "config", "preset": "config", "stack_hparams": "config",
-            "TrainOutput": "train", "TrainState": "train", "make_train": "train", "vmap_seeds": "seed_groups"}
+            "TrainOutput": "train", "TrainState": "train", "make_train": "train", "vmap_seeds": "seed_groups",
+            "configure": "run.configure"}
 
 
 def __getattr__(name):
@@ -24,5 +19,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'ppo_jax' has no attribute {name!r}")
 
 
-__all__ = ["PPOConfig", "HParams", "preset", "stack_hparams", "make_train", "TrainOutput", "TrainState", "vmap_seeds"]
+__all__ = ["configure", "PPOConfig", "HParams", "preset", "stack_hparams", "make_train", "TrainOutput", "TrainState", "vmap_seeds"]
 __version__ = "0.1.0"

@@ -247,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     import warnings
 
     from ppo_jax.run import compile_cache
+    from ppo_jax.run.configure import configure
 
+    configure()  # before anything starts JAX's backend
     warnings.formatwarning = _one_line_warning
     compile_cache.enable()
     try:

@@ -10,7 +10,9 @@ import sys
 def main() -> None:
     from ppo_jax import local_processes
     from ppo_jax.distributed import initialize_from_env
+    from ppo_jax.run.configure import configure
 
+    configure()  # the XLA flag, before anything starts JAX's backend
     argv = sys.argv[1:]
     try:
         processes = local_processes.plan(argv)  # every core for several seeds on a CPU

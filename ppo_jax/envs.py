@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ppo_jax.run.configure import configure
+
 
 def _import_gymnax():
     """``import gymnax`` without loading seaborn and matplotlib.pyplot.
@@ -58,13 +60,19 @@ def _import_gymnax():
                 del sys.modules[name]
 
 
-gymnax = _import_gymnax()
-from gymnax.environments import spaces  # noqa: E402
+_gymnax_module = None
 
-from ppo_jax.run import prng  # noqa: E402
 
-# Every program that steps an environment draws many tiny random arrays: fuse their hash.
-prng.install()
+def _gymnax():
+    """gymnax, imported on first use: it starts JAX's backend when imported, and the XLA flag of
+    :func:`ppo_jax.configure` (and a multi-process run's ``jax.distributed.initialize``) must
+    come before that."""
+    global _gymnax_module
+    if _gymnax_module is None:
+        configure()
+        _gymnax_module = _import_gymnax()
+    return _gymnax_module
+
 
 OBS_CLIP = 10.0
 NORM_EPS = 1e-8
@@ -72,7 +80,7 @@ NORM_EPS = 1e-8
 
 def available_envs() -> list[str]:
     """Every environment id this gymnax knows."""
-    return list(gymnax.registered_envs)
+    return list(_gymnax().registered_envs)
 
 
 def validate_env_id(env_id: str) -> None:
@@ -137,13 +145,14 @@ class EnvSpec:
 
 def make_gymnax(env_id: str):
     validate_env_id(env_id)
-    return gymnax.make(env_id)
+    return _gymnax().make(env_id)
 
 
 def env_spec(env_id: str) -> EnvSpec:
     env, params = make_gymnax(env_id)
     obs_shape = env.observation_space(params).shape
     space = env.action_space(params)
+    spaces = _gymnax().environments.spaces
     if isinstance(space, spaces.Discrete):
         return EnvSpec(env_id, int(np.prod(obs_shape)), int(space.n), False, None, None,
                        int(params.max_steps_in_episode))

@@ -23,9 +23,9 @@ from ppo_jax.config import PPOConfig
 from ppo_jax.distributed import Layout, barrier, choose_layout, fetch
 from ppo_jax.evaluate import make_evaluate
 from ppo_jax.run.interrupt import Interrupted
-from ppo_jax.run.outputs import plot_learning_curve, read_json, write_json, write_metrics
+from ppo_jax.run.outputs import plot_learning_curve, write_json, write_metrics
 from ppo_jax.run.progress import progress_bar
-from ppo_jax.run.rundir import check_resumable, check_run_dir, claim_run_dir, ppo_run_name
+from ppo_jax.run.rundir import check_run_dir, claim_run_dir, ppo_run_name, resumable_config
 from ppo_jax.runner import NonFiniteError, RunResult, eval_keys, run_resumable
 from ppo_jax.seed_groups import default_groups
 from ppo_jax.study import grid_points, run_study
@@ -101,15 +101,11 @@ def train_run(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str 
 def resume_run(run_dir: str, *, devices: int | None = None, progress: bool = True) -> dict:
     """Continues the run in ``run_dir`` from its newest periodic checkpoint (or from the
     start if it was killed before the first) and finishes it as the uninterrupted run would."""
-    path = check_resumable(run_dir, TRAIN) / "config.json"
-    saved = read_json(path)
-    run = saved.pop("run", None) if isinstance(saved, dict) else None
+    config, kept = resumable_config(run_dir, TRAIN, PPOConfig.from_dict, keep=("run",))
+    run = kept["run"]
     if run is None:
-        raise ValueError(f"{path}: no 'run' entry (not a `{TRAIN}` run folder, or an older version's)")
-    try:
-        config = PPOConfig.from_dict(saved)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{Path(run_dir) / 'config.json'}: no 'run' entry (not a `{TRAIN}` run folder, or an "
+                         f"older version's)")
     final = Path(run_dir) / "checkpoint"
     if final.exists():  # a final save that a kill cut short: the finished run writes it again
         shutil.rmtree(final)

@@ -60,6 +60,22 @@ def step(tx, params, opt_state, grads):
     return optax.apply_updates(params, updates), opt_state
 
 
+def gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = False):
+    """``update(params, opt_state, *args) -> (params, opt_state, loss, aux)``: the gradient of
+    ``loss_fn(params, *args)`` (``(loss, aux)`` with ``has_aux``, else the loss and ``aux``
+    None) and one step of ``tx``. Not jitted: the caller jits it, or calls it inside a scan.
+    Every supervised and RLHF update takes its step through this one function."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+
+    def update(params, opt_state, *args):
+        value, grads = grad_fn(params, *args)
+        loss, aux = value if has_aux else (value, None)
+        params, opt_state = step(tx, params, opt_state, grads)
+        return params, opt_state, loss, aux
+
+    return update
+
+
 def step_group(tx, group: str, params: dict, opt_state, group_grads):
     """One optimiser step of ``group`` alone (``params[group]`` with ``group_grads``): the other
     groups' parameters *and* Adam states stay as they were, which a step of every group with

@@ -27,6 +27,7 @@ from ppo_jax.config import HParams, PPOConfig
 from ppo_jax.envs import EnvSpec, VecEnv, VecEnvState, env_spec
 from ppo_jax.networks import ActorCritic
 from ppo_jax.rollout import Batch, rollout
+from ppo_jax.run.configure import configure
 
 
 @struct.dataclass
@@ -88,6 +89,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
     XLA then runs each device's environments there and averages the gradients of the
     sharded minibatch rows across devices, inside the one compiled program.
     """
+    configure()
     config.validate()
     config.warn_remainder()
     spec = env_spec(config.env)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ppo_jax.run.validation import require_finite, require_positive
 from rlhf_jax.dpo import DPOConfig
+from rlhf_jax.experiment import PairSource
 from rlhf_jax.overoptimization import OveroptimizationConfig
 from rlhf_jax.pipeline import PipelineConfig
 from rlhf_jax.reward_model import RMConfig
@@ -47,7 +48,7 @@ class SFTArgs(SFTConfig):
 
 
 @dataclass(frozen=True)
-class PolicyAndPairsArgs:
+class PolicyAndPairsArgs(PairSource):
     """The flags of a command that starts from a policy and learns from preference pairs."""
 
     model: str | None = None
@@ -58,20 +59,6 @@ class PolicyAndPairsArgs:
     samples the pairs)."""
     transformer: TransformerConfig = field(default_factory=lambda: SFTConfig().model)
     """With --task and neither --model nor --init: the shape of the policy SFT trains first."""
-    task: str = "reviews"
-    """Built-in task: its SFT policy samples response pairs that its gold reward labels (ignored with --data)."""
-    data: str | None = None
-    """JSONL preference file with string fields prompt, chosen, rejected (and optional numeric
-    margin), or hh-rlhf's whole dialogues."""
-    sft_steps: int = 600
-    """With --task and neither --model nor --init: SFT steps to train the policy that samples the pairs."""
-    num_pairs: int = 8000
-    """With --task: pairs to sample and label (8000: the reward model's held-out accuracy within
-    3 points of the Bayes ceiling)."""
-    tau: float = 0.25
-    """With --task: labeller temperature, P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / tau)."""
-    flip_prob: float = 0.0
-    """With --task: probability that a label is flipped."""
     tokenizer: str | None = None
     """A local tokenizer.json for a policy trained from scratch (default: the byte tokenizer)."""
     out: str | None = None
@@ -238,173 +225,71 @@ def run_sft(args: SFTArgs) -> dict:
     return summary
 
 
-def _starting_policy(args):
-    """``(lm, params, tokenizer)`` from ``--model`` (a Hugging Face folder) or ``--init`` (our
-    checkpoint); ``(None, None, tokenizer)`` when neither is given."""
+def _starting_policy(args: PolicyAndPairsArgs, config, command: str):
+    """Checks the flags that need nothing loaded and the run folder, then loads the starting
+    policy: ``(policy, tokenizer)``, ``policy`` ``(lm, params)`` from ``--model`` (a Hugging Face
+    folder) or ``--init`` (our checkpoint), None when neither is given."""
+    from ppo_jax.run.rundir import check_run_dir
     from rlhf_jax import checkpoint as ckpt
     from rlhf_jax.tokenizer import load_tokenizer
     from rlhf_jax.transformer import TransformerLM
 
+    require_finite(args)
+    config.validate()
+    args.check_source()
     if args.model and args.init:
         raise ValueError("model: give --model (a Hugging Face folder) or --init (our checkpoint), not both")
-    if args.model is not None:
-        lm, params, tokenizer = _load_hf(args.model)
-        return TransformerLM(lm.config.with_runtime_of(args.transformer)), params, tokenizer
-    if args.init is not None:
-        return ckpt.load(args.init)
-    return None, None, load_tokenizer(args.tokenizer)
-
-
-def _task_pairs(args, task, lm, params, tokenizer, config, run_dir, wall: dict):
-    """A task's labelled pairs sampled from the policy ``(lm, params)``, which SFT on the
-    task's corpus trains first (into ``run_dir/sft``) when there is none. Returns
-    ``(lm, params, preferences)``; ``wall`` gets each stage's seconds."""
-    import time
-
-    from rlhf_jax.stages import preference_stage, sft_stage
-
-    if lm is None:
-        t0 = time.perf_counter()
-        sft_config = SFTConfig(model=config.model, steps=args.sft_steps, max_length=config.max_length,
-                               seed=config.seed, warmup_steps=min(50, args.sft_steps // 10))
-        prompts, responses = task.sft_corpus(4096, seed=config.seed)
-        sft, _ = sft_stage(sft_config, tokenizer, prompts, responses, run_dir / "sft",
-                           show_progress=not args.no_progress)
-        lm, params = sft.lm, sft.params
-        wall["sft"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    prefs, _ = preference_stage(task, lm, params, tokenizer, run_dir, num_pairs=args.num_pairs, tau=args.tau,
-                                flip_prob=args.flip_prob, max_new_tokens=40, seed=config.seed)
-    wall["pairs"] = time.perf_counter() - t0
-    return lm, params, prefs
-
-
-def _prepare(args, config, command: str, name: str):
-    """Checks the flags, loads the starting policy and a data file's pairs (errors name the
-    line), all before anything is written; then claims the run folder and writes its
-    ``config.json``. Returns ``(run_dir, task, lm, params, tokenizer, preferences)``, the
-    task None with ``--data`` and the preferences None without."""
-    from ppo_jax.run.outputs import write_json
-    from ppo_jax.run.rundir import check_run_dir, claim_run_dir
-    from rlhf_jax.data import load_preferences
-    from rlhf_jax.stages import Preferences, task_named
-
-    task = None if args.data is not None else task_named(args.task)
-    if args.num_pairs <= 1:
-        raise ValueError(f"num_pairs: must be at least 2, got {args.num_pairs}")
     if args.out:
         check_run_dir(args.out, command)
-    lm, params, tokenizer = _starting_policy(args)
-    prefs = Preferences(*load_preferences(args.data), bayes_accuracy=None) if args.data is not None else None
-    run_dir = claim_run_dir(args.out, command, name)
-    write_json(run_dir / "config.json", {**config.to_dict(), "task": None if args.data else args.task,
-                                         "data": args.data, "init": args.init, "pretrained": args.model,
-                                         "num_pairs": args.num_pairs, "tau": args.tau, "flip_prob": args.flip_prob,
-                                         "sft_steps": args.sft_steps})
-    return run_dir, task, lm, params, tokenizer, prefs
+    if args.model is not None:
+        lm, params, tokenizer = _load_hf(args.model)
+        return (TransformerLM(lm.config.with_runtime_of(args.transformer)), params), tokenizer
+    if args.init is not None:
+        lm, params, tokenizer = ckpt.load(args.init)
+        return (lm, params), tokenizer
+    return None, load_tokenizer(args.tokenizer)
+
+
+def _pair_source(args: PolicyAndPairsArgs) -> PairSource:
+    return PairSource(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PairSource)})
 
 
 def run_rm(args: RMArgs) -> dict:
-    import time
+    from rlhf_jax.experiment import RM, rm_run
 
-    import jax
-
-    from ppo_jax.run.outputs import write_json
-    from rlhf_jax.preferences import bayes_accuracy
-    from rlhf_jax.reward_model import calibration_bins
-    from rlhf_jax.stages import reward_model_gold_correlation, reward_model_stage
-
-    require_finite(args)
     config = _config_of(RMConfig, args, args.transformer)
-    config.validate()
-    wall = {}
-    run_dir, task, lm, lm_params, tokenizer, prefs = _prepare(args, config, "rlhf-jax rm", "rm")
-    summary: dict = {}
-    if task is not None:
-        lm, lm_params, prefs = _task_pairs(args, task, lm, lm_params, tokenizer, config, run_dir, wall)
-        summary["bayes_accuracy"] = prefs.bayes_accuracy
-    t0 = time.perf_counter()
-    rm, _ = reward_model_stage(config, tokenizer, prefs, run_dir, init_params=lm_params,
-                               model_config=lm.config if lm is not None else None, show_progress=not args.no_progress)
-    result = rm.result
-    wall["reward_model"] = time.perf_counter() - t0
-    if result.truncated:
-        print(f"rm: {result.truncated} of {2 * len(prefs.pairs)} sequences were longer than "
-              f"max_length={config.max_length} and were truncated (prompt start first, EOS kept; "
-              f"--overlong reject makes this an error)")
-    last = result.history[-1]
-    summary.update({
-        "train_pairs": len(prefs.pairs) - len(result.heldout_index), "heldout_pairs": len(result.heldout_index),
-        "heldout_accuracy": last["heldout_accuracy"], "heldout_loss": last["heldout_loss"],
-        "heldout_expected_accuracy": last.get("heldout_expected_accuracy"),
-        "heldout_reward_gap": last["heldout_reward_gap"], "truncated_sequences": result.truncated,
-        "calibration": calibration_bins(*result.heldout_scores), "reward_norm": result.norm, "run_dir": str(run_dir),
-        "device": str(jax.devices()[0].platform),
-    })
-    if task is not None:
-        summary["heldout_bayes_accuracy"] = bayes_accuracy([prefs.pairs[i]["label_prob"]
-                                                            for i in result.heldout_index])
-        t0 = time.perf_counter()
-        summary["gold_rank_correlation"] = reward_model_gold_correlation(task, lm, lm_params, tokenizer, result,
-                                                                         config)
-        wall["evaluation"] = time.perf_counter() - t0
-    summary["wall_s"] = wall
-    write_json(run_dir / "summary.json", summary)
-    msg = f"held-out accuracy {last['heldout_accuracy']:.3f}"
+    policy, tokenizer = _starting_policy(args, config, RM)
+    summary = rm_run(config, _pair_source(args), policy=policy, tokenizer=tokenizer, out=args.out,
+                     progress=not args.no_progress, provenance={"init": args.init, "pretrained": args.model})
+    msg = f"held-out accuracy {summary['heldout_accuracy']:.3f}"
     if "bayes_accuracy" in summary:
         msg += (f" (expected {summary['heldout_expected_accuracy']:.3f} under the labeller's probabilities, "
                 f"Bayes ceiling {summary['heldout_bayes_accuracy']:.3f} on the same pairs; rank correlation with "
                 f"the gold reward {summary['gold_rank_correlation']:.2f})")
     print(msg)
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {summary['run_dir']}")
     return summary
 
 
 def run_dpo(args: DPOArgs) -> dict:
-    import time
+    from rlhf_jax.experiment import DPO, dpo_run
 
-    import jax
-
-    from ppo_jax.run.outputs import write_json
-    from rlhf_jax.stages import dpo_stage, policy_gold_before_after
-
-    require_finite(args)
     config = _config_of(DPOConfig, args, args.transformer)
-    config.validate()
-    require_positive(args, "sft_steps", "eval_prompts", integer=True)
+    require_positive(args, "eval_prompts", integer=True)
     if args.data is not None and args.model is None and args.init is None:
         raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or --model")
-    run_dir, task, lm, params, tokenizer, prefs = _prepare(args, config, "rlhf-jax dpo", "dpo")
-    wall, summary = {}, {}
-    if task is not None:
-        lm, params, prefs = _task_pairs(args, task, lm, params, tokenizer, config, run_dir, wall)
-        summary["bayes_accuracy"] = prefs.bayes_accuracy
-    t0 = time.perf_counter()
-    dpo, _ = dpo_stage(config, tokenizer, prefs, run_dir, lm=lm, params=params, show_progress=not args.no_progress)
-    wall["dpo"] = time.perf_counter() - t0
-    if dpo.skipped:
-        print(f"dpo: {dpo.skipped} of {len(prefs.pairs)} pairs had a response longer than max_length="
-              f"{config.max_length} and were left out (--overlong reject makes this an error)")
-    summary["skipped_pairs"] = dpo.skipped
-    last = dpo.history[-1]
-    summary.update({k: v for k, v in last.items() if k.startswith("heldout_")})
-    summary.update(heldout_accuracy_before=dpo.history[0]["heldout_accuracy"], run_dir=str(run_dir),
-                   device=str(jax.devices()[0].platform))
-    if task is not None:
-        t0 = time.perf_counter()
-        summary.update(policy_gold_before_after(task, lm, params, dpo.params, tokenizer,
-                                                num_prompts=args.eval_prompts, seed=config.seed))
-        wall["evaluation"] = time.perf_counter() - t0
-    summary["wall_s"] = wall
-    write_json(run_dir / "summary.json", summary)
-    msg = (f"held-out implicit-reward accuracy {last['heldout_accuracy']:.3f} (margin {last['heldout_margin']:.3f}, "
-           f"log-prob drift chosen {last['heldout_chosen_logp_drift']:.2f}, "
-           f"rejected {last['heldout_rejected_logp_drift']:.2f})")
-    if task is not None:
+    policy, tokenizer = _starting_policy(args, config, DPO)
+    summary = dpo_run(config, _pair_source(args), policy=policy, tokenizer=tokenizer, eval_prompts=args.eval_prompts,
+                      out=args.out, progress=not args.no_progress,
+                      provenance={"init": args.init, "pretrained": args.model})
+    msg = (f"held-out implicit-reward accuracy {summary['heldout_accuracy']:.3f} (margin "
+           f"{summary['heldout_margin']:.3f}, log-prob drift chosen {summary['heldout_chosen_logp_drift']:.2f}, "
+           f"rejected {summary['heldout_rejected_logp_drift']:.2f})")
+    if "gold_reward_final" in summary:
         msg += (f"; gold reward {summary['gold_reward_reference']:.3f} -> {summary['gold_reward_final']:.3f} "
                 f"at KL {summary['kl_final']:.2f} nats/sequence")
     print(msg)
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {summary['run_dir']}")
     return summary
 
 
@@ -440,7 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     import tyro
 
     from ppo_jax.run import compile_cache
+    from ppo_jax.run.configure import configure
 
+    configure()  # before anything starts JAX's backend
     compile_cache.enable()
     args = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, prog="rlhf-jax",
                                                 args=sys.argv[1:] if argv is None else argv,

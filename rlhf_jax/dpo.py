@@ -21,16 +21,13 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from flax import struct
 
+from ppo_jax.optim import gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import in_fixed_batches
-from rlhf_jax.ppo import sequence_kl
-from rlhf_jax.ppo_trainer import PromptSource, evaluate_samples
-from rlhf_jax.sampling import SamplingConfig, make_generate
-from rlhf_jax.sft import SFTBatch, adamw_warmup_cosine, encode_examples
+from rlhf_jax.sft import SFTBatch, encode_examples
+from rlhf_jax.supervised import adamw_warmup_cosine, epoch_batches, epoch_row, fit, holdout_split, require_batches
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, token_log_probs
 
@@ -163,34 +160,23 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
         if len(pairs) < 2:
             raise ValueError(f"max_length: only {len(pairs)} pairs have responses that fit {config.max_length} tokens")
     data = encode_pair_rows(tokenizer, pairs, config.max_length, where)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(data))
-    n_held = max(1, int(round(config.heldout_fraction * len(data))))
-    if len(data) - n_held < config.batch_size:
-        raise ValueError(f"batch_size: {config.batch_size} exceeds the {len(data) - n_held} training pairs")
+    rng, heldout, train = holdout_split(len(data), config.heldout_fraction, config.seed, at_least_one=True)
+    require_batches(config.batch_size, len(train), "pairs")
 
     seq_logp = jax.jit(lambda p, rows: sequence_log_probs(model, p, rows))
     # The reference's log-probs, once for every pair (the reference never changes).
     ref = {side: in_fixed_batches(lambda idx, rows=getattr(data, side): seq_logp(params, rows[idx]), len(data),
                                   config.batch_size)
            for side in ("chosen", "rejected")}
-    heldout, train = order[:n_held], order[n_held:]
     steps_per_epoch = len(train) // config.batch_size
     total = steps_per_epoch * config.epochs
     tx = adamw_warmup_cosine(config.lr, max(1, total // 20), total, config.weight_decay, config.max_grad_norm)
-    opt_state = tx.init(params)
 
     def loss_fn(p, rows: PairRows, ref_c, ref_r):
         # One forward pass over chosen and rejected together.
         both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), rows.chosen, rows.rejected)
         logp_c, logp_r = jnp.split(sequence_log_probs(model, p, both), 2)
         return dpo_loss(logp_c, logp_r, ref_c, ref_r, config.beta, config.label_smoothing)
-
-    @jax.jit
-    def step(p, opt_state, rows: PairRows, ref_c, ref_r):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, rows, ref_c, ref_r)
-        updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, loss, aux
 
     def evaluate(p) -> dict:
         held = data[heldout]
@@ -201,38 +187,14 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
                            config.beta, config.label_smoothing)
         return {"heldout_loss": float(loss), **{f"heldout_{k}": float(v) for k, v in m.items()}}
 
-    history = [{"epoch": 0, **evaluate(params)}]
+    before = {"epoch": 0, **evaluate(params)}
     t0 = time.perf_counter()
-    done = 0
-    for epoch in range(config.epochs):
-        perm = rng.permutation(train)
-        losses, accs = [], []
-        for s in range(steps_per_epoch):
-            idx = perm[s * config.batch_size:(s + 1) * config.batch_size]
-            params, opt_state, loss, aux = step(params, opt_state, data[idx], ref["chosen"][idx], ref["rejected"][idx])
-            losses.append(loss)
-            accs.append(aux["accuracy"])
-            done += 1
-            if progress is not None:
-                progress(done, total, float(loss))
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
-                        "train_accuracy": float(np.mean(jax.device_get(accs))), **evaluate(params)})
+    batches = ((data[idx], ref["chosen"][idx], ref["rejected"][idx])
+               for idx in epoch_batches(rng, train, config.batch_size, config.epochs))
+    params, _, history = fit(jax.jit(gradient_step(loss_fn, tx, has_aux=True)), params, tx.init(params), batches,
+                             total, evaluate_at=lambda s: s % steps_per_epoch == 0,
+                             evaluate=lambda s, p, losses, auxes: {**epoch_row(s // steps_per_epoch, losses, auxes),
+                                                                   **evaluate(p)},
+                             progress=progress)
+    history = [before, *history]
     return DPOResult(params, history, time.perf_counter() - t0, skipped)
-
-
-def evaluate_policy_samples(lm: TransformerLM, params, ref_params, tokenizer: Tokenizer, prompts: Sequence[str],
-                            key: jax.Array, *, max_new_tokens: int, gold_reward: Callable | None = None,
-                            batch_size: int = 64) -> dict:
-    """One sample per prompt from the policy ``params``: the exact KL to the reference summed
-    over the response (nats per sequence), the EOS rate and, with ``gold_reward(response,
-    ended)``, the mean gold reward (:func:`rlhf_jax.ppo_trainer.evaluate_samples` with a plain
-    sampler: no reward model, no RLHF programs)."""
-    source = PromptSource(tokenizer, prompts)
-    generate = make_generate(lm, SamplingConfig(max_new_tokens=max_new_tokens), eos_id=tokenizer.eos_id,
-                             pad_id=tokenizer.pad_id)
-    kl = jax.jit(lambda p, r, g: sequence_kl(lm, p, lm, r, g.sequences, g.attention_mask, g.response_mask,
-                                             source.width))
-    gold = None if gold_reward is None else (lambda prompt, response, ended: gold_reward(response, ended))
-    out = evaluate_samples(generate, kl, params, ref_params=ref_params, tokenizer=tokenizer, prompts=source,
-                           eval_prompts=prompts, key=key, batch_size=min(batch_size, len(prompts)), gold_reward=gold)
-    return {"kl": out["kl"], "eos_rate": out["eos_rate"], "gold_reward": out["gold_reward"] if gold else None}

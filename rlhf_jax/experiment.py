@@ -1,4 +1,6 @@
-"""SFT, sampling and export into run folders: what ``rlhf-jax sft | generate | export`` call.
+"""SFT, reward models, DPO, sampling and export into run folders: what ``rlhf-jax sft | rm |
+dpo | generate | export`` call (``pipeline`` and ``overoptimization`` call
+:func:`rlhf_jax.pipeline.run_pipeline` and :func:`rlhf_jax.overoptimization.run_overoptimization`).
 
 Each function checks its inputs before it writes anything, then claims its folder and
 writes its files; it returns what the command prints (the CLI parses, loads and prints).
@@ -7,20 +9,36 @@ writes its files; it returns what the command prints (the CLI parses, loads and 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
 
 from ppo_jax.run.outputs import write_json
 from ppo_jax.run.rundir import check_run_dir, claim_run_dir
+from ppo_jax.run.validation import require_finite, require_positive
 from rlhf_jax import checkpoint as ckpt
-from rlhf_jax.data import load_sft
+from rlhf_jax.data import load_preferences, load_sft
+from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.hf import save_pretrained
-from rlhf_jax.preferences import longest_prompt, new_token_room, sample_responses
+from rlhf_jax.preferences import bayes_accuracy, longest_prompt, new_token_room, sample_responses
+from rlhf_jax.reward_model import RMConfig, calibration_bins
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.sft import SFTConfig, encode_examples
-from rlhf_jax.stages import sft_stage, task_named
+from rlhf_jax.stages import (
+    PairSampling,
+    Preferences,
+    StageClock,
+    dpo_stage,
+    policy_and_pairs,
+    policy_gold_before_after,
+    reward_model_gold_correlation,
+    reward_model_stage,
+    sft_stage,
+    task_named,
+)
 from rlhf_jax.tokenizer import Tokenizer, load_tokenizer
 from rlhf_jax.transformer import TransformerLM
 
@@ -120,3 +138,135 @@ def export_run(checkpoint: str, out: str, kind: str | None = None) -> tuple[Path
     model, params, tokenizer = ckpt.load(checkpoint)
     folder = save_pretrained(out, model, params, tokenizer, kind=kind)
     return folder, "ForCausalLM" if model.lm_head else "ForSequenceClassification"
+
+
+RM, DPO = "rlhf-jax rm", "rlhf-jax dpo"
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """Where ``rlhf-jax rm`` and ``dpo`` get their preference pairs."""
+
+    task: str = "reviews"
+    """Built-in task: its SFT policy samples response pairs that its gold reward labels (ignored with --data)."""
+    data: str | None = None
+    """JSONL preference file with string fields prompt, chosen, rejected (and optional numeric
+    margin), or hh-rlhf's whole dialogues."""
+    sft_steps: int = 600
+    """With --task and neither --model nor --init: SFT steps to train the policy that samples the pairs."""
+    num_pairs: int = 8000
+    """With --task: pairs to sample and label (8000: the reward model's held-out accuracy within
+    3 points of the Bayes ceiling)."""
+    tau: float = 0.25
+    """With --task: labeller temperature, P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / tau)."""
+    flip_prob: float = 0.0
+    """With --task: probability that a label is flipped."""
+
+    def check_source(self) -> None:
+        """The checks that need nothing loaded (the commands make them before loading a model)."""
+        require_finite(self)
+        if self.data is None:
+            task_named(self.task)
+        if self.num_pairs <= 1:
+            raise ValueError(f"num_pairs: must be at least 2, got {self.num_pairs}")
+        require_positive(self, "sft_steps", integer=True)
+
+
+def _policy_and_pairs(command: str, name: str, config, source: PairSource, policy: tuple | None, tokenizer,
+                      out: str | None, progress: bool, provenance: dict | None):
+    """The part ``rm_run`` and ``dpo_run`` share: the checks, a data file's pairs (errors name
+    the line) read before anything is written, the run folder and its ``config.json``, then
+    :func:`rlhf_jax.stages.policy_and_pairs` (SFT first when a task's pairs need a policy and
+    none was given). Returns ``(run_dir, clock, task, policy, prefs, summary)``."""
+    source.check_source()
+    task = None if source.data is not None else task_named(source.task)
+    if out:
+        check_run_dir(out, command)
+    file_pairs = Preferences(*load_preferences(source.data), bayes_accuracy=None) if source.data else None
+    run_dir = claim_run_dir(out, command, name)
+    write_json(run_dir / "config.json", {**config.to_dict(), "task": None if source.data else source.task,
+                                         "data": source.data, **(provenance or {}), "num_pairs": source.num_pairs,
+                                         "tau": source.tau, "flip_prob": source.flip_prob,
+                                         "sft_steps": source.sft_steps})
+    sft_config = None if task is None else SFTConfig(model=config.model, steps=source.sft_steps,
+                                                     max_length=config.max_length, seed=config.seed,
+                                                     warmup_steps=min(50, source.sft_steps // 10))
+    clock = StageClock()
+    sft, prefs = policy_and_pairs(clock, task, tokenizer, sft_config=sft_config, sft_folder=run_dir / "sft",
+                                  pairs_folder=run_dir,
+                                  sampling=PairSampling(source.num_pairs, source.tau, source.flip_prob, 40),
+                                  seed=config.seed, policy=policy, file_pairs=file_pairs, show_progress=progress)
+    summary = {} if task is None else {"bayes_accuracy": prefs.bayes_accuracy}
+    return run_dir, clock, task, sft, prefs, summary
+
+
+def rm_run(config: RMConfig, source: PairSource = PairSource(), *, policy: tuple | None = None,
+           tokenizer: Tokenizer | None = None, out: str | None = None, progress: bool = True,
+           provenance: dict | None = None, log: Callable[[str], None] = print) -> dict:
+    """A Bradley-Terry reward model on ``source``'s pairs, its body from the starting policy
+    ``policy`` (``(lm, params)``; None: SFT on the task first, or from scratch on a file's pairs).
+    Writes the pairs, the checkpoint, plots and ``summary.json`` into the run folder; returns the
+    summary (held-out accuracy and loss, calibration, with a task the Bayes ceiling and the rank
+    correlation with the gold reward on fresh samples). ``log`` gets a line when sequences
+    were truncated."""
+    config.validate()
+    tokenizer = tokenizer or load_tokenizer(None)
+    run_dir, clock, task, sft, prefs, summary = _policy_and_pairs(RM, "rm", config, source, policy, tokenizer, out,
+                                                                  progress, provenance)
+    rm = clock("reward_model", lambda: reward_model_stage(
+        config, tokenizer, prefs, run_dir, init_params=sft.params if sft else None,
+        model_config=sft.lm.config if sft else None, show_progress=progress))
+    result = rm.result
+    if result.truncated:
+        log(f"rm: {result.truncated} of {2 * len(prefs.pairs)} sequences were longer than "
+            f"max_length={config.max_length} and were truncated (prompt start first, EOS kept; "
+            f"--overlong reject makes this an error)")
+    last = result.history[-1]
+    summary.update({
+        "train_pairs": len(prefs.pairs) - len(result.heldout_index), "heldout_pairs": len(result.heldout_index),
+        "heldout_accuracy": last["heldout_accuracy"], "heldout_loss": last["heldout_loss"],
+        "heldout_expected_accuracy": last.get("heldout_expected_accuracy"),
+        "heldout_reward_gap": last["heldout_reward_gap"], "truncated_sequences": result.truncated,
+        "calibration": calibration_bins(*result.heldout_scores), "reward_norm": result.norm, "run_dir": str(run_dir),
+        "device": str(jax.devices()[0].platform),
+    })
+    if task is not None:
+        summary["heldout_bayes_accuracy"] = bayes_accuracy([prefs.pairs[i]["label_prob"]
+                                                            for i in result.heldout_index])
+        summary["gold_rank_correlation"] = clock.timed("evaluation", lambda: reward_model_gold_correlation(
+            task, sft.lm, sft.params, tokenizer, result, config))
+    summary["wall_s"] = clock.wall
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def dpo_run(config: DPOConfig, source: PairSource = PairSource(), *, policy: tuple | None = None,
+            tokenizer: Tokenizer | None = None, eval_prompts: int = 256, out: str | None = None,
+            progress: bool = True, provenance: dict | None = None, log: Callable[[str], None] = print) -> dict:
+    """DPO of the starting policy ``policy`` (``(lm, params)``; None: SFT on the task first) on
+    ``source``'s pairs; with a task, the gold reward and KL of the policy before and after on
+    ``eval_prompts`` fresh prompts. Writes the pairs, the checkpoint, plots and ``summary.json``
+    into the run folder; returns the summary. ``log`` gets a line when pairs were left out."""
+    config.validate()
+    if eval_prompts <= 0:
+        raise ValueError(f"eval_prompts: must be a positive integer, got {eval_prompts}")
+    if source.data is not None and policy is None:
+        raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or --model")
+    tokenizer = tokenizer or load_tokenizer(None)
+    run_dir, clock, task, sft, prefs, summary = _policy_and_pairs(DPO, "dpo", config, source, policy, tokenizer,
+                                                                  out, progress, provenance)
+    dpo = clock("dpo", lambda: dpo_stage(config, tokenizer, prefs, run_dir, lm=sft.lm, params=sft.params,
+                                         show_progress=progress))
+    if dpo.skipped:
+        log(f"dpo: {dpo.skipped} of {len(prefs.pairs)} pairs had a response longer than max_length="
+            f"{config.max_length} and were left out (--overlong reject makes this an error)")
+    summary["skipped_pairs"] = dpo.skipped
+    summary.update({k: v for k, v in dpo.history[-1].items() if k.startswith("heldout_")})
+    summary.update(heldout_accuracy_before=dpo.history[0]["heldout_accuracy"], run_dir=str(run_dir),
+                   device=str(jax.devices()[0].platform))
+    if task is not None:
+        summary.update(clock.timed("evaluation", lambda: policy_gold_before_after(
+            task, sft.lm, sft.params, dpo.params, tokenizer, num_prompts=eval_prompts, seed=config.seed)))
+    summary["wall_s"] = clock.wall
+    write_json(run_dir / "summary.json", summary)
+    return summary

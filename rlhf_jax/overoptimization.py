@@ -28,8 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from ppo_jax.run.outputs import plot_panels, read_json, write_json
-from ppo_jax.run.rundir import check_resumable, claim_run_dir
+from ppo_jax.run.outputs import plot_panels, write_json
+from ppo_jax.run.rundir import open_run_dir, resumable_config
 from ppo_jax.run.validation import DictConfig, require_finite
 from rlhf_jax.ppo_trainer import RLHFConfig
 from rlhf_jax.preferences import bayes_accuracy
@@ -37,14 +37,15 @@ from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.seeds import stream_key
 from rlhf_jax.sft import SFTConfig
 from rlhf_jax.stages import (
+    PairSampling,
     Preferences,
     RLSetup,
+    StageClock,
+    policy_and_pairs,
     ppo_stage,
-    preference_stage,
     reward_model_stage,
     reward_vs_sqrt_kl,
     seeded,
-    sft_stage,
     task_named,
     task_prompt_sets,
 )
@@ -116,11 +117,7 @@ def overoptimization_curve(history: list[dict], window: int = 5) -> dict:
 def resume_overoptimization(run_dir: str | Path, *, show_progress: bool = True,
                             log: Callable[[str], None] = print) -> dict:
     """Continues a killed :func:`run_overoptimization` in ``run_dir`` with its own config."""
-    path = check_resumable(run_dir, COMMAND) / "config.json"
-    try:
-        config = OveroptimizationConfig.from_dict(read_json(path))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
+    config, _ = resumable_config(run_dir, COMMAND, OveroptimizationConfig.from_dict)
     return run_overoptimization(config, run_dir, show_progress=show_progress, log=log, resume=True)
 
 
@@ -130,23 +127,18 @@ def run_overoptimization(config: OveroptimizationConfig, run_dir: str | Path | N
     """Runs the study into ``run_dir`` (a new or empty folder; None: a fresh one under ``runs/``)
     and returns the summary (also ``summary.json``). With ``resume`` finished stages are loaded."""
     config.validate()
-    if resume:
-        run_dir = check_resumable(run_dir, COMMAND)
-    else:
-        run_dir = claim_run_dir(run_dir, COMMAND, "overoptimization", resumable=True)
-        write_json(run_dir / "config.json", config.to_dict())
+    run_dir = open_run_dir(run_dir, COMMAND, "overoptimization", config.to_dict(), resume=resume)
     task, tok = task_named(config.task), ByteTokenizer()
     gold_fn = lambda prompt, response, ended: task.gold_reward(response, ended)  # noqa: E731
 
-    sft_config = seeded(config.sft, config.seed)
-    prompts, responses = task.sft_corpus(config.sft_examples, seed=sft_config.seed)
-    sft, _ = sft_stage(sft_config, tok, prompts, responses, run_dir / "sft", show_progress=show_progress,
-                       resume=resume)
-    log(f"sft: held-out loss {sft.eval_loss[-1]:.3f} nats/token")
     ppo_config = seeded(config.ppo, config.seed)
-    prefs, _ = preference_stage(task, sft.lm, sft.params, tok, run_dir / "pairs", num_pairs=max(config.pair_counts),
-                                tau=config.tau, flip_prob=0.0, max_new_tokens=ppo_config.max_new_tokens,
-                                seed=config.seed, resume=resume)
+    sft, prefs = policy_and_pairs(StageClock(), task, tok, sft_config=seeded(config.sft, config.seed),
+                                  sft_folder=run_dir / "sft", pairs_folder=run_dir / "pairs",
+                                  sampling=PairSampling(max(config.pair_counts), config.tau, 0.0,
+                                                        ppo_config.max_new_tokens),
+                                  seed=config.seed, sft_examples=config.sft_examples, show_progress=show_progress,
+                                  resume=resume)
+    log(f"sft: held-out loss {sft.eval_loss[-1]:.3f} nats/token")
 
     rms = {}
     for n in config.pair_counts:

@@ -21,7 +21,6 @@ the finished ones):
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,10 +29,10 @@ import jax
 import numpy as np
 
 from ppo_jax.run.interrupt import Interrupted
-from ppo_jax.run.outputs import plot_lines, read_json, write_json
-from ppo_jax.run.rundir import check_resumable, claim_run_dir
+from ppo_jax.run.outputs import plot_lines, write_json
+from ppo_jax.run.rundir import open_run_dir, resumable_config
 from ppo_jax.run.validation import DictConfig, require_finite
-from rlhf_jax.data import load_preferences, load_prompts, load_sft, write_preferences
+from rlhf_jax.data import load_preferences, load_prompts, load_sft
 from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.hf import load_pretrained
 from rlhf_jax.ppo_trainer import RLHFConfig
@@ -41,16 +40,17 @@ from rlhf_jax.reward_model import RMConfig
 from rlhf_jax.seeds import stream_key
 from rlhf_jax.sft import SFTConfig
 from rlhf_jax.stages import (
+    PairSampling,
     Preferences,
     RLSetup,
+    StageClock,
     best_of_n_stage,
     dpo_stage,
+    policy_and_pairs,
     ppo_stage,
-    preference_stage,
     reward_model_stage,
     reward_vs_sqrt_kl,
     seeded,
-    sft_stage,
     task_named,
     task_prompt_sets,
 )
@@ -168,11 +168,7 @@ def _load_data(config: PipelineConfig) -> dict:
 
 def resume_pipeline(run_dir: str | Path, *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Continues a killed :func:`run_pipeline` in ``run_dir`` with the config it was started with."""
-    path = check_resumable(run_dir, COMMAND) / "config.json"
-    try:
-        config = PipelineConfig.from_dict(read_json(path))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
+    config, _ = resumable_config(run_dir, COMMAND, PipelineConfig.from_dict)
     return run_pipeline(config, run_dir, show_progress=show_progress, log=log, resume=True)
 
 
@@ -197,14 +193,10 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
                              f"{pretrained.config.max_len}")
     else:
         pretrained_params, tok = None, ByteTokenizer()
-    if resume:
-        run_dir = check_resumable(run_dir, COMMAND)
-    else:
-        run_dir = claim_run_dir(run_dir, COMMAND, "pipeline", resumable=True)
-        write_json(run_dir / "config.json", config.to_dict())
+    run_dir = open_run_dir(run_dir, COMMAND, "pipeline", config.to_dict(), resume=resume)
+    run = _Run(config, run_dir, resume, show_progress, log, tok)
     try:
-        return _stages(config, run_dir, resume=resume, data=data, tok=tok, sft_config=sft_config,
-                       pretrained_params=pretrained_params, show_progress=show_progress, log=log)
+        return _stages(run, data, sft_config, pretrained_params)
     except KeyboardInterrupt as err:
         # One line: where the run stands and how to continue it (finished stages are kept).
         where = (f"the PPO stage stopped after iteration {err.step} of {err.total} (checkpoint {err.path})"
@@ -213,124 +205,133 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
                           f"interrupted; {where}; continue with: {COMMAND} --resume {run_dir}") from None
 
 
-def _stages(config: PipelineConfig, run_dir: Path, *, resume: bool, data: dict, tok, sft_config: SFTConfig,
-            pretrained_params, show_progress: bool, log: Callable[[str], None]) -> dict:
-    """The stages of :func:`run_pipeline`, in ``run_dir`` (already claimed or checked)."""
+@dataclass
+class _Run:
+    """One pipeline run in progress: its settings, folder, clock, summary and curves."""
+
+    config: PipelineConfig
+    run_dir: Path
+    resume: bool
+    show_progress: bool
+    log: Callable[[str], None]
+    tok: object
+    clock: StageClock = field(default_factory=StageClock)
+    summary: dict = field(default_factory=dict)
+    curves_gold: dict = field(default_factory=dict)
+    curves_proxy: dict = field(default_factory=dict)
+
+    def took(self, *names: str) -> str:
+        return f"{sum(self.clock.wall.get(n, 0.0) for n in names):.0f} s"
+
+
+def _stages(run: _Run, data: dict, sft_config: SFTConfig, pretrained_params) -> dict:
+    """The stages of :func:`run_pipeline`, in ``run.run_dir`` (already claimed or checked)."""
+    config, summary = run.config, run.summary
     task = task_named(config.task)
-    modes = config.run_modes
-    wall: dict[str, float] = {}
-    reused: list[str] = []
-    summary: dict = {"task": None if config.own_data else config.task, "run_dir": str(run_dir),
-                     "device": str(jax.devices()[0].platform), "wall_s": wall, "stages_loaded_on_resume": reused}
+    summary.update(task=None if config.own_data else config.task, run_dir=str(run.run_dir),
+                   device=str(jax.devices()[0].platform), wall_s=run.clock.wall,
+                   stages_loaded_on_resume=run.clock.loaded)
     gold_fn = None if config.own_data else lambda prompt, response, ended: task.gold_reward(response, ended)  # noqa: E731
-
-    def stage(name: str, call: Callable):
-        """Runs (or, resuming, loads) one stage; its wall time, or its name among those loaded."""
-        t0 = time.perf_counter()
-        result, loaded = call()
-        if loaded:
-            reused.append(name)
-        else:
-            wall[name] = time.perf_counter() - t0
-        return result
-
-    # 1. SFT
-    prompts, responses = data["sft"] or task.sft_corpus(config.sft_examples, seed=sft_config.seed)
-    sft = stage("sft", lambda: sft_stage(sft_config, tok, prompts, responses, run_dir / "sft",
-                                         params=pretrained_params, show_progress=show_progress, resume=resume))
-    summary["sft_heldout_loss"] = sft.eval_loss[-1] if sft.eval_loss else float("nan")
-    log(f"sft: held-out loss {summary['sft_heldout_loss']:.3f} nats/token ({wall.get('sft', 0.0):.0f} s)")
-
-    # 2. Preference pairs and the reward model
-    rm_dir = run_dir / "rm"
-    if data["pairs"] is not None:
-        prefs = Preferences(*data["pairs"], bayes_accuracy=None)
-        write_preferences(rm_dir / "pairs.jsonl", prefs.pairs)
-    else:
-        prefs = stage("pairs", lambda: preference_stage(
-            task, sft.lm, sft.params, tok, rm_dir, num_pairs=config.num_pairs, tau=config.tau,
-            flip_prob=config.flip_prob, max_new_tokens=config.ppo.max_new_tokens, seed=config.seed, resume=resume))
-    rm = stage("reward_model", lambda: reward_model_stage(
-        seeded(config.rm, config.seed), tok, prefs, rm_dir, init_params=sft.params, model_config=sft.lm.config,
-        show_progress=show_progress, resume=resume))
-    summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=rm.bayes_accuracy,
-                   rm_heldout_expected_accuracy=rm.history[-1].get("heldout_expected_accuracy"))
-    ceiling = f"Bayes ceiling {rm.bayes_accuracy:.3f}; " if rm.bayes_accuracy is not None else ""
-    log(f"reward model: held-out accuracy {summary['rm_heldout_accuracy']:.3f} ({ceiling}"
-        f"{wall.get('pairs', 0.0) + wall.get('reward_model', 0.0):.0f} s)")
-
-    # 3. Evaluation of the SFT policy, and best-of-n from it
+    sft, prefs, rm = _preferences(run, task, data, sft_config, pretrained_params)
     ppo_config = seeded(config.ppo, config.seed)
-    if data["prompts"] is not None:
-        pool, eval_prompts = data["prompts"]
-    else:
-        pool, eval_prompts = task_prompt_sets(task, config.eval_prompts, config.seed)
-    setup = RLSetup(ppo_config, sft, rm.model, tok, pool, eval_prompts, gold_fn)
-    evaluate = setup.evaluator("ppo", rm)
-    t0 = time.perf_counter()
+    pool, eval_prompts = data["prompts"] or task_prompt_sets(task, config.eval_prompts, config.seed)
+    setup = RLSetup(ppo_config, sft, rm.model, run.tok, pool, eval_prompts, gold_fn)
     eval_key = stream_key(config.seed, "evaluation")
-    before = evaluate(sft.params, eval_key)
-    write_json(run_dir / "samples_sft.json", before.pop("samples"))
-    wall["evaluation"] = time.perf_counter() - t0
+    before = run.clock.timed("evaluation", lambda: setup.evaluator("ppo", rm)(sft.params, eval_key))
+    write_json(run.run_dir / "samples_sft.json", before.pop("samples"))
     summary.update(gold_reward_sft=before["gold_reward"], proxy_reward_sft=before["proxy_reward"],
                    eos_rate_sft=before["eos_rate"])
-    log(f"sft policy: gold reward {before['gold_reward']:.3f}, proxy {before['proxy_reward']:.3f}")
-
-    curves_gold, curves_proxy = {}, {}
-    if "best-of-n" in modes:
-        key = stream_key(config.seed, "best_of_n")
-        rows = stage("best_of_n", lambda: best_of_n_stage(setup, config.best_of_n, rm, key, run_dir / "best_of_n",
-                                                           resume=resume))
-        summary["best_of_n"] = rows
-        curves_gold["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["gold_reward"] for r in rows])
-        curves_proxy["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["proxy_reward"] for r in rows])
-        log("best-of-n: " + ", ".join(f"n={r['n']} gold {r['gold_reward']:.3f}" for r in rows))
-
-    # 4. PPO against the proxy and/or the gold reward; GRPO and RLOO against the proxy
-    runs = {"proxy": ("ppo_proxy", "ppo", "proxy", "PPO on proxy reward"),
-            "gold": ("ppo_gold", "ppo", "gold", "PPO on gold reward"),
-            "grpo": ("grpo", "grpo", "proxy", "GRPO on proxy reward"),
-            "rloo": ("rloo", "rloo", "proxy", "RLOO on proxy reward")}
-    for mode, (name, algo, reward, label) in runs.items():
-        if mode not in modes:
-            continue
-        ppo = stage(name, lambda: ppo_stage(  # called at once, in this iteration
-            algo, setup, rm, run_dir / name, reward=reward, eval_key=eval_key,
-            checkpoint_every=config.checkpoint_every, show_progress=show_progress, resume=resume))
-        history, after = ppo.history, ppo.final
-        summary[name] = {**after, "iterations": ppo_config.iterations,
-                         "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in history[1:]]
-                                                           or [history[0][f"time_{p}"]]))
-                                          for p in ("sample", "score", "update")}}
-        if gold_fn is not None:
-            curves_gold[label] = reward_vs_sqrt_kl(history, "gold_reward")
-        curves_proxy[label] = reward_vs_sqrt_kl(history, "proxy_reward")
-        log(f"{label}: gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
-            f"KL {after['kl']:.2f} nats/sequence ({wall.get(name, 0.0):.0f} s)")
-
-    # 5. DPO on the reward model's pairs, evaluated as the others
-    if "dpo" in modes:
-        dpo_config = dataclasses.replace(seeded(config.dpo, config.seed), model=sft.lm.config)
-        dpo = stage("dpo", lambda: dpo_stage(dpo_config, tok, prefs, run_dir / "dpo", lm=sft.lm, params=sft.params,
-                                             show_progress=show_progress, resume=resume))
-        # A policy without a value head: evaluated by programs whose policy has none either.
-        after = setup.evaluator("ppo" if ppo_config.value_model == "critic" else "rloo", rm)(dpo.params, eval_key)
-        write_json(run_dir / "dpo" / "samples.json", after.pop("samples"))
-        summary["dpo"] = {**after, "heldout_accuracy": dpo.history[-1]["heldout_accuracy"]}
-        if gold_fn is not None:
-            curves_gold["DPO (final)"] = ([after["sqrt_kl"]], [after["gold_reward"]])
-        curves_proxy["DPO (final)"] = ([after["sqrt_kl"]], [after["proxy_reward"]])
-        log(f"DPO: gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
-            f"KL {after['kl']:.2f} nats/sequence ({wall.get('dpo', 0.0):.0f} s)")
+    run.log(f"sft policy: gold reward {before['gold_reward']:.3f}, proxy {before['proxy_reward']:.3f}")
+    if "best-of-n" in config.run_modes:
+        _best_of_n(run, setup, rm)
+    for mode, (name, algo, reward, label) in RL_RUNS.items():
+        if mode in config.run_modes:
+            _rl_run(run, setup, rm, eval_key, name, algo, reward, label)
+    if "dpo" in config.run_modes:
+        _dpo(run, setup, sft, prefs, rm, eval_key)
     final = summary.get("ppo_proxy") or summary.get("ppo_gold")
     if final is not None:
         summary.update(gold_reward_final=final["gold_reward"], proxy_reward_final=final["proxy_reward"],
                        kl_final=final["kl"])
-    for name, curves, label in (("gold_vs_sqrt_kl.png", curves_gold, "gold reward"),
-                                ("proxy_vs_sqrt_kl.png", curves_proxy, "proxy reward (normalised)")):
+    for name, curves, label in (("gold_vs_sqrt_kl.png", run.curves_gold, "gold reward"),
+                                ("proxy_vs_sqrt_kl.png", run.curves_proxy, "proxy reward (normalised)")):
         if curves:
-            plot_lines(run_dir / name, curves, xlabel="sqrt(KL to the SFT policy), sqrt(nats per sequence); "
-                                                      "PPO, GRPO, RLOO: 5-iteration moving averages",
+            plot_lines(run.run_dir / name, curves, xlabel="sqrt(KL to the SFT policy), sqrt(nats per sequence); "
+                                                          "PPO, GRPO, RLOO: 5-iteration moving averages",
                        ylabel=label, title=f"{config.task}: {label} against KL")
-    write_json(run_dir / "summary.json", summary)
+    write_json(run.run_dir / "summary.json", summary)
     return summary
+
+
+def _preferences(run: _Run, task, data: dict, sft_config: SFTConfig, pretrained_params):
+    """SFT, the preference pairs and the reward model: ``(sft, prefs, rm)``."""
+    config, rm_dir = run.config, run.run_dir / "rm"
+    file_pairs = Preferences(*data["pairs"], bayes_accuracy=None) if data["pairs"] is not None else None
+    sft, prefs = policy_and_pairs(
+        run.clock, task, run.tok, sft_config=sft_config, sft_folder=run.run_dir / "sft", pairs_folder=rm_dir,
+        sampling=PairSampling(config.num_pairs, config.tau, config.flip_prob, config.ppo.max_new_tokens),
+        seed=config.seed, init_params=pretrained_params, sft_data=data["sft"], sft_examples=config.sft_examples,
+        file_pairs=file_pairs, show_progress=run.show_progress, resume=run.resume)
+    run.summary["sft_heldout_loss"] = sft.eval_loss[-1] if sft.eval_loss else float("nan")
+    run.log(f"sft: held-out loss {run.summary['sft_heldout_loss']:.3f} nats/token ({run.took('sft')})")
+    rm = run.clock("reward_model", lambda: reward_model_stage(
+        seeded(config.rm, config.seed), run.tok, prefs, rm_dir, init_params=sft.params, model_config=sft.lm.config,
+        show_progress=run.show_progress, resume=run.resume))
+    run.summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=rm.bayes_accuracy,
+                       rm_heldout_expected_accuracy=rm.history[-1].get("heldout_expected_accuracy"))
+    ceiling = f"Bayes ceiling {rm.bayes_accuracy:.3f}; " if rm.bayes_accuracy is not None else ""
+    run.log(f"reward model: held-out accuracy {run.summary['rm_heldout_accuracy']:.3f} ({ceiling}"
+            f"{run.took('pairs', 'reward_model')})")
+    return sft, prefs, rm
+
+
+def _best_of_n(run: _Run, setup: RLSetup, rm) -> None:
+    """n samples per held-out prompt from the SFT policy, the proxy's pick: the baseline curve."""
+    key = stream_key(run.config.seed, "best_of_n")
+    rows = run.clock("best_of_n", lambda: best_of_n_stage(setup, run.config.best_of_n, rm, key,
+                                                          run.run_dir / "best_of_n", resume=run.resume))
+    run.summary["best_of_n"] = rows
+    run.curves_gold["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["gold_reward"] for r in rows])
+    run.curves_proxy["best-of-n (SFT)"] = ([r["sqrt_kl"] for r in rows], [r["proxy_reward"] for r in rows])
+    run.log("best-of-n: " + ", ".join(f"n={r['n']} gold {r['gold_reward']:.3f}" for r in rows))
+
+
+RL_RUNS = {"proxy": ("ppo_proxy", "ppo", "proxy", "PPO on proxy reward"),
+           "gold": ("ppo_gold", "ppo", "gold", "PPO on gold reward"),
+           "grpo": ("grpo", "grpo", "proxy", "GRPO on proxy reward"),
+           "rloo": ("rloo", "rloo", "proxy", "RLOO on proxy reward")}
+"""Mode -> (stage folder, update rule, reward, plot label) of the RL stages."""
+
+
+def _rl_run(run: _Run, setup: RLSetup, rm, eval_key, name: str, algo: str, reward: str, label: str) -> None:
+    """One RL stage from the SFT policy: PPO against the proxy or the gold reward, GRPO or RLOO."""
+    ppo = run.clock(name, lambda: ppo_stage(algo, setup, rm, run.run_dir / name, reward=reward, eval_key=eval_key,
+                                            checkpoint_every=run.config.checkpoint_every,
+                                            show_progress=run.show_progress, resume=run.resume))
+    history, after = ppo.history, ppo.final
+    run.summary[name] = {**after, "iterations": setup.config.iterations,
+                         "mean_phase_s": {p: float(np.mean([h[f"time_{p}"] for h in history[1:]]
+                                                           or [history[0][f"time_{p}"]]))
+                                          for p in ("sample", "score", "update")}}
+    if setup.gold_reward is not None:
+        run.curves_gold[label] = reward_vs_sqrt_kl(history, "gold_reward")
+    run.curves_proxy[label] = reward_vs_sqrt_kl(history, "proxy_reward")
+    run.log(f"{label}: gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
+            f"KL {after['kl']:.2f} nats/sequence ({run.took(name)})")
+
+
+def _dpo(run: _Run, setup: RLSetup, sft, prefs, rm, eval_key) -> None:
+    """DPO from the SFT policy on the reward model's pairs, evaluated as the RL stages are."""
+    config = run.config
+    dpo_config = dataclasses.replace(seeded(config.dpo, config.seed), model=sft.lm.config)
+    dpo = run.clock("dpo", lambda: dpo_stage(dpo_config, run.tok, prefs, run.run_dir / "dpo", lm=sft.lm,
+                                             params=sft.params, show_progress=run.show_progress, resume=run.resume))
+    # A policy without a value head: evaluated by programs whose policy has none either.
+    after = setup.evaluator("ppo" if setup.config.value_model == "critic" else "rloo", rm)(dpo.params, eval_key)
+    write_json(run.run_dir / "dpo" / "samples.json", after.pop("samples"))
+    run.summary["dpo"] = {**after, "heldout_accuracy": dpo.history[-1]["heldout_accuracy"]}
+    if setup.gold_reward is not None:
+        run.curves_gold["DPO (final)"] = ([after["sqrt_kl"]], [after["gold_reward"]])
+    run.curves_proxy["DPO (final)"] = ([after["sqrt_kl"]], [after["proxy_reward"]])
+    run.log(f"DPO: gold reward {after['gold_reward']:.3f}, proxy {after['proxy_reward']:.3f}, "
+            f"KL {after['kl']:.2f} nats/sequence ({run.took('dpo')})")

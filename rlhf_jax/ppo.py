@@ -17,6 +17,7 @@ from flax import struct
 from ppo_jax import gae as gae_lib
 from ppo_jax import losses
 from ppo_jax.minibatches import minibatch_epochs
+from ppo_jax.optim import gradient_step
 from rlhf_jax.reward_model import last_token_index
 from rlhf_jax.transformer import response_positions, token_log_probs, token_policy
 
@@ -187,22 +188,20 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
         vl = value_term(out.scalar, mb, value_clip_eps)
         return loss + vf_coef * vl, {**aux, "value_loss": vl}
 
+    joint_step = gradient_step(joint_loss, policy_tx, has_aux=True)
+    policy_step = gradient_step(policy_loss, policy_tx, has_aux=True)
+    value_step = gradient_step(value_loss, critic_tx)
+
     @jax.jit
     def update(policy_params, critic_params, policy_opt, critic_opt, batch: TokenBatch, key, clip_eps,
                value_clip_eps, ent_coef, vf_coef=0.5):
         def minibatch(carry, mb):
             pp, cp, po, co = carry
             if shared:
-                (_, aux), g = jax.value_and_grad(joint_loss, has_aux=True)(pp, mb, clip_eps, value_clip_eps,
-                                                                           ent_coef, vf_coef)
-                updates, po = policy_tx.update(g, po, pp)
-                return (optax.apply_updates(pp, updates), cp, po, co), aux
-            (_, aux), g = jax.value_and_grad(policy_loss, has_aux=True)(pp, mb, clip_eps, ent_coef)
-            updates, po = policy_tx.update(g, po, pp)
-            pp = optax.apply_updates(pp, updates)
-            vl, g = jax.value_and_grad(value_loss)(cp, mb, value_clip_eps)
-            updates, co = critic_tx.update(g, co, cp)
-            cp = optax.apply_updates(cp, updates)
+                pp, po, _, aux = joint_step(pp, po, mb, clip_eps, value_clip_eps, ent_coef, vf_coef)
+                return (pp, cp, po, co), aux
+            pp, po, _, aux = policy_step(pp, po, mb, clip_eps, ent_coef)
+            cp, co, vl, _ = value_step(cp, co, mb, value_clip_eps)
             return (pp, cp, po, co), {**aux, "value_loss": vl}
 
         carry, aux = minibatch_epochs(minibatch, (policy_params, critic_params, policy_opt, critic_opt), batch, key,
@@ -271,13 +270,13 @@ def make_group_update(policy, policy_tx: optax.GradientTransformation, *, prompt
         kl = losses.masked_mean(kl_penalty(logp, mb.ref_logp, "k3"), weights)
         return policy_loss + kl_coef * kl, {**aux, "kl_loss": kl}
 
+    step = gradient_step(loss, policy_tx, has_aux=True)
+
     @jax.jit
     def update(policy_params, policy_opt, batch: GroupBatch, key, clip_eps, ent_coef, kl_coef):
         def minibatch(carry, mb):
-            params, opt = carry
-            (_, aux), g = jax.value_and_grad(loss, has_aux=True)(params, mb, clip_eps, ent_coef, kl_coef)
-            updates, opt = policy_tx.update(g, opt, params)
-            return (optax.apply_updates(params, updates), opt), aux
+            params, opt, _, aux = step(*carry, mb, clip_eps, ent_coef, kl_coef)
+            return (params, opt), aux
 
         (params, opt), aux = minibatch_epochs(minibatch, (policy_params, policy_opt), batch, key, epochs=epochs,
                                               minibatches=minibatches)

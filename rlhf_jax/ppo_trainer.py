@@ -39,30 +39,22 @@ from ppo_jax import losses
 from ppo_jax.run.checkpoints import RunCheckpoints
 from ppo_jax.run.interrupt import stop_if_requested, stoppable
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive
-from rlhf_jax.data import padded_chunks
-from rlhf_jax.group_advantages import group_advantages, to_tokens
+from rlhf_jax.evaluation import PromptSource, decode_responses, evaluate_samples
 from rlhf_jax.ppo import (
     AGGREGATIONS,
-    GroupBatch,
-    TokenBatch,
     adaptive_kl_beta,
     exact_kl,
-    kl_penalty,
-    make_group_update,
-    make_ppo_update,
-    per_token_rewards,
     sequence_kl,
-    token_advantages,
-    whiten,
 )
 from rlhf_jax.reward_model import pool_last
 from rlhf_jax.sampling import Generation, SamplingConfig, ended_with_eos, make_generate
 from rlhf_jax.sharding import constrain_batch, constrain_params, data_mesh, put_batch, put_params
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerLM, response_positions, token_log_probs, token_policy
+from rlhf_jax.updates import UPDATES
 
 VALUE_MODELS = ("critic", "policy-head")
-ALGOS = ("ppo", "grpo", "rloo")
+ALGOS = tuple(UPDATES)
 """``ppo``: a critic and token-level GAE; ``grpo``/``rloo``: critic-free, ``group_size``
 responses per prompt, the group's other rewards the baseline."""
 REWARDS = ("proxy", "gold")
@@ -238,13 +230,7 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
     p, t = prompt_len, config.temperature
     policy_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-8))
     critic_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.critic_lr, eps=1e-8))
-    if group:
-        group_update = make_group_update(policy, policy_tx, prompt_len=p, epochs=config.epochs,
-                                         minibatches=config.minibatches, temperature=t,
-                                         aggregation=config.loss_aggregation)
-    else:
-        update = make_ppo_update(policy, critic, policy_tx, critic_tx, prompt_len=p, epochs=config.epochs,
-                                 minibatches=config.minibatches, temperature=t)
+    rule = UPDATES[config.algo](config, policy, critic, policy_tx, critic_tx, prompt_len=p)
     generate = make_generate(policy, SamplingConfig(max_new_tokens=max_new_tokens, temperature=t),
                              eos_id=eos_id, pad_id=pad_id)
 
@@ -267,8 +253,7 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         ref_logits = response_positions(reference.apply({"params": ref_params}, seq, am).logits, p)
         logp = token_log_probs(logits, tokens, t)
         ref_logp = token_log_probs(ref_logits, tokens, t)
-        step = learn_from_group if group else learn_with_critic
-        models, kl_tok, own_metrics = step(state, gen, score, key, out, logp, ref_logp)
+        models, kl_tok, own_metrics = rule(state, gen, score, key, out, logp, ref_logp)
         kl_seq = kl_tok.sum(axis=1).mean()
         kl_coef = state.kl_coef
         if config.adaptive_kl:
@@ -281,43 +266,6 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
             "eos_rate": _ended(gen, eos_id).mean(), "response_length": maskf.sum(axis=1).mean(), **own_metrics,
         }
         return constrain_params(RLHFState(*models, kl_coef), mesh, config.fsdp), metrics
-
-    def learn_with_critic(state: RLHFState, gen: Generation, score, key, out, logp, ref_logp):
-        """PPO: per-token rewards (docs/theory.md §11), token-level GAE on the critic's values, the clipped update of
-        both models. Returns the four model states, the per-token KL and PPO's own metrics."""
-        seq, am, mask = gen.sequences, gen.attention_mask, gen.response_mask
-        scalar = out.scalar if shared else critic.apply({"params": state.critic_params}, seq, am).scalar
-        values = response_positions(scalar, p) * mask.astype(jnp.float32)
-        rewards, kl_tok = per_token_rewards(score, logp, ref_logp, mask, state.kl_coef, config.kl_estimator)
-        adv, returns = token_advantages(rewards, values, mask, config.gamma, config.gae_lambda)
-        if config.whiten_advantages:
-            adv = whiten(adv, mask)
-        batch = TokenBatch(seq, am, mask, logp, values, adv, returns)
-        *models, m = update(state.policy_params, state.critic_params, state.policy_opt, state.critic_opt, batch,
-                            key, config.clip_eps, config.value_clip_eps, config.ent_coef, config.vf_coef)
-        own = {"non_score_reward": (-state.kl_coef * kl_tok).sum(axis=1).mean(),
-               "explained_variance": losses.explained_variance(values, returns, mask),
-               "value_mean": losses.masked_mean(values, mask), **m}
-        return models, kl_tok, own
-
-    def learn_from_group(state: RLHFState, gen: Generation, score, key, out, logp, ref_logp):
-        """GRPO/RLOO: each group's advantages on its responses' tokens, the clipped update of the
-        policy alone. Returns the four model states, the per-token KL and their own metrics."""
-        mask = gen.response_mask
-        kl_tok = kl_penalty(logp, ref_logp, config.kl_estimator) * mask.astype(jnp.float32)
-        # RLOO puts the KL in each response's reward; GRPO keeps it out, as a loss term.
-        reward = score - state.kl_coef * kl_tok.sum(axis=1) if config.algo == "rloo" else score
-        estimator = "rloo" if config.algo == "rloo" else ("grpo" if config.scale_advantages else "grpo-unscaled")
-        adv = group_advantages(reward, config.group_size, estimator)
-        batch = GroupBatch(gen.sequences, gen.attention_mask, mask, logp, ref_logp, to_tokens(adv, mask))
-        kl_loss_coef = state.kl_coef if config.algo == "grpo" else 0.0
-        pp, po, m = group_update(state.policy_params, state.policy_opt, batch, key, config.clip_eps, config.ent_coef,
-                                 kl_loss_coef)
-        groups = reward.reshape(-1, config.group_size)
-        own = {"non_score_reward": (reward - score).mean(),
-               "reward_std_within_groups": jnp.std(groups, axis=1).mean(),
-               "zero_advantage_groups": jnp.mean(jnp.all(groups == groups[:, :1], axis=1)), **m}
-        return (pp, state.critic_params, po, state.critic_opt), kl_tok, own
 
     def iteration(state, ref_params, rm_params, norm_mean, norm_std, prompt_ids, prompt_mask, key):
         k_sample, k_learn = jax.random.split(key)
@@ -359,33 +307,6 @@ class RLHFResult:
     state: RLHFState
     history: list[dict]
     wall_s: float
-
-
-class PromptSource:
-    """Fixed-shape prompt batches drawn from a pool: left-padded to ``width`` tokens, BOS first.
-
-    ``width`` is the pool's longest prompt, or ``also``'s (prompts encoded later, e.g. for
-    evaluation) if longer: one compiled program serves both.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, pool: Sequence[str], also: Sequence[str] = ()):
-        if not pool:
-            raise ValueError("prompts: the prompt pool is empty")
-        self.tokenizer, self.pool = tokenizer, list(pool)
-        self.width = max(len(tokenizer.encode(p)) + len(tokenizer.bos_ids) for p in [*self.pool, *also])
-
-    def encode(self, prompts: Sequence[str]):
-        batch = self.tokenizer.encode_batch(list(prompts), padding_side="left", add_bos=True, max_length=self.width)
-        return batch.input_ids, batch.attention_mask
-
-    def draw(self, rng: np.random.Generator, n: int) -> list[str]:
-        return [self.pool[i] for i in rng.integers(len(self.pool), size=n)]
-
-
-def decode_responses(tokenizer: Tokenizer, gen: Generation) -> tuple[list[str], np.ndarray]:
-    """Response texts (cut at EOS) and whether each ended with EOS."""
-    response, mask = np.asarray(gen.response), np.asarray(gen.response_mask)
-    return tokenizer.decode_batch(response, mask), ended_with_eos(response, mask, tokenizer.eos_id)
 
 
 def frozen_params(config: RLHFConfig, params):
@@ -496,35 +417,3 @@ def evaluate_policy(programs: RLHFPrograms, policy_params, *, ref_params, tokeni
     return evaluate_samples(programs.generate, programs.kl, policy_params, ref_params=ref_params, tokenizer=tokenizer,
                             prompts=prompts, eval_prompts=eval_prompts, key=key, batch_size=batch_size, score=score,
                             gold_reward=gold_reward)
-
-
-def evaluate_samples(generate: Callable, kl: Callable, policy_params, *, ref_params, tokenizer: Tokenizer,
-                     prompts: PromptSource, eval_prompts: Sequence[str], key: jax.Array, batch_size: int,
-                     score: Callable | None = None, gold_reward: Callable | None = None) -> dict:
-    """Mean gold and proxy reward, exact KL to the reference (nats per sequence), EOS rate and
-    length over ``eval_prompts`` (one sample each from ``generate(policy_params, ids, mask,
-    key)``, in fixed-size batches), plus the samples. ``kl(policy_params, ref_params, gen)`` is
-    the per-sequence KL, ``score(gen)`` the proxy reward (NaN without one) and
-    ``gold_reward(prompt, response, ended_with_eos)`` the gold one (NaN without one)."""
-    golds, proxies, kls, ends, lengths, samples = [], [], [], [], [], []
-    for chunk, real in padded_chunks(eval_prompts, batch_size):
-        ids, mask = prompts.encode(chunk)
-        key, k = jax.random.split(key)
-        gen = generate(policy_params, ids, mask, k)
-        kls.append(np.asarray(kl(policy_params, ref_params, gen))[:real])
-        texts, ended = decode_responses(tokenizer, gen)
-        ends.append(ended[:real])
-        lengths.append(np.asarray(gen.response_mask).sum(axis=1)[:real])
-        proxy = np.asarray(score(gen))[:real] if score is not None else np.full(real, np.nan)
-        gold = (np.asarray([gold_reward(p, y, bool(e)) for p, y, e in zip(chunk, texts, ended)])[:real]
-                if gold_reward is not None else np.full(real, np.nan))
-        proxies.append(proxy)
-        golds.append(gold)
-        samples += [{"prompt": p, "response": y, "ended_with_eos": bool(e), "gold_reward": float(g),
-                     "proxy_reward": float(r)} for p, y, e, g, r in zip(chunk, texts, ended, gold, proxy)]
-    kl_seq = np.concatenate(kls)
-    return {"gold_reward": float(np.mean(np.concatenate(golds))),
-            "proxy_reward": float(np.mean(np.concatenate(proxies))),
-            "kl": float(kl_seq.mean()), "sqrt_kl": float(np.sqrt(max(kl_seq.mean(), 0.0))),
-            "eos_rate": float(np.mean(np.concatenate(ends))),
-            "response_length": float(np.mean(np.concatenate(lengths))), "samples": samples}

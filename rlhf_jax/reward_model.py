@@ -17,13 +17,13 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 
+from ppo_jax.optim import gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.preferences import expected_accuracy
-from rlhf_jax.sft import adamw_warmup_cosine
+from rlhf_jax.supervised import adamw_warmup_cosine, epoch_batches, epoch_row, fit, holdout_split, require_batches
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -206,21 +206,17 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
     data, truncated = encode_pairs(tokenizer, pairs, config.max_length, config.overlong, where)
     if not config.use_margin:
         data = data.replace(margin=np.zeros_like(data.margin))
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(data))
-    n_held = max(1, int(round(config.heldout_fraction * len(data))))
-    heldout, train = data[order[:n_held]], data[order[n_held:]]
+    rng, held, train_rows = holdout_split(len(data), config.heldout_fraction, config.seed, at_least_one=True)
+    heldout, train = data[held], data[train_rows]
     # Pairs labelled here by sampling carry the labeller's probability: score against it too.
-    heldout_label_prob = (np.asarray([pairs[i]["label_prob"] for i in order[:n_held]])
+    heldout_label_prob = (np.asarray([pairs[i]["label_prob"] for i in held])
                           if all("label_prob" in p for p in pairs) else None)
-    if len(train) < config.batch_size:
-        raise ValueError(f"batch_size: {config.batch_size} exceeds the {len(train)} training pairs")
+    require_batches(config.batch_size, len(train), "pairs")
     key = jax.random.PRNGKey(config.seed)
     params = init_params(model, key) if init_params_from is None else init_from_lm(model, init_params_from, key)
     steps_per_epoch = len(train) // config.batch_size
     total = steps_per_epoch * config.epochs
     tx = adamw_warmup_cosine(config.lr, max(1, total // 20), total, config.weight_decay, config.max_grad_norm)
-    opt_state = tx.init(params)
 
     def loss_fn(params, b: PairBatch):
         # One forward pass over chosen and rejected together.
@@ -230,48 +226,34 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
         r_c, r_r = jnp.split(r, 2)
         return bradley_terry_loss(r_c, r_r, b.margin), preference_metrics(r_c, r_r)
 
-    @jax.jit
-    def step(params, opt_state, b: PairBatch):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, b)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, aux
-
     score = make_score_fn(model)
+    scores = None
 
-    def evaluate(params):
+    def evaluate(done, params, losses, auxes) -> dict:
+        nonlocal scores
         r_c = score_batches(score, params, heldout.chosen, heldout.chosen_mask, config.batch_size)
         r_r = score_batches(score, params, heldout.rejected, heldout.rejected_mask, config.batch_size)
-        loss = float(bradley_terry_loss(r_c, r_r, heldout.margin))
         m = preference_metrics(r_c, r_r)
-        return {"heldout_loss": loss, "heldout_accuracy": float(m["accuracy"]),
-                "heldout_reward_gap": float(m["reward_gap"])}, (r_c, r_r)
-
-    history = []
-    t0 = time.perf_counter()
-    done = 0
-    for epoch in range(config.epochs):
-        perm = rng.permutation(len(train))
-        losses, accs = [], []
-        for s in range(steps_per_epoch):
-            b = train[perm[s * config.batch_size:(s + 1) * config.batch_size]]
-            params, opt_state, loss, aux = step(params, opt_state, b)
-            losses.append(loss)
-            accs.append(aux["accuracy"])
-            done += 1
-            if progress is not None:
-                progress(done, total, float(loss))
-        metrics, scores = evaluate(params)
+        scores = (r_c, r_r)
+        row = {**epoch_row(done // steps_per_epoch, losses, auxes),
+               "heldout_loss": float(bradley_terry_loss(r_c, r_r, heldout.margin)),
+               "heldout_accuracy": float(m["accuracy"]), "heldout_reward_gap": float(m["reward_gap"])}
         if heldout_label_prob is not None:
-            metrics["heldout_expected_accuracy"] = expected_accuracy(*scores, heldout_label_prob)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
-                        "train_accuracy": float(np.mean(jax.device_get(accs))), **metrics})
+            row["heldout_expected_accuracy"] = expected_accuracy(r_c, r_r, heldout_label_prob)
+        return row
+
+    t0 = time.perf_counter()
+    params, _, history = fit(jax.jit(gradient_step(loss_fn, tx, has_aux=True)), params, tx.init(params),
+                             ((data[idx],) for idx in epoch_batches(rng, train_rows, config.batch_size, config.epochs)),
+                             total, evaluate_at=lambda s: s % steps_per_epoch == 0, evaluate=evaluate,
+                             progress=progress)
     norm = {"mean": 0.0, "std": 1.0}
     if config.normalize:
         all_scores = np.concatenate([score_batches(score, params, train.chosen, train.chosen_mask, config.batch_size),
                                      score_batches(score, params, train.rejected, train.rejected_mask,
                                                    config.batch_size)])
         norm = {"mean": float(all_scores.mean()), "std": float(all_scores.std() + 1e-8)}
-    return RMResult(params, model, history, norm, heldout, order[:n_held], scores, truncated,
+    return RMResult(params, model, history, norm, heldout, held, scores, truncated,
                     time.perf_counter() - t0)
 
 

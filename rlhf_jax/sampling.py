@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ppo_jax.run import prng
 from ppo_jax.run.validation import require_finite
 from rlhf_jax.transformer import KVCache, TransformerLM
 
@@ -101,6 +102,7 @@ def make_generate(model: TransformerLM, config: SamplingConfig, *, eos_id: int, 
     ``P + max_new_tokens`` must not exceed the model's ``max_len``.
     """
     config.validate(model.config.vocab_size)
+    prng.install()  # a small random array per token: fuse its hash
     n = config.max_new_tokens
 
     def pick(logits, done, key):

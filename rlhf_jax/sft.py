@@ -20,7 +20,9 @@ import numpy as np
 import optax
 from flax import struct
 
+from ppo_jax.optim import gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive
+from rlhf_jax.supervised import adamw_warmup_cosine, fit, holdout_split, require_batches, sampled_batches
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -116,39 +118,22 @@ def sft_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array) -> j
     return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def adamw_warmup_cosine(lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
-                        max_grad_norm: float) -> optax.GradientTransformation:
-    """Global-norm clip, then AdamW (decay on matrices and embeddings only) with linear warm-up
-    and cosine decay to 10% of ``lr``. Used by SFT and reward-model training."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps, end_value=0.1 * lr)
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm),
-                       optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask))
-
-
 def make_optimizer(config: SFTConfig) -> optax.GradientTransformation:
     return adamw_warmup_cosine(config.lr, config.warmup_steps, config.steps, config.weight_decay,
                                config.max_grad_norm)
 
 
 def make_steps(model: TransformerLM, tx: optax.GradientTransformation) -> tuple[Callable, Callable]:
-    """Jitted ``train_step(params, opt_state, batch, key) -> (params, opt_state, loss)`` and ``eval_loss``."""
+    """Jitted ``train_step(params, opt_state, batch, key) -> (params, opt_state, loss, None)`` and
+    ``eval_loss(params, batch)``."""
 
     def loss_fn(params, batch: SFTBatch, key, deterministic):
         out = model.apply({"params": params}, batch.input_ids, batch.attention_mask, deterministic=deterministic,
                           rngs=None if deterministic else {"dropout": key})
         return sft_loss(out.logits, batch.input_ids, batch.loss_mask)
 
-    @jax.jit
-    def train_step(params, opt_state, batch: SFTBatch, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch, key, False)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    @jax.jit
-    def eval_loss(params, batch: SFTBatch):
-        return loss_fn(params, batch, None, True)
-
+    train_step = jax.jit(gradient_step(lambda params, batch, key: loss_fn(params, batch, key, False), tx))
+    eval_loss = jax.jit(lambda params, batch: loss_fn(params, batch, None, True))
     return train_step, eval_loss
 
 
@@ -191,12 +176,9 @@ def train_sft(config: SFTConfig, tokenizer: Tokenizer, prompts: Sequence[str], r
         raise ValueError(f"model.vocab_size: {config.model.vocab_size} is smaller than the tokenizer's "
                          f"{tokenizer.vocab_size}")
     data = encode_examples(tokenizer, prompts, responses, config.max_length)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(data))
-    n_eval = int(round(config.eval_fraction * len(data)))
-    eval_data, train_data = data[order[:n_eval]], data[order[n_eval:]]
-    if len(train_data) < config.batch_size:
-        raise ValueError(f"batch_size: {config.batch_size} exceeds the {len(train_data)} training examples")
+    rng, held, train = holdout_split(len(data), config.eval_fraction, config.seed, at_least_one=False)
+    eval_data, train_data = data[held], data[train]
+    require_batches(config.batch_size, len(train_data), "examples")
 
     model = TransformerLM(config.model)
     key = jax.random.PRNGKey(config.seed)
@@ -204,19 +186,20 @@ def train_sft(config: SFTConfig, tokenizer: Tokenizer, prompts: Sequence[str], r
     if params is None:
         params = init_params(model, k_init)
     tx = make_optimizer(config)
-    opt_state = tx.init(params)
     train_step, eval_loss = make_steps(model, tx)
-    losses, eval_steps, eval_losses = [], [], []
+
+    def batches():
+        key_ = key
+        for idx in sampled_batches(rng, len(train_data), config.batch_size, config.steps):
+            key_, k_step = jax.random.split(key_)
+            yield train_data[idx], k_step
+
     t0 = time.perf_counter()
-    for step in range(config.steps):
-        idx = rng.integers(len(train_data), size=config.batch_size)
-        key, k_step = jax.random.split(key)
-        params, opt_state, loss = train_step(params, opt_state, train_data[idx], k_step)
-        losses.append(loss)
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            eval_steps.append(step + 1)
-            eval_losses.append(evaluate(eval_loss, params, eval_data, config.batch_size))
-        if progress is not None:
-            progress(step, float(loss))
+    params, losses, history = fit(
+        train_step, params, tx.init(params), batches(), config.steps,
+        evaluate_at=lambda s: s % config.eval_every == 0 or s == config.steps,
+        evaluate=lambda s, p, *_: {"step": s, "loss": evaluate(eval_loss, p, eval_data, config.batch_size)},
+        progress=None if progress is None else lambda s, _, loss: progress(s - 1, loss))
     train_loss = np.asarray(jax.device_get(losses), np.float32)
-    return SFTResult(params, train_loss, eval_steps, eval_losses, time.perf_counter() - t0)
+    return SFTResult(params, train_loss, [h["step"] for h in history], [h["loss"] for h in history],
+                     time.perf_counter() - t0)

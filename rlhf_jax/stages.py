@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from math import nan
 from pathlib import Path
@@ -26,11 +27,10 @@ from ppo_jax.run.progress import progress_bar
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.best_of_n import best_of_n_curve
 from rlhf_jax.data import padded_chunks, write_preferences
-from rlhf_jax.dpo import DPOConfig, evaluate_policy_samples, train_dpo
+from rlhf_jax.dpo import DPOConfig, train_dpo
+from rlhf_jax.evaluation import PromptSource, decode_responses, evaluate_policy_samples
 from rlhf_jax.ppo_trainer import (
-    PromptSource,
     RLHFConfig,
-    decode_responses,
     evaluate_policy,
     frozen_params,
     init_state,
@@ -165,6 +165,75 @@ def preference_stage(task, lm: TransformerLM, params, tokenizer, folder: Path, *
         return Preferences(pairs, None, read_json(folder / "preferences.json")["bayes_accuracy"])
 
     return load_or_run(folder / "preferences.json", load, run, resume)
+
+
+@dataclass(frozen=True)
+class PairSampling:
+    """How a task's preference pairs are made: ``num_pairs`` prompts, two responses each of at
+    most ``max_new_tokens`` tokens, labelled by Bradley-Terry sampling at temperature ``tau`` on
+    the gold reward, each label flipped with probability ``flip_prob``."""
+
+    num_pairs: int
+    tau: float
+    flip_prob: float
+    max_new_tokens: int
+
+
+class StageClock:
+    """Runs stages (:func:`load_or_run` style calls) and keeps each one's wall time in ``wall``,
+    or its name in ``loaded`` when a resumed run loaded it instead."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.loaded: list[str] = []
+
+    def __call__(self, name: str, call: Callable):
+        t0 = time.perf_counter()
+        result, loaded = call()
+        if loaded:
+            self.loaded.append(name)
+        else:
+            self.wall[name] = time.perf_counter() - t0
+        return result
+
+    def timed(self, name: str, call: Callable):
+        """``call()``, its wall time kept under ``name`` (work that is never loaded)."""
+        t0 = time.perf_counter()
+        result = call()
+        self.wall[name] = time.perf_counter() - t0
+        return result
+
+
+def policy_and_pairs(clock: StageClock, task, tokenizer, *, sft_config: SFTConfig | None, sft_folder: Path,
+                     pairs_folder: Path, sampling: PairSampling, seed: int, policy: tuple | None = None,
+                     init_params=None, sft_data: tuple | None = None, sft_examples: int = 4096,
+                     file_pairs: Preferences | None = None, show_progress: bool = True,
+                     resume: bool = False) -> tuple[SFTStage | None, Preferences]:
+    """The prefix every preference method starts with (the pipeline, the over-optimisation
+    study, ``rlhf-jax rm`` and ``dpo``): a policy, then preference pairs.
+
+    The policy is ``policy`` (``(lm, params)``) when given; else, with ``sft_config``, SFT (from
+    ``init_params``) on ``sft_data`` (``(prompts, responses)``) or ``sft_examples`` examples of the
+    task's corpus, into ``sft_folder`` (stage ``sft``); else there is none (None is returned:
+    a reward model then trains from scratch). The pairs are ``file_pairs``, copied to
+    ``pairs_folder/pairs.jsonl``, or pairs the policy samples on the task's prompts (stage
+    ``pairs``, seeded by ``seed``). Returns ``(policy, pairs)``."""
+    sft = None
+    if policy is not None:
+        sft = SFTStage(policy[0], policy[1], [])
+    elif sft_config is not None:
+        prompts, responses = sft_data or task.sft_corpus(sft_examples, seed=sft_config.seed)
+        sft = clock("sft", lambda: sft_stage(sft_config, tokenizer, prompts, responses, sft_folder,
+                                             params=init_params, show_progress=show_progress, resume=resume))
+    if file_pairs is not None:
+        write_preferences(pairs_folder / "pairs.jsonl", file_pairs.pairs)
+        return sft, file_pairs
+    if sft is None:
+        raise ValueError("pairs: sampling a task's pairs needs a policy (SFT settings, or a starting model)")
+    prefs = clock("pairs", lambda: preference_stage(
+        task, sft.lm, sft.params, tokenizer, pairs_folder, num_pairs=sampling.num_pairs, tau=sampling.tau,
+        flip_prob=sampling.flip_prob, max_new_tokens=sampling.max_new_tokens, seed=seed, resume=resume))
+    return sft, prefs
 
 
 @dataclass
@@ -390,7 +459,8 @@ def reward_model_gold_correlation(task, lm: TransformerLM, lm_params, tokenizer,
     texts, ended, _ = sample_responses(lm, lm_params, tokenizer, fresh, sampling,
                                        stream_key(config.seed, "rm_dpo_samples"))
     gold = [task.gold_reward(t, bool(e)) for t, e in zip(texts, ended)]
-    scores = RewardScorer(rm.model, rm.params, tokenizer, norm=rm.norm, max_length=config.max_length).score(fresh, texts)
+    scorer = RewardScorer(rm.model, rm.params, tokenizer, norm=rm.norm, max_length=config.max_length)
+    scores = scorer.score(fresh, texts)
     return rank_correlation(scores, gold)
 
 

@@ -1,12 +1,10 @@
 """Peer timing: one GRPO iteration of TRL's own ``GRPOTrainer`` on the reference shapes (CPU; fp32 or bf16).
 
-Not part of the project (it needs torch, transformers and trl); run it in a venv with TRL,
-on the same machine and in the same session as ``benchmarks/rlhf_iteration.py --algo grpo``.
-``--peers`` names the folder of the peer runners' shared module ``common.py`` (byte
-tokenizer, CPU probes, versions):
+Not part of the project (it needs torch, transformers and trl); run it in a venv with TRL
+(``benchmarks/peers/setup_trl.sh``), on the same machine and in the same session as
+``benchmarks/rlhf_iteration.py --algo grpo``:
 
-    ~/venvs/rlhf-trl/bin/python benchmarks/reference/trl_grpo_iteration.py \\
-        --peers PEERS/rlhf --out /tmp/trl_grpo.json
+    ~/venvs/rlhf-trl/bin/python benchmarks/reference/trl_grpo_iteration.py --out /tmp/trl_grpo.json
 
 The same work as ours: randomly initialised GPT-2s (vocabulary 256, 4 layers, 4 heads, width
 256, no dropout) as policy, frozen reference and reward model (a scalar head on the last
@@ -40,8 +38,6 @@ BATCH, GROUP, PROMPT_LEN, NEW_TOKENS, EPOCHS, MINIBATCHES = 64, 4, 16, 48, 4, 4
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peers", required=True,
-                        help="the peers folder (its common.py: byte tokenizer, CPU probes, versions)")
     parser.add_argument("--warmup", type=int, default=1, help="iterations not timed")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations")
     parser.add_argument("--beta", type=float, default=0.05, help="KL coefficient (0: TRL loads no reference)")
@@ -49,9 +45,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also append the JSON line to this file")
     args = parser.parse_args()
-    sys.path.insert(0, os.path.abspath(args.peers))
-    import common as C  # noqa: E402  (the peers' shared pieces)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers"))
     import torch
+    import torch_common as C  # noqa: E402  (the PyTorch peers' shapes, tokenizer and probes)
     from datasets import Dataset
     from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer

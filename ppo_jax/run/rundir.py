@@ -12,8 +12,9 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from ppo_jax.run.outputs import write_json
+from ppo_jax.run.outputs import read_json, write_json
 
 MARKER = "run.json"
 
@@ -109,3 +110,30 @@ def check_resumable(run_dir: str | os.PathLike, command: str) -> Path:
     if (path / "summary.json").exists():
         raise ValueError(f"resume: the run in {path} already finished (summary.json)")
     return path
+
+
+def resumable_config(run_dir: str | os.PathLike, command: str, from_dict: Callable[[dict], Any], *,
+                     keep: Sequence[str] = ()) -> tuple[Any, dict]:
+    """What every ``--resume`` reads first: the config a killed ``command`` run in ``run_dir``
+    was started with (its ``config.json``, through ``from_dict``), and the entries named in
+    ``keep`` taken out of it first (None when absent). Errors name the file."""
+    path = check_resumable(run_dir, command) / "config.json"
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    kept = {name: saved.pop(name, None) for name in keep}
+    try:
+        return from_dict(saved), kept
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def open_run_dir(run_dir: str | os.PathLike | None, command: str, default_name: str, config: dict, *,
+                 resume: bool) -> Path:
+    """A resumable run's folder: with ``resume`` the unfinished ``command`` run in ``run_dir``;
+    else a new one claimed as :func:`claim_run_dir` does, ``config`` written to its ``config.json``."""
+    if resume:
+        return check_resumable(run_dir, command)
+    folder = claim_run_dir(run_dir, command, default_name, resumable=True)
+    write_json(folder / "config.json", config)
+    return folder

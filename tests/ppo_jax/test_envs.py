@@ -128,7 +128,8 @@ def test_importing_the_environments_leaves_seaborn_unloaded():
     import subprocess
     import sys
 
-    code = ("import sys; import ppo_jax.envs, gymnax; print('seaborn' in sys.modules); "
+    code = ("import sys; from ppo_jax import envs; envs.available_envs(); import gymnax; "
+            "print('seaborn' in sys.modules); "
             "env, params = gymnax.make('Pong-misc'); import gymnax.environments.misc.pong as pong; "
             "print(callable(pong.sns.color_palette))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

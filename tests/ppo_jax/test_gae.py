@@ -1,4 +1,4 @@
-"""GAE (section 6): golden values, the three forms' equivalence, special cases, truncation."""
+"""GAE (docs/theory.md §4): golden values, the three forms' equivalence, special cases, truncation."""
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,7 @@ def trajectories(draw):
 @settings(max_examples=60, deadline=None)
 @given(trajectories())
 def test_three_forms_agree_with_episode_ends(data):
-    """Definition 6.1 (A), theorem 6.5 (B) and theorem 6.6 (C) agree, episode ends included."""
+    """docs/theory.md §4: forms A, B and C agree, episode ends included."""
     rewards, values, next_values, term, trunc, gamma, lam = data
     ref = numpy_gae(rewards.astype(np.float64), values, next_values, term, trunc, gamma, lam)
     for name, fn in JITTED.items():
@@ -82,7 +82,7 @@ def test_lambda_zero_is_td_error():
 
 
 def test_lambda_one_is_monte_carlo_advantage():
-    """Proposition 6.3: with lambda = 1 and a terminated episode, A_t = R_t - V(s_t)."""
+    """docs/theory.md §4: with lambda = 1 and a terminated episode, A_t = R_t - V(s_t)."""
     rng = np.random.default_rng(1)
     T = 15
     r = jnp.asarray(rng.normal(size=T), jnp.float32)
@@ -138,7 +138,7 @@ def test_reward_to_go_restarts_after_episode_end():
     np.testing.assert_allclose(G.reward_to_go(r, done, 0.5), [2.0, 2.0, 5.0, 4.0])
 
 
-def test_value_targets_eq31():
+def test_value_targets_are_advantages_plus_values():
     np.testing.assert_allclose(G.value_targets(jnp.array([1.0, -2.0]), jnp.array([0.5, 0.5])), [1.5, -1.5])
 
 

@@ -1,4 +1,5 @@
-"""Losses (sections 7-9): theorem 9.3, proposition 9.5, clipping gradients, value clipping, diagnostics."""
+"""Losses (docs/theory.md §6-§9): the clip's cap and floor, the surrogate's gradient at theta_old, clipping
+gradients, value clipping, diagnostics."""
 
 import jax
 import jax.numpy as jnp
@@ -15,14 +16,14 @@ def per_sample_clip_objective(ratio, adv, eps):
     return -L.clipped_surrogate_loss(jnp.atleast_1d(ratio), jnp.atleast_1d(adv), eps)
 
 
-def test_theorem_9_3_positive_advantage():
+def test_clip_caps_the_ratio_for_a_positive_advantage():
     eps = 0.2
     for r in np.linspace(0.0, 3.0, 31):
         for a in (0.5, 2.0):
             np.testing.assert_allclose(per_sample_clip_objective(r, a, eps), min(r, 1 + eps) * a, rtol=1e-6)
 
 
-def test_theorem_9_3_negative_advantage():
+def test_clip_floors_the_ratio_for_a_negative_advantage():
     eps = 0.2
     for r in np.linspace(0.0, 3.0, 31):
         for a in (-0.5, -2.0):
@@ -34,7 +35,7 @@ def _policy_logp(theta, states, actions):
     return Categorical(logits).log_prob(actions)
 
 
-def test_proposition_9_5_gradient_matches_policy_gradient_at_theta_old():
+def test_surrogate_gradient_is_the_policy_gradient_at_theta_old():
     key = jax.random.PRNGKey(0)
     k1, k2, k3, k4 = jax.random.split(key, 4)
     theta = jax.random.normal(k1, (5, 3))
@@ -67,7 +68,7 @@ def test_zero_gradient_where_clip_is_active():
     assert np.all(np.abs(g) > 0)
 
 
-def test_value_loss_plain_and_clipped_eq34_35():
+def test_value_loss_plain_and_clipped():
     v = jnp.array([1.0, 3.0, -1.0])
     v_old = jnp.array([0.0, 2.0, 0.0])
     target = jnp.array([2.0, 0.0, -3.0])
@@ -80,11 +81,11 @@ def test_value_loss_plain_and_clipped_eq34_35():
     np.testing.assert_allclose(L.value_loss(v, target, v_old, 0.0), L.value_loss(v, target))
 
 
-def test_total_loss_eq38():
+def test_total_loss_combines_policy_value_and_entropy():
     np.testing.assert_allclose(L.total_loss(1.0, 2.0, 3.0, 0.5, 0.01), 1.0 + 1.0 - 0.03)
 
 
-def test_normalize_advantages_eq27():
+def test_normalize_advantages_to_mean_zero_std_one():
     a = jnp.array([1.0, 2.0, 3.0, 10.0])
     n = L.normalize_advantages(a)
     np.testing.assert_allclose(n, (np.array(a) - 4.0) / (np.std(np.array(a)) + 1e-8), rtol=1e-6)

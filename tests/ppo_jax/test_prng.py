@@ -15,7 +15,8 @@ pytestmark = pytest.mark.timeout(120)
 DRAWS = """
 import json, sys
 import jax, jax.numpy as jnp
-from ppo_jax import envs  # installs the lowering unless RL_JAX_UNROLLED_THREEFRY=0
+import ppo_jax
+ppo_jax.configure()  # installs the lowering unless RL_JAX_UNROLLED_THREEFRY=0
 
 def draws(key):
     k1, k2, k3 = jax.random.split(key, 3)
@@ -73,6 +74,8 @@ def test_the_unrolled_lowering_is_the_default_only_on_measured_versions():
 def test_the_process_uses_what_decide_says():
     # conftest leaves the variable unset unless the developer set it
     expected, _ = prng.decide(jax.__version__, os.environ.get(prng.ENV))
-    from ppo_jax import envs  # noqa: F401  (installs it if wanted)
+    from ppo_jax import configure
+
+    configure()  # installs it if wanted
 
     assert prng._installed == expected

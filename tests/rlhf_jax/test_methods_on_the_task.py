@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax.dpo import DPOConfig, evaluate_policy_samples, train_dpo
+from rlhf_jax.dpo import DPOConfig, train_dpo
+from rlhf_jax.evaluation import PromptSource, evaluate_policy_samples
 from rlhf_jax.ppo import loss_weights
-from rlhf_jax.ppo_trainer import PromptSource, RLHFConfig, init_state, make_programs, train_rlhf
+from rlhf_jax.ppo_trainer import RLHFConfig, init_state, make_programs, train_rlhf
 from rlhf_jax.preferences import make_preference_pairs, new_token_room
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.sft import SFTConfig, train_sft

@@ -28,7 +28,7 @@ from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_loss_is_bce_with_label_one_eq48():
+def test_bradley_terry_loss_is_bce_with_label_one():
     r_w = jnp.array([1.0, -0.5, 2.0, 0.0])
     r_l = jnp.array([0.0, 0.5, -1.0, 0.0])
     p = 1 / (1 + np.exp(-(np.asarray(r_w) - np.asarray(r_l))))
@@ -38,7 +38,7 @@ def test_loss_is_bce_with_label_one_eq48():
     np.testing.assert_allclose(bradley_terry_loss(r_w, r_l, 0.5), bradley_terry_loss(r_w - 0.5, r_l), rtol=1e-6)
 
 
-def test_gradient_matches_eq49():
+def test_bradley_terry_gradient_matches_closed_form():
     r_w, r_l = jnp.array([0.3, -1.2, 2.0]), jnp.array([0.1, 0.4, 2.5])
     g_w, g_l = jax.grad(lambda a, b: bradley_terry_loss(a, b) * 3, argnums=(0, 1))(r_w, r_l)
     sig = 1 / (1 + np.exp(-(np.asarray(r_w) - np.asarray(r_l))))

@@ -1,4 +1,4 @@
-"""RLHF-PPO math: eq. (54) rewards, the adaptive KL controller, KL estimators, token-level GAE."""
+"""RLHF-PPO math (docs/theory.md §11): per-token rewards, the adaptive KL controller, KL estimators, token-level GAE."""
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ REF = jnp.array([[-1.5, -1.0, -0.5, -1.0, -1.0], [-0.2, -0.2, -0.1, -0.4, -1.0],
 SCORE = jnp.array([2.0, -1.0, 0.5, 7.0])
 
 
-def test_per_token_rewards_match_eq54_by_hand():
+def test_per_token_rewards_match_a_hand_computation():
     beta = 0.1
     rewards, kl = per_token_rewards(SCORE, LOGP, REF, MASK, beta)
     want = np.zeros((4, 5))
@@ -39,7 +39,7 @@ def test_per_token_rewards_match_eq54_by_hand():
     np.testing.assert_allclose(rewards, want, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(rewards)[np.asarray(MASK) == 0], 0.0)  # nothing on padding
     np.testing.assert_array_equal(np.asarray(kl)[np.asarray(MASK) == 0], 0.0)
-    # The sequence total is eq. (53): score - beta * summed KL.
+    # The sequence total is score - beta * summed KL (docs/theory.md §11).
     np.testing.assert_allclose(rewards[:3].sum(1), SCORE[:3] - beta * (k * np.asarray(MASK))[:3].sum(1), rtol=1e-6)
 
 
