@@ -122,7 +122,7 @@ def restore(directory: str | os.PathLike) -> tuple[PPOConfig, dict, int | None]:
     num_seeds = meta.get("num_seeds")
     target = _single_device(_abstract_payload(config, num_seeds))
     payload = orbax_restore(lambda: ocp.StandardCheckpointer().restore(directory / "state", target), directory)
-    verify_checksums(payload, meta.get("checksums"), directory)
+    verify_checksums(payload, meta, directory)
     return config, payload, num_seeds
 
 

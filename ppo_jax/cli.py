@@ -248,16 +248,18 @@ def main(argv: list[str] | None = None) -> None:
 
     from ppo_jax.run import compile_cache
     from ppo_jax.run.configure import configure
+    from ppo_jax.run.interrupt import terminate_as_interrupt
 
     configure()  # before anything starts JAX's backend
     warnings.formatwarning = _one_line_warning
     compile_cache.enable()
+    terminated = terminate_as_interrupt()
     try:
         _main(argv)
     except KeyboardInterrupt as err:
         # One line, not a traceback: where the run stands and how to continue it.
         print(f"ppo-jax: {err}" if str(err) else "ppo-jax: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(143 if terminated() else 130) from None
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ def main() -> None:
 
     try:
         cli_main(local.argv if local is not None else argv)
+    except SystemExit as end:
+        # 130/143: Ctrl-C or SIGTERM stopped every process at one chunk (they agree on it), and
+        # they are leaving too; stopping them now would leave this one waiting for them at exit.
+        if local is not None and end.code not in (0, None, 130, 143):
+            local.stop()
+        raise
     except BaseException:
         if local is not None:
             local.stop()

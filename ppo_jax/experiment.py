@@ -8,6 +8,7 @@ bars and status lines go to stderr.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ppo_jax.run.interrupt import Interrupted
 from ppo_jax.run.outputs import plot_learning_curve, write_json, write_metrics
 from ppo_jax.run.progress import progress_bar
 from ppo_jax.run.rundir import check_run_dir, claim_run_dir, ppo_run_name, resumable_config
+from ppo_jax.run.validation import require_seed
 from ppo_jax.runner import NonFiniteError, RunResult, eval_keys, run_resumable
 from ppo_jax.seed_groups import default_groups
 from ppo_jax.study import grid_points, run_study
@@ -46,6 +48,24 @@ def auto_checkpoint_every(num_updates: int) -> int:
     return divisors[-1] if divisors else -(-num_updates // 10)
 
 
+METRIC_BYTES_PER_UPDATE = 32 * 8
+"""An upper bound on one seed's metrics per update (each update reports under 32 numbers)."""
+
+
+def require_metrics_fit(config: PPOConfig, num_seeds: int) -> None:
+    """Refuses, naming ``total_timesteps``, a run whose per-update metrics alone would take more
+    than half of this machine's memory (they are kept for the whole run, on the host)."""
+    need = config.num_updates * num_seeds * METRIC_BYTES_PER_UPDATE
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > total // 2:
+        raise ValueError(f"total_timesteps: {config.total_timesteps:,} steps are {config.num_updates:,} updates; "
+                         f"their metrics for {num_seeds} seed(s) would take {need / 2**30:.1f} GiB of this "
+                         f"machine's {total / 2**30:.0f} GiB")
+
+
 def train_run(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str | None = None,
               eval_episodes: int = 16, progress: bool = True, devices: int | None = None,
               checkpoint_every: int = -1, check_finite: bool = True, resume: bool = False) -> dict:
@@ -58,6 +78,8 @@ def train_run(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str 
     Ctrl-C, naming the checkpoint to resume from.
     """
     config.validate()
+    require_seed(seed)
+    require_metrics_fit(config, num_seeds)
     layout = choose_layout(num_seeds, config.num_envs, devices)  # errors before any folder exists
     seed_groups = default_groups(num_seeds) if layout.mesh is None else 1
     every = auto_checkpoint_every(config.num_updates) if checkpoint_every == -1 else checkpoint_every
@@ -101,7 +123,9 @@ def train_run(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str 
 def resume_run(run_dir: str, *, devices: int | None = None, progress: bool = True) -> dict:
     """Continues the run in ``run_dir`` from its newest periodic checkpoint (or from the
     start if it was killed before the first) and finishes it as the uninterrupted run would."""
-    config, kept = resumable_config(run_dir, TRAIN, PPOConfig.from_dict, keep=("run",))
+    # Process 0 holds the folder's lock for all of a multi-process run.
+    config, kept = resumable_config(run_dir, TRAIN, PPOConfig.from_dict, keep=("run",),
+                                    take_lock=jax.process_index() == 0)
     run = kept["run"]
     if run is None:
         raise ValueError(f"{Path(run_dir) / 'config.json'}: no 'run' entry (not a `{TRAIN}` run folder, or an "
@@ -206,6 +230,7 @@ def study_run(configs: dict[str, PPOConfig], *, grid: dict[str, list[float]], nu
         raise ValueError("algos: give at least one update rule")
     for c in configs.values():
         c.validate()
+    require_seed(seed)
     env = next(iter(configs.values())).env
     primary = jax.process_index() == 0
     if jax.process_count() > 1:

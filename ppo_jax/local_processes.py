@@ -110,12 +110,13 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """In a child: ask Linux for SIGTERM when the parent dies (even by SIGKILL), so no
-    process is left waiting for a run that has ended. Elsewhere a no-op."""
+    """In a child: ask Linux for SIGKILL when the parent dies (even by SIGKILL), so no
+    process is left waiting for a run that has ended (SIGTERM would ask it to stop at the next
+    chunk, in a collective with the dead parent). Elsewhere a no-op."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -153,7 +154,8 @@ class LocalRun:
     def _watch(self) -> None:
         # A process that fails leaves the others waiting at their next collective: end the run.
         for number, (proc, log) in enumerate(self.children, start=1):
-            if proc.wait() != 0 and not self.ending.is_set():
+            # 130/143: stopped by Ctrl-C or SIGTERM with the others, at the chunk they agreed on.
+            if proc.wait() not in (0, 130, 143) and not self.ending.is_set():
                 log.seek(0)
                 print(f"ppo-jax: error: local process {number} of {self.processes} failed (exit {proc.returncode}):\n"
                       f"{log.read()[-4000:]}", file=sys.stderr, flush=True)

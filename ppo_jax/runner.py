@@ -20,7 +20,7 @@ import numpy as np
 from ppo_jax.config import PPOConfig
 from ppo_jax.distributed import ENVS, Layout, fetch, global_array, leading_axis_constraint, place
 from ppo_jax.run.checkpoints import RunCheckpoints
-from ppo_jax.run.interrupt import stop_if_requested, stoppable
+from ppo_jax.run.interrupt import agree, stop_if_requested, stoppable
 from ppo_jax.seed_groups import vmap_seeds
 from ppo_jax.train import make_train_fns
 
@@ -174,12 +174,12 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
             state, done = out.state, done + n
             if progress is not None:
                 progress(done)
-            due = time.monotonic() - last_save >= min_save_interval_s or done == num_updates or stop.requested
+            stopping, due = agree(stop, time.monotonic() - last_save >= min_save_interval_s or done == num_updates)
             if checkpoints is not None and due:
                 checkpoints.save(done, {"state": state, "metrics": metrics}, {"update": done})
                 last_save = time.monotonic()
                 status(f"checkpoint {checkpoints.path(done)}")
-            stop_if_requested(stop, checkpoints, done, num_updates)
+            stop_if_requested(stopping, checkpoints, done, num_updates)
     if checkpoints is not None:
         checkpoints.wait()
     return RunResult(state, metrics, compile_s, run_s, resumed_from)

@@ -10,6 +10,7 @@ shares the program).
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -42,10 +43,16 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
             raise ValueError(f"sweep: expected NAME=V1,V2,... got {item!r}")
         if name not in TRACED_FIELDS:
             raise ValueError(f"sweep: {name!r} is not a traced field; sweepable: {', '.join(TRACED_FIELDS)}")
+        if name in grid:
+            raise ValueError(f"sweep: {name} is given twice; list its values once: {name}=V1,V2,...")
         try:
             grid[name] = [float(v) for v in values.split(",")]
         except ValueError as err:
             raise ValueError(f"sweep: {item!r}: {err}") from err
+        if not all(math.isfinite(v) for v in grid[name]):
+            raise ValueError(f"sweep: {item!r}: every value must be finite")
+        if len(set(grid[name])) < len(grid[name]):
+            raise ValueError(f"sweep: {item!r}: a value is repeated")
     return grid
 
 

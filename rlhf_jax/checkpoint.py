@@ -79,7 +79,7 @@ def load(directory: str | os.PathLike) -> tuple[TransformerLM, dict, Tokenizer]:
         raise CheckpointError(f"checkpoint: {directory} is incomplete (no params/)")
     target = jax.eval_shape(lambda k: init_params(model, k), jax.random.PRNGKey(0))
     params = orbax_restore(lambda: ocp.StandardCheckpointer().restore(directory / "params", target), directory)
-    verify_checksums(params, meta.get("checksums"), directory)
+    verify_checksums(params, meta, directory)
     if (directory / "tokenizer.json").exists():
         tokenizer = JsonTokenizer(str(directory / "tokenizer.json"), **_read_json(directory / "tokenizer_meta.json"))
     else:

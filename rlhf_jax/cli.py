@@ -45,6 +45,9 @@ class SFTArgs(SFTConfig):
     """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
     no_progress: bool = False
     """Hide the progress bar."""
+    resume: str | None = None
+    """Continue the killed run in this folder from its newest periodic checkpoint (with its own
+    config.json; other flags are ignored)."""
 
 
 @dataclass(frozen=True)
@@ -203,9 +206,12 @@ def run_export(args: ExportArgs) -> None:
 
 
 def run_sft(args: SFTArgs) -> dict:
-    from rlhf_jax.experiment import sft_run
+    from rlhf_jax.experiment import resume_sft, sft_run
     from rlhf_jax.tokenizer import load_tokenizer
 
+    if args.resume:
+        summary, samples = resume_sft(args.resume, progress=not args.no_progress)
+        return _report_sft(summary, samples)
     require_finite(args)
     pretrained = _load_hf(args.model) if args.model else None
     config = _config_of(SFTConfig, args, pretrained[0].config.with_runtime_of(args.transformer) if pretrained
@@ -217,10 +223,14 @@ def run_sft(args: SFTArgs) -> dict:
                       init_params=pretrained[1] if pretrained else None, num_examples=args.num_examples,
                       num_samples=args.num_samples, out=args.out, progress=not args.no_progress,
                       provenance={"tokenizer": args.tokenizer, "pretrained": args.model})
+    return _report_sft(summary, samples)
+
+
+def _report_sft(summary: dict, samples: list[dict]) -> dict:
     for s in samples[:4]:
         print(f"{s['prompt']!r} -> {s['response']!r}")
     print(f"held-out loss {summary['heldout_loss']:.3f} nats/token; EOS rate {summary['eos_rate']:.2f}; "
-          f"{config.steps} steps in {summary['wall_s']:.1f} s")
+          f"{summary['steps']} steps in {summary['wall_s']:.1f} s")
     print(f"run folder: {summary['run_dir']}")
     return summary
 
@@ -231,6 +241,7 @@ def _starting_policy(args: PolicyAndPairsArgs, config, command: str):
     folder) or ``--init`` (our checkpoint), None when neither is given."""
     from ppo_jax.run.rundir import check_run_dir
     from rlhf_jax import checkpoint as ckpt
+    from rlhf_jax.experiment import require_policy
     from rlhf_jax.tokenizer import load_tokenizer
     from rlhf_jax.transformer import TransformerLM
 
@@ -246,6 +257,7 @@ def _starting_policy(args: PolicyAndPairsArgs, config, command: str):
         return (TransformerLM(lm.config.with_runtime_of(args.transformer)), params), tokenizer
     if args.init is not None:
         lm, params, tokenizer = ckpt.load(args.init)
+        require_policy(lm, "init")
         return (lm, params), tokenizer
     return None, load_tokenizer(args.tokenizer)
 
@@ -301,7 +313,9 @@ def run_generate(args: GenerateArgs) -> list[dict]:
     check_generate(list(args.prompt), args.num_samples)
     require_finite(args)
     if (args.checkpoint is None) == (args.model is None):
-        raise ValueError("checkpoint: give --checkpoint (our checkpoint) or --model (a Hugging Face folder)")
+        both = args.checkpoint is not None
+        raise ValueError(f"checkpoint: give --checkpoint (our checkpoint) or --model (a Hugging Face folder)"
+                         f"{', not both' if both else ''}")
     if args.out:
         check_run_dir(args.out, GENERATE)
     model, params, tokenizer = ckpt.load(args.checkpoint) if args.checkpoint else _load_hf(args.model)
@@ -322,13 +336,18 @@ COMMANDS = {"sft": (SFTArgs, run_sft), "rm": (RMArgs, run_rm), "dpo": (DPOArgs, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
     import tyro
 
     from ppo_jax.run import compile_cache
     from ppo_jax.run.configure import configure
+    from ppo_jax.run.interrupt import terminate_as_interrupt
 
     configure()  # before anything starts JAX's backend
+    warnings.formatwarning = lambda message, *_: f"rlhf-jax: warning: {message}\n"  # a line, not a source line
     compile_cache.enable()
+    terminated = terminate_as_interrupt()
     args = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, prog="rlhf-jax",
                                                 args=sys.argv[1:] if argv is None else argv,
                                                 description="SFT, reward models and RLHF-PPO in JAX.")
@@ -343,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as err:
         # One line, not a traceback: where the run stands and how to continue it.
         print(f"rlhf-jax: {err}" if str(err) else "rlhf-jax: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(143 if terminated() else 130) from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -23,17 +24,23 @@ def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequenc
     """
     rows = []
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as err:
         raise FileNotFoundError(f"{path}: cannot open ({err.strerror})") from err
     with f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {err.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
+            except RecursionError:
+                raise ValueError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             for name in fields:
@@ -44,12 +51,23 @@ def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequenc
                 if not obj[name].strip() and name != "prompt":
                     raise ValueError(f"{path}:{lineno}: field {name!r} is empty")
             row = {k: obj[k] for k in (*fields, *optional) if k in obj}
+            for name, value in row.items():
+                if isinstance(value, str) and not _encodable(value):
+                    raise ValueError(f"{path}:{lineno}: field {name!r} holds a lone surrogate escape (not text)")
             if numbered:
                 row["_line"] = lineno
             rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no examples")
     return rows
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def load_sft(path: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
@@ -83,8 +101,11 @@ def load_preferences(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     (see :func:`split_dialogues`).
 
     Returns the pairs and, for each, ``"FILE:LINE"`` so later errors can say where it came from.
+    A pair whose chosen and rejected responses are the same text teaches nothing (its loss
+    only pulls the two scores together): such pairs are left out with a warning naming the
+    first; a file of nothing else is an error.
     """
-    rows, where = [], []
+    rows, where, same = [], [], []
     for lineno, row in _numbered(read_jsonl(path, ("chosen", "rejected"), optional=("prompt", "margin"),
                                             numbered=True)):
         if "prompt" not in row:
@@ -97,8 +118,17 @@ def load_preferences(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
             raise ValueError(f"{path}:{lineno}: field 'margin' must be a number, got {type(margin).__name__}")
         if not math.isfinite(margin):  # Python's json reads NaN and Infinity
             raise ValueError(f"{path}:{lineno}: field 'margin' must be a finite number, got {margin}")
+        if row["chosen"] == row["rejected"]:
+            same.append(lineno)
+            continue
         rows.append({**row, "margin": float(margin)})
         where.append(f"{path}:{lineno}")
+    if same and not rows:
+        raise ValueError(f"{path}: every pair has the same chosen and rejected text (line {same[0]} and on): "
+                         f"nothing to learn a preference from")
+    if same:
+        warnings.warn(f"{path}: {len(same)} of {len(same) + len(rows)} pairs have the same chosen and rejected "
+                      f"text (first at line {same[0]}); they are left out", stacklevel=2)
     return rows, where
 
 

@@ -27,7 +27,15 @@ from ppo_jax.optim import gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.sft import SFTBatch, encode_examples
-from rlhf_jax.supervised import adamw_warmup_cosine, epoch_batches, epoch_row, fit, holdout_split, require_batches
+from rlhf_jax.supervised import (
+    adamw_warmup_cosine,
+    epoch_batches,
+    epoch_row,
+    fit,
+    holdout_split,
+    require_batches,
+    require_rows,
+)
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, token_log_probs
 
@@ -138,18 +146,14 @@ class DPOResult:
     """Pairs left out because a response did not fit ``max_length`` (``overlong='skip'``)."""
 
 
-def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *, params, model: TransformerLM,
-              where: Sequence[str] | None = None,
-              progress: Callable[[int, int, float], None] | None = None) -> DPOResult:
-    """DPO from ``params`` (also the frozen reference) on ``pairs`` (prompt, chosen, rejected).
-
-    ``progress(step, total_steps, loss)`` after each step. The held-out pairs are evaluated
-    before training (loss ``log 2``, accuracy 1/2: the policy is the reference) and after each
-    epoch.
-    """
+def check_dpo_pairs(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], where: Sequence[str] | None,
+                    model_config: TransformerConfig) -> tuple[PairRows, int]:
+    """The checks of :func:`train_dpo` that need no model: the config, responses that fit
+    ``max_length`` (``overlong='skip'`` leaves the others out, ``'reject'`` names the first),
+    and enough training pairs for a batch. Returns the encoded pairs and how many were left out."""
     config.validate()
-    if config.max_length > model.config.max_len:
-        raise ValueError(f"max_length: {config.max_length} exceeds the model's max_len {model.config.max_len}")
+    if config.max_length > model_config.max_len:
+        raise ValueError(f"max_length: {config.max_length} exceeds the model's max_len {model_config.max_len}")
     skipped = 0
     if config.overlong == "skip":
         longest = [max(len(tokenizer.encode(p["chosen"])), len(tokenizer.encode(p["rejected"]))) for p in pairs]
@@ -160,6 +164,20 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
         if len(pairs) < 2:
             raise ValueError(f"max_length: only {len(pairs)} pairs have responses that fit {config.max_length} tokens")
     data = encode_pair_rows(tokenizer, pairs, config.max_length, where)
+    require_rows(len(data), config.heldout_fraction, config.batch_size, "pairs", at_least_one=True)
+    return data, skipped
+
+
+def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *, params, model: TransformerLM,
+              where: Sequence[str] | None = None,
+              progress: Callable[[int, int, float], None] | None = None) -> DPOResult:
+    """DPO from ``params`` (also the frozen reference) on ``pairs`` (prompt, chosen, rejected).
+
+    ``progress(step, total_steps, loss)`` after each step. The held-out pairs are evaluated
+    before training (loss ``log 2``, accuracy 1/2: the policy is the reference) and after each
+    epoch.
+    """
+    data, skipped = check_dpo_pairs(config, tokenizer, pairs, where, model.config)
     rng, heldout, train = holdout_split(len(data), config.heldout_fraction, config.seed, at_least_one=True)
     require_batches(config.batch_size, len(train), "pairs")
 

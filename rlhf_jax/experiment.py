@@ -16,17 +16,18 @@ from typing import Callable
 import jax
 import numpy as np
 
+from ppo_jax.run.interrupt import Interrupted
 from ppo_jax.run.outputs import write_json
-from ppo_jax.run.rundir import check_run_dir, claim_run_dir
+from ppo_jax.run.rundir import check_resumable, check_run_dir, claim_run_dir, resumable_config
 from ppo_jax.run.validation import require_finite, require_positive
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.data import load_preferences, load_sft
-from rlhf_jax.dpo import DPOConfig
-from rlhf_jax.hf import save_pretrained
+from rlhf_jax.dpo import DPOConfig, check_dpo_pairs
+from rlhf_jax.hf import load_pretrained, save_pretrained
 from rlhf_jax.preferences import bayes_accuracy, longest_prompt, new_token_room, sample_responses
-from rlhf_jax.reward_model import RMConfig, calibration_bins
+from rlhf_jax.reward_model import RMConfig, calibration_bins, check_rm_pairs
 from rlhf_jax.sampling import SamplingConfig
-from rlhf_jax.sft import SFTConfig, encode_examples
+from rlhf_jax.sft import SFTConfig, check_sft_data, encode_examples
 from rlhf_jax.stages import (
     PairSampling,
     Preferences,
@@ -39,15 +40,16 @@ from rlhf_jax.stages import (
     sft_stage,
     task_named,
 )
+from rlhf_jax.supervised import require_rows
 from rlhf_jax.tokenizer import Tokenizer, load_tokenizer
 from rlhf_jax.transformer import TransformerLM
 
-GENERATE = "rlhf-jax generate"
+GENERATE, SFT = "rlhf-jax generate", "rlhf-jax sft"
 
 
 def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None, tokenizer: Tokenizer | None = None,
             init_params=None, num_examples: int = 4096, num_samples: int = 16, out: str | None = None,
-            progress: bool = True, provenance: dict | None = None) -> tuple[dict, list[dict]]:
+            progress: bool = True, provenance: dict | None = None, resume: bool = False) -> tuple[dict, list[dict]]:
     """Supervised fine-tuning of ``config.model`` (from ``init_params`` when given, e.g. a
     pretrained model's) on the JSONL file ``data`` or, without it, ``num_examples`` examples of
     the built-in ``task``; then ``num_samples`` sampled responses. Writes ``config.json`` (with
@@ -57,9 +59,9 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
     if num_examples <= 0 or num_samples <= 0:
         raise ValueError(f"num_examples, num_samples: must be positive integers, got {num_examples}, {num_samples}")
     task_ = None if data is not None else task_named(task)
-    command = "rlhf-jax sft"
-    if out:
-        check_run_dir(out, command)
+    command = SFT
+    if out and not resume:
+        check_run_dir(out, command, resumable=True)
     tokenizer = tokenizer or load_tokenizer(None)
     if data is not None:
         prompts, responses, where = load_sft(data)
@@ -68,11 +70,19 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
     else:
         prompts, responses = task_.sft_corpus(num_examples, seed=config.seed)
         source = {"task": task}
+    check_sft_data(config, tokenizer, len(prompts))  # before the folder: a failed check leaves none
 
-    run_dir = claim_run_dir(out, command, "sft")
-    write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
-                                         **(provenance or {})})
-    sft, _ = sft_stage(config, tokenizer, prompts, responses, run_dir, params=init_params, show_progress=progress)
+    if resume:
+        run_dir = check_resumable(out, command)
+    else:
+        run_dir = claim_run_dir(out, command, "sft", resumable=True)
+        write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
+                                             "num_samples": num_samples, **(provenance or {})})
+    try:
+        sft, _ = sft_stage(config, tokenizer, prompts, responses, run_dir, params=init_params,
+                           show_progress=progress, resume=resume)
+    except KeyboardInterrupt as err:
+        raise _interrupted(err, run_dir, command) from None
 
     sample_prompts = list(prompts[:num_samples]) if task_ is None else task_.prompts(num_samples, seed=1)
     max_new = max(1, new_token_room(tokenizer, sample_prompts, config.model.max_len, 48))
@@ -95,6 +105,28 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
     return summary, samples
 
 
+def _interrupted(err: KeyboardInterrupt, run_dir: Path, command: str) -> Interrupted:
+    """The one line a supervised command ends with on Ctrl-C: where it stands, how to go on."""
+    where = (f"the last checkpoint is {err.path} (step {err.step} of {err.total})" if isinstance(err, Interrupted)
+             else "progress since the last periodic checkpoint is lost")
+    return Interrupted(getattr(err, "step", None), getattr(err, "total", 0), getattr(err, "path", None),
+                       f"interrupted; {where}; continue with: {command} --resume {run_dir}")
+
+
+def resume_sft(run_dir: str | Path, *, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Continues the killed ``rlhf-jax sft`` run in ``run_dir`` (from its newest periodic
+    checkpoint; bit-identical to the uninterrupted run) with the settings it was started with."""
+    config, kept = resumable_config(run_dir, SFT, SFTConfig.from_dict,
+                                    keep=("task", "data", "num_examples", "num_samples", "tokenizer", "pretrained"))
+    init_params, tokenizer = None, None
+    if kept["pretrained"]:
+        _, init_params, tokenizer = load_pretrained(kept["pretrained"])
+    return sft_run(config, task=kept["task"] or "reviews", data=kept["data"],
+                   tokenizer=tokenizer or load_tokenizer(kept["tokenizer"]), init_params=init_params,
+                   num_examples=kept["num_examples"] or 4096, num_samples=kept["num_samples"] or 16, out=str(run_dir),
+                   progress=progress, resume=True)
+
+
 def generate_run(model: TransformerLM, params, tokenizer: Tokenizer, prompts: list[str], *, num_samples: int = 1,
                  max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  greedy: bool = False, seed: int = 0, out: str | None = None, source: str = "") -> tuple[list, Path]:
@@ -102,12 +134,16 @@ def generate_run(model: TransformerLM, params, tokenizer: Tokenizer, prompts: li
     folder's ``samples.json``; returns ``(samples, run_dir)``. ``max_new_tokens`` None: as
     many as the context leaves, at most 48."""
     check_generate(prompts, num_samples)
+    require_policy(model, "checkpoint")
     if out:
         check_run_dir(out, GENERATE)
     prompts = [p for p in prompts for _ in range(num_samples)]
     longest = longest_prompt(tokenizer, prompts)
     max_new = (max_new_tokens if max_new_tokens is not None
                else new_token_room(tokenizer, prompts, model.config.max_len, 48))
+    if max_new_tokens is None and max_new <= 0:
+        raise ValueError(f"prompt: a prompt of {longest} tokens leaves no room for a response in the model's "
+                         f"context of {model.config.max_len} tokens")
     if max_new <= 0 or longest + max_new > model.config.max_len:
         raise ValueError(f"max_new_tokens: a prompt of {longest} tokens plus {max_new} new tokens does not fit "
                          f"the model's context of {model.config.max_len}")
@@ -120,6 +156,14 @@ def generate_run(model: TransformerLM, params, tokenizer: Tokenizer, prompts: li
     write_json(run_dir / "samples.json", {"checkpoint": source, "sampling": dataclasses.asdict(sampling),
                                           "seed": seed, "samples": samples})
     return samples, run_dir
+
+
+def require_policy(model: TransformerLM, field: str) -> None:
+    """Raises ValueError naming ``field`` unless ``model`` has a language-model head (a reward
+    model's checkpoint has only a scalar one: it scores, it does not write)."""
+    if not model.lm_head:
+        raise ValueError(f"{field}: this is a reward model's checkpoint (a scalar head, no language-model head); "
+                         f"give a policy's (an SFT, DPO or RL run)")
 
 
 def check_generate(prompts: list[str], num_samples: int) -> None:
@@ -173,16 +217,22 @@ class PairSource:
 
 
 def _policy_and_pairs(command: str, name: str, config, source: PairSource, policy: tuple | None, tokenizer,
-                      out: str | None, progress: bool, provenance: dict | None):
+                      out: str | None, progress: bool, provenance: dict | None, check: Callable):
     """The part ``rm_run`` and ``dpo_run`` share: the checks, a data file's pairs (errors name
     the line) read before anything is written, the run folder and its ``config.json``, then
     :func:`rlhf_jax.stages.policy_and_pairs` (SFT first when a task's pairs need a policy and
-    none was given). Returns ``(run_dir, clock, task, policy, prefs, summary)``."""
+    none was given). ``check(config, tokenizer, pairs, where, model_config)`` is the trainer's
+    data check, run on a file's pairs before the folder is made (a task's pairs: their count).
+    Returns ``(run_dir, clock, task, policy, prefs, summary)``."""
     source.check_source()
     task = None if source.data is not None else task_named(source.task)
     if out:
         check_run_dir(out, command)
     file_pairs = Preferences(*load_preferences(source.data), bayes_accuracy=None) if source.data else None
+    if file_pairs is not None:
+        check(config, tokenizer, file_pairs.pairs, file_pairs.where, policy[0].config if policy else config.model)
+    else:
+        require_rows(source.num_pairs, config.heldout_fraction, config.batch_size, "pairs", at_least_one=True)
     run_dir = claim_run_dir(out, command, name)
     write_json(run_dir / "config.json", {**config.to_dict(), "task": None if source.data else source.task,
                                          "data": source.data, **(provenance or {}), "num_pairs": source.num_pairs,
@@ -212,7 +262,7 @@ def rm_run(config: RMConfig, source: PairSource = PairSource(), *, policy: tuple
     config.validate()
     tokenizer = tokenizer or load_tokenizer(None)
     run_dir, clock, task, sft, prefs, summary = _policy_and_pairs(RM, "rm", config, source, policy, tokenizer, out,
-                                                                  progress, provenance)
+                                                                  progress, provenance, check_rm_pairs)
     rm = clock("reward_model", lambda: reward_model_stage(
         config, tokenizer, prefs, run_dir, init_params=sft.params if sft else None,
         model_config=sft.lm.config if sft else None, show_progress=progress))
@@ -254,7 +304,7 @@ def dpo_run(config: DPOConfig, source: PairSource = PairSource(), *, policy: tup
         raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or --model")
     tokenizer = tokenizer or load_tokenizer(None)
     run_dir, clock, task, sft, prefs, summary = _policy_and_pairs(DPO, "dpo", config, source, policy, tokenizer,
-                                                                  out, progress, provenance)
+                                                                  out, progress, provenance, check_dpo_pairs)
     dpo = clock("dpo", lambda: dpo_stage(config, tokenizer, prefs, run_dir, lm=sft.lm, params=sft.params,
                                          show_progress=progress))
     if dpo.skipped:

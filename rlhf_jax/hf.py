@@ -232,6 +232,8 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32", *, lm_head:
     (``"float32"`` or ``"bfloat16"``) is the parameters' dtype (bfloat16 halves the memory of
     frozen reference and reward models). ``~`` in ``path`` is the user's home, as in a shell."""
     folder = Path(path).expanduser()
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype: must be 'float32' or 'bfloat16', got {dtype!r}")
     if not folder.is_dir():
         raise HFFormatError(f"model: {folder} is not a folder")
     hf = _read_json(folder / "config.json")

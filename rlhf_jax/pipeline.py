@@ -199,8 +199,12 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
         return _stages(run, data, sft_config, pretrained_params)
     except KeyboardInterrupt as err:
         # One line: where the run stands and how to continue it (finished stages are kept).
-        where = (f"the PPO stage stopped after iteration {err.step} of {err.total} (checkpoint {err.path})"
-                 if isinstance(err, Interrupted) else "finished stages are kept")
+        where = "finished stages are kept"
+        if isinstance(err, Interrupted) and err.path is not None:
+            supervised = Path(err.path).parent.name == "progress"  # an SFT stage's checkpoints
+            stage = f"the {Path(err.path).parent.parent.name} stage" if supervised else "the PPO stage"
+            where = (f"{stage} stopped after {'step' if supervised else 'iteration'} {err.step} of {err.total} "
+                     f"(checkpoint {err.path})")
         raise Interrupted(getattr(err, "step", None), getattr(err, "total", 0), getattr(err, "path", None),
                           f"interrupted; {where}; continue with: {COMMAND} --resume {run_dir}") from None
 

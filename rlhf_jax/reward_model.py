@@ -23,7 +23,15 @@ from ppo_jax.optim import gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.preferences import expected_accuracy
-from rlhf_jax.supervised import adamw_warmup_cosine, epoch_batches, epoch_row, fit, holdout_split, require_batches
+from rlhf_jax.supervised import (
+    adamw_warmup_cosine,
+    epoch_batches,
+    epoch_row,
+    fit,
+    holdout_split,
+    require_batches,
+    require_rows,
+)
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -191,6 +199,19 @@ def score_batches(score: Callable, params, ids: np.ndarray, mask: np.ndarray, ba
     return in_fixed_batches(lambda idx: score(params, ids[idx], mask[idx]), len(ids), batch_size)
 
 
+def check_rm_pairs(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[dict], where: Sequence[str] | None,
+                   model_config: TransformerConfig) -> tuple[PairBatch, int]:
+    """The checks of :func:`train_reward_model` that need no model: the config, sequences that
+    fit (or are cut, as ``overlong`` says), and enough training pairs for a batch. Returns the
+    encoded pairs and how many sequences were cut."""
+    config.validate()
+    if config.max_length > model_config.max_len:
+        raise ValueError(f"max_length: {config.max_length} exceeds the model's max_len {model_config.max_len}")
+    data, truncated = encode_pairs(tokenizer, pairs, config.max_length, config.overlong, where)
+    require_rows(len(data), config.heldout_fraction, config.batch_size, "pairs", at_least_one=True)
+    return data, truncated
+
+
 def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *, init_params_from=None,
                        model_config: TransformerConfig | None = None, where: Sequence[str] | None = None,
                        progress: Callable[[int, int, float], None] | None = None) -> RMResult:
@@ -199,11 +220,8 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
     ``init_params_from`` (an LM's params, with ``model_config``) initialises the body from SFT.
     ``progress(step, total_steps, loss)`` is called after each step.
     """
-    config.validate()
     model = reward_model(model_config or config.model)
-    if config.max_length > model.config.max_len:
-        raise ValueError(f"max_length: {config.max_length} exceeds the model's max_len {model.config.max_len}")
-    data, truncated = encode_pairs(tokenizer, pairs, config.max_length, config.overlong, where)
+    data, truncated = check_rm_pairs(config, tokenizer, pairs, where, model.config)
     if not config.use_margin:
         data = data.replace(margin=np.zeros_like(data.margin))
     rng, held, train_rows = holdout_split(len(data), config.heldout_fraction, config.seed, at_least_one=True)

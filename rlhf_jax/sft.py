@@ -22,7 +22,14 @@ from flax import struct
 
 from ppo_jax.optim import gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive
-from rlhf_jax.supervised import adamw_warmup_cosine, fit, holdout_split, require_batches, sampled_batches
+from rlhf_jax.supervised import (
+    adamw_warmup_cosine,
+    fit,
+    holdout_split,
+    require_batches,
+    require_rows,
+    sampled_batches,
+)
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -168,13 +175,22 @@ class SFTResult:
     wall_s: float
 
 
-def train_sft(config: SFTConfig, tokenizer: Tokenizer, prompts: Sequence[str], responses: Sequence[str],
-              progress: Callable[[int, float], None] | None = None, params=None) -> SFTResult:
-    """Fine-tunes (from ``params``, else from scratch) on the pairs; ``progress(step, loss)`` after each step."""
+def check_sft_data(config: SFTConfig, tokenizer: Tokenizer, n_examples: int) -> None:
+    """The checks of :func:`train_sft` that need only the sizes: the config, a tokenizer the
+    model's vocabulary holds, and enough training examples for a batch."""
     config.validate()
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(f"model.vocab_size: {config.model.vocab_size} is smaller than the tokenizer's "
                          f"{tokenizer.vocab_size}")
+    require_rows(n_examples, config.eval_fraction, config.batch_size, "examples", at_least_one=False)
+
+
+def train_sft(config: SFTConfig, tokenizer: Tokenizer, prompts: Sequence[str], responses: Sequence[str],
+              progress: Callable[[int, float], None] | None = None, params=None, checkpoints=None,
+              on_status: Callable[[str], None] | None = None) -> SFTResult:
+    """Fine-tunes (from ``params``, else from scratch) on the pairs; ``progress(step, loss)`` after each step.
+    With ``checkpoints`` it saves periodically and resumes (:func:`rlhf_jax.supervised.fit`)."""
+    check_sft_data(config, tokenizer, len(prompts))
     data = encode_examples(tokenizer, prompts, responses, config.max_length)
     rng, held, train = holdout_split(len(data), config.eval_fraction, config.seed, at_least_one=False)
     eval_data, train_data = data[held], data[train]
@@ -199,7 +215,8 @@ def train_sft(config: SFTConfig, tokenizer: Tokenizer, prompts: Sequence[str], r
         train_step, params, tx.init(params), batches(), config.steps,
         evaluate_at=lambda s: s % config.eval_every == 0 or s == config.steps,
         evaluate=lambda s, p, *_: {"step": s, "loss": evaluate(eval_loss, p, eval_data, config.batch_size)},
-        progress=None if progress is None else lambda s, _, loss: progress(s - 1, loss))
+        progress=None if progress is None else lambda s, _, loss: progress(s - 1, loss), checkpoints=checkpoints,
+        on_status=on_status)
     train_loss = np.asarray(jax.device_get(losses), np.float32)
     return SFTResult(params, train_loss, [h["step"] for h in history], [h["loss"] for h in history],
                      time.perf_counter() - t0)

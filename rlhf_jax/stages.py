@@ -53,6 +53,7 @@ from rlhf_jax.tasks import praise, reviews
 from rlhf_jax.transformer import TransformerLM
 
 TASKS = {"reviews": reviews, "praise": praise}
+"""Built-in offline tasks: an SFT corpus, prompts and a gold reward each."""
 
 LOSS = "loss {task.fields[loss]}"  # the supervised stages' progress status
 
@@ -61,7 +62,11 @@ RUN_FORMAT = 2
 """Layout of an RL stage's periodic checkpoints (policy, value head, optimiser states, KL
 controller, metrics). Its first number was 2, shared with PPO's train state; the layout has
 not changed since, so checkpoints of runs in progress stay readable."""
-"""Built-in offline tasks: an SFT corpus, prompts and a gold reward each."""
+
+SUPERVISED_PAYLOAD = "rlhf_jax supervised state"
+SUPERVISED_FORMAT = 1
+"""Layout of a supervised stage's periodic checkpoints: parameters, optimiser state, the
+per-step losses so far (NaN after), the evaluation history in the meta."""
 
 
 def task_named(name: str):
@@ -106,20 +111,30 @@ class SFTStage:
     """Per optimiser step; None when loaded."""
 
 
+def supervised_checkpoints(folder: Path) -> RunCheckpoints:
+    """The periodic checkpoints of a supervised stage in progress (``folder/progress/``)."""
+    return RunCheckpoints(folder / "progress", format=SUPERVISED_FORMAT, payload=SUPERVISED_PAYLOAD)
+
+
 def sft_stage(config: SFTConfig, tokenizer, prompts: Sequence[str], responses: Sequence[str], folder: Path, *,
               params=None, show_progress: bool = True, resume: bool = False) -> tuple[SFTStage, bool]:
     """Supervised fine-tuning (from ``params``, else from scratch) into ``folder``:
-    ``checkpoint/``, ``loss.png`` and ``metrics.json`` (the marker). Returns the stage and
-    whether it was loaded."""
+    ``checkpoint/``, ``loss.png`` and ``metrics.json`` (the marker); while it runs, periodic
+    checkpoints in ``progress/``, which a resumed run continues from (bit-identical). Returns
+    the stage and whether it was loaded."""
     def run() -> SFTStage:
         bar = progress_bar("sft", not show_progress, LOSS)
+        progress = supervised_checkpoints(folder)
         with bar:
             job = bar.add_task("sft", total=config.steps, loss="-")
-            result = train_sft(config, tokenizer, prompts, responses, params=params,
-                               progress=lambda s, loss: bar.update(job, completed=s + 1, loss=f"{loss:.3f}"))
+            result = train_sft(config, tokenizer, prompts, responses, params=params, checkpoints=progress,
+                               progress=lambda s, loss: bar.update(job, completed=s + 1, loss=f"{loss:.3f}"),
+                               on_status=lambda m: bar.console.print(m, soft_wrap=True, highlight=False,
+                                                                     markup=False))
         lm = TransformerLM(config.model)
         _clear(folder / "checkpoint")
         ckpt.save(folder / "checkpoint", result.params, lm, tokenizer)
+        _clear(folder / "progress")  # the stage's checkpoint replaces them
         plot_lines(folder / "loss.png", {"train (per step)": (np.arange(1, config.steps + 1), result.train_loss),
                                          "held-out": (result.eval_steps, result.eval_loss)},
                    xlabel="optimiser step", ylabel="cross-entropy per response token (nats)", title="SFT")

@@ -9,6 +9,8 @@ model, DPO). At the steps the caller names it evaluates, and those rows are the 
 
 from __future__ import annotations
 
+import itertools
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
@@ -16,6 +18,8 @@ import numpy as np
 import optax
 
 from ppo_jax.run import prng
+from ppo_jax.run.interrupt import stop_if_requested, stoppable
+from ppo_jax.run.settings import env_setting
 
 
 def adamw_warmup_cosine(lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
@@ -46,6 +50,13 @@ def require_batches(batch_size: int, n_train: int, what: str) -> None:
         raise ValueError(f"batch_size: {batch_size} exceeds the {n_train} training {what}")
 
 
+def require_rows(n: int, fraction: float, batch_size: int, what: str, *, at_least_one: bool) -> None:
+    """:func:`require_batches` for ``n`` rows before they are split (:func:`holdout_split`'s
+    counts), so a command can check its data before it makes a run folder."""
+    n_held = int(round(fraction * n))
+    require_batches(batch_size, n - (max(1, n_held) if at_least_one else n_held), what)
+
+
 def sampled_batches(rng: np.random.Generator, n_train: int, batch_size: int, steps: int) -> Iterator[np.ndarray]:
     """``steps`` batches of positions in ``range(n_train)``, each drawn with replacement."""
     for _ in range(steps):
@@ -67,23 +78,69 @@ def epoch_row(epoch: int, losses: list, auxes: list) -> dict:
             "train_accuracy": float(np.mean(jax.device_get([a["accuracy"] for a in auxes])))}
 
 
+SAVE_INTERVAL_S = 60.0
+"""The least time between two periodic checkpoints of a supervised run (a Ctrl-C saves sooner);
+``RL_JAX_SAVE_INTERVAL_S`` sets another (0: at every evaluation step)."""
+
+
+def save_interval_s() -> float:
+    value = env_setting("SAVE_INTERVAL_S")
+    try:
+        return SAVE_INTERVAL_S if value is None else float(value)
+    except ValueError:
+        raise ValueError(f"RL_JAX_SAVE_INTERVAL_S: must be a number of seconds, got {value!r}") from None
+
+
 def fit(step: Callable, params, opt_state, batches: Iterable[tuple], total: int, *,
         evaluate_at: Callable[[int], bool], evaluate: Callable[[int, Any, list, list], dict],
-        progress: Callable[[int, int, float], None] | None = None) -> tuple[Any, list, list[dict]]:
+        progress: Callable[[int, int, float], None] | None = None, checkpoints=None,
+        on_status: Callable[[str], None] | None = None) -> tuple[Any, list, list[dict]]:
     """Runs ``step(params, opt_state, *args) -> (params, opt_state, loss, aux)`` on each ``args``
     of ``batches``. After step ``s`` (from 1) with ``evaluate_at(s)`` it appends
     ``evaluate(s, params, losses, auxes)`` to the history, the lists holding the steps since the
     last evaluation; then ``progress(s, total, loss)``. Returns ``(params, losses, history)``,
-    ``losses`` one device scalar per step."""
+    ``losses`` one float32 scalar per step.
+
+    With ``checkpoints`` (a :class:`ppo_jax.run.checkpoints.RunCheckpoints`) the run saves at
+    evaluation steps before the last, at most one a minute, and resumes from the newest: the
+    batches already taken are drawn again and skipped, so the resumed run ends with the very
+    parameters of the uninterrupted one. Ctrl-C then stops at the next evaluation step, after
+    saving it (:class:`ppo_jax.run.interrupt.Interrupted`); a second stops at once.
+    """
     prng.install()  # dropout draws a random array per layer and step: fuse its hash
-    losses, auxes, history, since = [], [], [], 0
-    for done, args in enumerate(batches, 1):
-        params, opt_state, loss, aux = step(params, opt_state, *args)
-        losses.append(loss)
-        auxes.append(aux)
-        if evaluate_at(done):
-            history.append(evaluate(done, params, losses[since:], auxes[since:]))
-            since = len(losses)
-        if progress is not None:
-            progress(done, total, float(loss))
+    losses, auxes, history, since, start = [], [], [], 0, 0
+    if checkpoints is not None:
+        like = {"params": params, "opt_state": opt_state, "losses": np.zeros(total, np.float32)}
+        found = checkpoints.restore_latest(like, warn=on_status)
+        if found is not None:
+            start, tree, meta = found
+            params, opt_state, history = tree["params"], tree["opt_state"], meta["history"]
+            losses, since = [np.float32(x) for x in np.asarray(tree["losses"])[:start]], start
+            if on_status is not None:
+                on_status(f"resumed from {checkpoints.path(start)} (step {start} of {total})")
+    last_save, interval = time.monotonic(), save_interval_s()
+    with stoppable(checkpoints) as stop:
+        for done, args in enumerate(itertools.islice(batches, start, None), start + 1):
+            params, opt_state, loss, aux = step(params, opt_state, *args)
+            losses.append(loss)
+            auxes.append(aux)
+            if not evaluate_at(done):
+                if progress is not None:
+                    progress(done, total, float(loss))
+                continue
+            history.append(evaluate(done, params, losses[since:], auxes))
+            since, auxes = len(losses), []
+            if progress is not None:
+                progress(done, total, float(loss))
+            if checkpoints is not None and done < total and (stop.requested
+                                                             or time.monotonic() - last_save >= interval):
+                padded = np.full(total, np.nan, np.float32)
+                padded[:done] = np.asarray(jax.device_get(losses), np.float32)
+                checkpoints.save(done, {"params": params, "opt_state": opt_state, "losses": padded},
+                                 {"history": history})
+                last_save = time.monotonic()
+            if checkpoints is not None:
+                stop_if_requested(stop, checkpoints, done, total)
+    if checkpoints is not None:
+        checkpoints.wait()
     return params, losses, history

@@ -45,8 +45,15 @@ def tree_checksums(tree) -> list[int] | None:
     return [zlib.crc32(np.ascontiguousarray(x).tobytes()) for x in jax.device_get(leaves)]
 
 
-def verify_checksums(tree, expected: list[int] | None, where: Path) -> None:
-    """Raises :class:`CheckpointError` naming the first leaf whose bytes differ from ``expected``."""
+def verify_checksums(tree, meta: dict, where: Path) -> None:
+    """Raises :class:`CheckpointError` naming the first leaf whose bytes differ from
+    ``meta["checksums"]``, or when ``meta`` has no ``checksums`` entry (every save writes one:
+    without it a damaged file would load unnoticed). ``null`` there (a multi-process save, each
+    process holding only its shards) cannot be checked."""
+    if "checksums" not in meta:
+        raise CheckpointError(f"checkpoint: {where} has no checksums (every save writes them): damaged or edited; "
+                              f"not loaded")
+    expected = meta["checksums"]
     if expected is None:
         return
     got = tree_checksums(tree)
@@ -161,7 +168,8 @@ class RunCheckpoints:
         check_format(meta, where, self.format, self.payload)
         out = orbax_restore(lambda: self.manager.restore(step, args=ocp.args.Composite(
             tree=ocp.args.StandardRestore(abstract))), where)
-        verify_checksums(out["tree"], meta.pop("checksums", None), where)
+        verify_checksums(out["tree"], meta, where)
+        meta.pop("checksums")
         return out["tree"], meta
 
     def restore_latest(self, like, warn=None, set_aside: bool = True) -> tuple[int, object, dict] | None:

@@ -81,6 +81,43 @@ def stoppable(checkpoints, on_request: Callable[[], None] | None = None) -> Iter
             raise
 
 
+def terminate_as_interrupt() -> Callable[[], bool]:
+    """Makes SIGTERM (what a supervisor or ``kill`` sends) do what Ctrl-C does: stop at the next
+    chunk boundary after a checkpoint, or at once where nothing defers it. Returns a function
+    that tells whether a SIGTERM came (the command then exits 143 instead of 130). Main thread
+    only; elsewhere SIGTERM keeps its default."""
+    came = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: came.requested
+
+    def handler(signum, frame):
+        came.requested = True
+        signal.raise_signal(signal.SIGINT)  # through whatever handles Ctrl-C now
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: came.requested
+
+
+def agree(stop: StopRequest, due: bool) -> tuple[StopRequest, bool]:
+    """What every process of a run decides at a chunk boundary: ``(stopping, due)``, whether to
+    stop and whether to save now, each the ``or`` over the processes, so that they all save and
+    stop at the same chunk (a signal to one process stops the run; no process waits in a save
+    the others skip). ``stopping`` is a snapshot: a signal that lands after it counts at the
+    next boundary, for every process alike. With one process, the flags as they are."""
+    import jax
+
+    requested = stop.requested
+    if jax.process_count() > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        flags = np.asarray(multihost_utils.process_allgather(np.array([requested, due], np.int32))).reshape(-1, 2)
+        requested, due = bool(flags[:, 0].any()), bool(flags[:, 1].any())
+    stopping = StopRequest()
+    stopping.requested = requested
+    return stopping, due or requested
+
+
 def stop_if_requested(stop: StopRequest, checkpoints, done: int, total: int) -> None:
     """Raises :class:`Interrupted` once checkpoint ``done`` (just saved) is on disk, if Ctrl-C asked to stop."""
     if stop.requested and done < total:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ppo_jax.run import lock
 from ppo_jax.run.outputs import read_json, write_json
 
 MARKER = "run.json"
@@ -39,7 +40,7 @@ def check_run_dir(out: str | os.PathLike, command: str, *, resumable: bool = Fal
     if not path.is_dir():
         raise ValueError(f"out: {path} exists and is not a folder; choose a new folder")
     try:
-        names = sorted(p.name for p in path.iterdir())
+        names = sorted(p.name for p in path.iterdir() if p.name != lock.LOCK)  # a lock alone: see create
     except OSError as err:
         raise ValueError(f"out: cannot read {path} ({err.strerror})") from err
     if not names:
@@ -59,6 +60,13 @@ def create_run_dir(out: str | os.PathLike, command: str) -> Path:
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out: cannot create the run folder {path} ({err.strerror or err})") from err
+    lock.acquire(path)  # of two processes claiming it at once, one goes on
+    if run_command(path) is not None:
+        lock.release(path)
+        raise ValueError(f"out: {path} was just claimed by another run; choose a new folder")
+    try:
         write_json(path / MARKER, {"command": command, "created": _dt.datetime.now().isoformat(timespec="seconds"),
                                    "format": 1})
     except OSError as err:
@@ -97,8 +105,9 @@ def claim_run_dir(out: str | os.PathLike | None, command: str, default_name: str
     return create_run_dir(out, command)
 
 
-def check_resumable(run_dir: str | os.PathLike, command: str) -> Path:
-    """``run_dir`` as a run folder of ``command`` that has not finished; else ``ValueError``."""
+def check_resumable(run_dir: str | os.PathLike, command: str, *, take_lock: bool = True) -> Path:
+    """``run_dir`` as a run folder of ``command`` that has not finished, its lock taken (unless
+    not ``take_lock``: the other processes of a multi-process run); else ``ValueError``."""
     path = Path(run_dir)
     if not path.is_dir():
         raise ValueError(f"resume: {path} is not a folder")
@@ -109,15 +118,17 @@ def check_resumable(run_dir: str | os.PathLike, command: str) -> Path:
         raise ValueError(f"resume: no config.json in {path} (is it a `{command}` run folder?)")
     if (path / "summary.json").exists():
         raise ValueError(f"resume: the run in {path} already finished (summary.json)")
+    if take_lock:
+        lock.acquire(path, "resume")  # a run still going is not resumed under its feet
     return path
 
 
 def resumable_config(run_dir: str | os.PathLike, command: str, from_dict: Callable[[dict], Any], *,
-                     keep: Sequence[str] = ()) -> tuple[Any, dict]:
+                     keep: Sequence[str] = (), take_lock: bool = True) -> tuple[Any, dict]:
     """What every ``--resume`` reads first: the config a killed ``command`` run in ``run_dir``
     was started with (its ``config.json``, through ``from_dict``), and the entries named in
     ``keep`` taken out of it first (None when absent). Errors name the file."""
-    path = check_resumable(run_dir, command) / "config.json"
+    path = check_resumable(run_dir, command, take_lock=take_lock) / "config.json"
     saved = read_json(path)
     if not isinstance(saved, dict):
         raise ValueError(f"{path}: expected a JSON object")

@@ -4,18 +4,58 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+
+SEED_LIMIT = 2**63
+"""Seeds are integers in ``[0, 2**63)``: what both JAX's and numpy's generators take."""
+
+
+def _default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _kind_error(name: str, default, value) -> str | None:
+    """What is wrong with ``value`` for a field whose default is ``default`` (None: nothing):
+    a number field must hold a number (a string "0.001" is not one), an integer field an
+    integer (numpy's too), a flag a bool."""
+    if value is None or default is None:
+        return None
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+    else:
+        return None
+    return None if ok else f"{name}: must be {want}, got {value!r} ({type(value).__name__})"
 
 
 def require_finite(config, prefix: str = "") -> None:
-    """Raises ValueError naming the first float field of the dataclass ``config`` (nested
-    ones too, as ``outer.inner``) that is NaN or infinite: tyro and Python's json both
-    accept 'nan' and 'inf', and a NaN learning rate trains to garbage without an error."""
+    """Raises ValueError naming the first field of the dataclass ``config`` (nested ones too,
+    as ``outer.inner``) that is NaN or infinite (tyro and Python's json both accept 'nan' and
+    'inf', and a NaN learning rate trains to garbage without an error), of the wrong kind for
+    its default (a string where a number belongs), or a seed outside ``[0, 2**63)``."""
     for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
+        value, name = getattr(config, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            require_finite(value, f"{prefix}{f.name}.")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{prefix}{f.name}: must be a finite number, got {value!r}")
+            require_finite(value, f"{name}.")
+            continue
+        error = _kind_error(name, _default(f), value)
+        if error:
+            raise ValueError(error)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: must be a finite number, got {value!r}")
+        if f.name == "seed" and isinstance(value, numbers.Integral) and not 0 <= value < SEED_LIMIT:
+            raise ValueError(f"{name}: must be an integer in [0, 2**63), got {value!r}")
+
+
+def require_seed(seed, name: str = "seed") -> None:
+    """Raises ValueError naming ``name`` unless ``seed`` is an integer in ``[0, 2**63)``."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{name}: must be an integer in [0, 2**63), got {seed!r}")
 
 
 def require_positive(obj, *names: str, integer: bool = False) -> None:
@@ -24,7 +64,7 @@ def require_positive(obj, *names: str, integer: bool = False) -> None:
     floats where a count belongs)."""
     for name in names:
         value = getattr(obj, name)
-        if integer and (not isinstance(value, int) or isinstance(value, bool)) or not value > 0:
+        if integer and (not isinstance(value, numbers.Integral) or isinstance(value, bool)) or not value > 0:
             raise ValueError(f"{name}: must be {'a positive integer' if integer else 'positive'}, got {value!r}")
 
 

@@ -5,6 +5,7 @@ input is refused naming where it came from."""
 import dataclasses
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from procwatch import wait_for, wait_progressing
 
 from ppo_jax import checkpoint as ckpt
+from ppo_jax import local_processes
 from ppo_jax.cli import main
 
 pytestmark = pytest.mark.timeout(300)
@@ -98,6 +100,7 @@ def _largest_data_file(checkpoint: Path) -> Path:
     ("meta_json", "meta.json:2: invalid JSON"),
     ("no_state", "is incomplete (no state"),
     ("old_format", "holds a ppo_jax train state in format 1, written by another version"),
+    ("no_checksums", "has no checksums"),  # else flipped bytes would load unnoticed
 ])
 def test_a_damaged_final_checkpoint_is_one_line_naming_it(tmp_path, capsys, finished_run, damage, message):
     run = tmp_path / "run"
@@ -118,6 +121,10 @@ def test_a_damaged_final_checkpoint_is_one_line_naming_it(tmp_path, capsys, fini
     elif damage == "old_format":
         meta = json.loads((final / "meta.json").read_text())
         (final / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    elif damage == "no_checksums":
+        meta = json.loads((final / "meta.json").read_text())
+        del meta["checksums"]
+        (final / "meta.json").write_text(json.dumps(meta))
     else:
         shutil.rmtree(final / "state")
     line = _fails(capsys, ["eval", "--checkpoint", str(final), "--episodes", "1"])
@@ -178,19 +185,42 @@ def test_resume_without_a_checkpoint_says_it_starts_again(tmp_path, capsys, fini
     assert json.loads((started / "summary.json").read_text())["resumed_from_update"] is None
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("sig,seeds,to,rc", [
+    (signal.SIGINT, 1, "parent", 130),   # Ctrl-C
+    (signal.SIGTERM, 1, "parent", 143),  # a supervisor's stop: the same, exit 143
+    (signal.SIGINT, 2, "parent", 130),   # kill -INT to process 0 of a two-process run
+    (signal.SIGTERM, 2, "child", 130),   # to the other process: the run stops as one
+])
+def test_a_signal_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_path, sig, seeds, to, rc):
+    if seeds > 1 and local_processes.plan(["train", "--num-seeds", str(seeds)]) < 2:
+        pytest.skip("one usable core: no multi-process run")
     run = tmp_path / "run"
     # Long enough (2000 updates, a save every 100) that the signal lands mid-run on any machine.
     args = ["train", "--num-envs", "4", "--num-steps", "16", "--total-timesteps", str(2000 * 64),
             "--update-epochs", "1", "--num-minibatches", "1", "--hidden-sizes", "8", "--eval-episodes", "1",
-            "--checkpoint-every", "100", "--no-progress", "--out", str(run)]
+            "--checkpoint-every", "100", "--num-seeds", str(seeds), "--no-progress", "--out", str(run)]
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COORDINATOR_ADDRESS", "PPO_JAX_PROCESSES")}
     proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for((run / "checkpoints" / "100").exists, proc)
-    proc.send_signal(signal.SIGINT)
+    if to == "parent":
+        proc.send_signal(sig)
+    else:
+        os.kill(_children(proc.pid)[0], sig)
     ((_, err),) = wait_progressing([proc])
-    assert proc.returncode == 130, err
+    assert proc.returncode == rc, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) <= 2 and "Traceback" not in err, err  # "stopping after ..." and the final line
     step = int(lines[-1].split("(update ")[1].split(" ")[0])
@@ -198,6 +228,9 @@ def test_ctrl_c_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_path
                          f"(update {step} of 2000); continue with: ppo-jax train --resume {run}")
     assert 100 <= step < 2000 and not (run / "summary.json").exists()
     assert not [p.name for p in (run / "checkpoints").iterdir() if "tmp" in p.name]  # no half-written save
+    assert not (run / "run.lock").exists()  # the stopped run let go of its folder
+    if (sig, seeds) != (signal.SIGINT, 1):
+        return  # resuming is the same for every way of stopping: once is enough
     proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", "train", "--resume",
                              str(run), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ((_, err),) = wait_progressing([proc])
