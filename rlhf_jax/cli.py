@@ -68,6 +68,9 @@ class PolicyAndPairsArgs(PairSource):
     """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
     no_progress: bool = False
     """Hide the progress bars."""
+    resume: str | None = None
+    """Continue the killed run in this folder: finished stages are loaded, the one in progress goes on
+    from its newest periodic checkpoint (with its own config.json; other flags are ignored)."""
 
 
 @dataclass(frozen=True)
@@ -262,17 +265,25 @@ def _starting_policy(args: PolicyAndPairsArgs, config, command: str):
     return None, load_tokenizer(args.tokenizer)
 
 
+def _provenance(args: PolicyAndPairsArgs) -> dict:
+    """Where the starting policy and tokenizer came from, for config.json (and --resume)."""
+    return {"init": args.init, "pretrained": args.model, "tokenizer": args.tokenizer}
+
+
 def _pair_source(args: PolicyAndPairsArgs) -> PairSource:
     return PairSource(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PairSource)})
 
 
 def run_rm(args: RMArgs) -> dict:
-    from rlhf_jax.experiment import RM, rm_run
+    from rlhf_jax.experiment import RM, resume_rm, rm_run
 
-    config = _config_of(RMConfig, args, args.transformer)
-    policy, tokenizer = _starting_policy(args, config, RM)
-    summary = rm_run(config, _pair_source(args), policy=policy, tokenizer=tokenizer, out=args.out,
-                     progress=not args.no_progress, provenance={"init": args.init, "pretrained": args.model})
+    if args.resume:
+        summary = resume_rm(args.resume, progress=not args.no_progress)
+    else:
+        config = _config_of(RMConfig, args, args.transformer)
+        policy, tokenizer = _starting_policy(args, config, RM)
+        summary = rm_run(config, _pair_source(args), policy=policy, tokenizer=tokenizer, out=args.out,
+                         progress=not args.no_progress, provenance=_provenance(args))
     msg = f"held-out accuracy {summary['heldout_accuracy']:.3f}"
     if "bayes_accuracy" in summary:
         msg += (f" (expected {summary['heldout_expected_accuracy']:.3f} under the labeller's probabilities, "
@@ -284,16 +295,20 @@ def run_rm(args: RMArgs) -> dict:
 
 
 def run_dpo(args: DPOArgs) -> dict:
-    from rlhf_jax.experiment import DPO, dpo_run
+    from rlhf_jax.experiment import DPO, dpo_run, resume_dpo
 
-    config = _config_of(DPOConfig, args, args.transformer)
-    require_positive(args, "eval_prompts", integer=True)
-    if args.data is not None and args.model is None and args.init is None:
-        raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or --model")
-    policy, tokenizer = _starting_policy(args, config, DPO)
-    summary = dpo_run(config, _pair_source(args), policy=policy, tokenizer=tokenizer, eval_prompts=args.eval_prompts,
-                      out=args.out, progress=not args.no_progress,
-                      provenance={"init": args.init, "pretrained": args.model})
+    if args.resume:
+        summary = resume_dpo(args.resume, progress=not args.no_progress)
+    else:
+        config = _config_of(DPOConfig, args, args.transformer)
+        require_positive(args, "eval_prompts", integer=True)
+        if args.data is not None and args.model is None and args.init is None:
+            raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or "
+                             "--model")
+        policy, tokenizer = _starting_policy(args, config, DPO)
+        summary = dpo_run(config, _pair_source(args), policy=policy, tokenizer=tokenizer,
+                          eval_prompts=args.eval_prompts, out=args.out, progress=not args.no_progress,
+                          provenance=_provenance(args))
     msg = (f"held-out implicit-reward accuracy {summary['heldout_accuracy']:.3f} (margin "
            f"{summary['heldout_margin']:.3f}, log-prob drift chosen {summary['heldout_chosen_logp_drift']:.2f}, "
            f"rejected {summary['heldout_rejected_logp_drift']:.2f})")

@@ -170,12 +170,13 @@ def check_dpo_pairs(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dic
 
 def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *, params, model: TransformerLM,
               where: Sequence[str] | None = None,
-              progress: Callable[[int, int, float], None] | None = None) -> DPOResult:
+              progress: Callable[[int, int, float], None] | None = None, checkpoints=None,
+              on_status: Callable[[str], None] | None = None) -> DPOResult:
     """DPO from ``params`` (also the frozen reference) on ``pairs`` (prompt, chosen, rejected).
 
     ``progress(step, total_steps, loss)`` after each step. The held-out pairs are evaluated
     before training (loss ``log 2``, accuracy 1/2: the policy is the reference) and after each
-    epoch.
+    epoch. With ``checkpoints`` it saves periodically and resumes (:func:`rlhf_jax.supervised.fit`).
     """
     data, skipped = check_dpo_pairs(config, tokenizer, pairs, where, model.config)
     rng, heldout, train = holdout_split(len(data), config.heldout_fraction, config.seed, at_least_one=True)
@@ -213,6 +214,6 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
                              total, evaluate_at=lambda s: s % steps_per_epoch == 0,
                              evaluate=lambda s, p, losses, auxes: {**epoch_row(s // steps_per_epoch, losses, auxes),
                                                                    **evaluate(p)},
-                             progress=progress)
+                             progress=progress, checkpoints=checkpoints, on_status=on_status)
     history = [before, *history]
     return DPOResult(params, history, time.perf_counter() - t0, skipped)

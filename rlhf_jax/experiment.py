@@ -9,6 +9,7 @@ writes its files; it returns what the command prints (the CLI parses, loads and 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -78,11 +79,9 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
         run_dir = claim_run_dir(out, command, "sft", resumable=True)
         write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
                                              "num_samples": num_samples, **(provenance or {})})
-    try:
+    with _resumable(run_dir, command):
         sft, _ = sft_stage(config, tokenizer, prompts, responses, run_dir, params=init_params,
                            show_progress=progress, resume=resume)
-    except KeyboardInterrupt as err:
-        raise _interrupted(err, run_dir, command) from None
 
     sample_prompts = list(prompts[:num_samples]) if task_ is None else task_.prompts(num_samples, seed=1)
     max_new = max(1, new_token_room(tokenizer, sample_prompts, config.model.max_len, 48))
@@ -103,6 +102,15 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
         summary["gold_reward_mean"] = float(np.mean([s["gold_reward"] for s in samples]))
     write_json(run_dir / "summary.json", summary)
     return summary, samples
+
+
+@contextmanager
+def _resumable(run_dir: Path, command: str):
+    """Ctrl-C inside becomes the one line of :func:`_interrupted`."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        raise _interrupted(err, run_dir, command) from None
 
 
 def _interrupted(err: KeyboardInterrupt, run_dir: Path, command: str) -> Interrupted:
@@ -217,42 +225,48 @@ class PairSource:
 
 
 def _policy_and_pairs(command: str, name: str, config, source: PairSource, policy: tuple | None, tokenizer,
-                      out: str | None, progress: bool, provenance: dict | None, check: Callable):
+                      out: str | None, progress: bool, provenance: dict | None, check: Callable, resume: bool):
     """The part ``rm_run`` and ``dpo_run`` share: the checks, a data file's pairs (errors name
     the line) read before anything is written, the run folder and its ``config.json``, then
     :func:`rlhf_jax.stages.policy_and_pairs` (SFT first when a task's pairs need a policy and
     none was given). ``check(config, tokenizer, pairs, where, model_config)`` is the trainer's
     data check, run on a file's pairs before the folder is made (a task's pairs: their count).
+    With ``resume``, ``out`` is the killed run's folder and finished stages are loaded.
     Returns ``(run_dir, clock, task, policy, prefs, summary)``."""
     source.check_source()
     task = None if source.data is not None else task_named(source.task)
-    if out:
-        check_run_dir(out, command)
+    if out and not resume:
+        check_run_dir(out, command, resumable=True)
     file_pairs = Preferences(*load_preferences(source.data), bayes_accuracy=None) if source.data else None
     if file_pairs is not None:
         check(config, tokenizer, file_pairs.pairs, file_pairs.where, policy[0].config if policy else config.model)
     else:
         require_rows(source.num_pairs, config.heldout_fraction, config.batch_size, "pairs", at_least_one=True)
-    run_dir = claim_run_dir(out, command, name)
-    write_json(run_dir / "config.json", {**config.to_dict(), "task": None if source.data else source.task,
-                                         "data": source.data, **(provenance or {}), "num_pairs": source.num_pairs,
-                                         "tau": source.tau, "flip_prob": source.flip_prob,
-                                         "sft_steps": source.sft_steps})
+    if resume:
+        run_dir = check_resumable(out, command)
+    else:
+        run_dir = claim_run_dir(out, command, name, resumable=True)
+        write_json(run_dir / "config.json", {**config.to_dict(), "task": None if source.data else source.task,
+                                             "data": source.data, **(provenance or {}),
+                                             "num_pairs": source.num_pairs, "tau": source.tau,
+                                             "flip_prob": source.flip_prob, "sft_steps": source.sft_steps})
     sft_config = None if task is None else SFTConfig(model=config.model, steps=source.sft_steps,
                                                      max_length=config.max_length, seed=config.seed,
                                                      warmup_steps=min(50, source.sft_steps // 10))
     clock = StageClock()
-    sft, prefs = policy_and_pairs(clock, task, tokenizer, sft_config=sft_config, sft_folder=run_dir / "sft",
-                                  pairs_folder=run_dir,
-                                  sampling=PairSampling(source.num_pairs, source.tau, source.flip_prob, 40),
-                                  seed=config.seed, policy=policy, file_pairs=file_pairs, show_progress=progress)
+    with _resumable(run_dir, command):
+        sft, prefs = policy_and_pairs(clock, task, tokenizer, sft_config=sft_config, sft_folder=run_dir / "sft",
+                                      pairs_folder=run_dir,
+                                      sampling=PairSampling(source.num_pairs, source.tau, source.flip_prob, 40),
+                                      seed=config.seed, policy=policy, file_pairs=file_pairs, show_progress=progress,
+                                      resume=resume)
     summary = {} if task is None else {"bayes_accuracy": prefs.bayes_accuracy}
     return run_dir, clock, task, sft, prefs, summary
 
 
 def rm_run(config: RMConfig, source: PairSource = PairSource(), *, policy: tuple | None = None,
            tokenizer: Tokenizer | None = None, out: str | None = None, progress: bool = True,
-           provenance: dict | None = None, log: Callable[[str], None] = print) -> dict:
+           provenance: dict | None = None, log: Callable[[str], None] = print, resume: bool = False) -> dict:
     """A Bradley-Terry reward model on ``source``'s pairs, its body from the starting policy
     ``policy`` (``(lm, params)``; None: SFT on the task first, or from scratch on a file's pairs).
     Writes the pairs, the checkpoint, plots and ``summary.json`` into the run folder; returns the
@@ -262,10 +276,11 @@ def rm_run(config: RMConfig, source: PairSource = PairSource(), *, policy: tuple
     config.validate()
     tokenizer = tokenizer or load_tokenizer(None)
     run_dir, clock, task, sft, prefs, summary = _policy_and_pairs(RM, "rm", config, source, policy, tokenizer, out,
-                                                                  progress, provenance, check_rm_pairs)
-    rm = clock("reward_model", lambda: reward_model_stage(
-        config, tokenizer, prefs, run_dir, init_params=sft.params if sft else None,
-        model_config=sft.lm.config if sft else None, show_progress=progress))
+                                                                  progress, provenance, check_rm_pairs, resume)
+    with _resumable(run_dir, RM):
+        rm = clock("reward_model", lambda: reward_model_stage(
+            config, tokenizer, prefs, run_dir, init_params=sft.params if sft else None,
+            model_config=sft.lm.config if sft else None, show_progress=progress, resume=resume))
     result = rm.result
     if result.truncated:
         log(f"rm: {result.truncated} of {2 * len(prefs.pairs)} sequences were longer than "
@@ -292,7 +307,8 @@ def rm_run(config: RMConfig, source: PairSource = PairSource(), *, policy: tuple
 
 def dpo_run(config: DPOConfig, source: PairSource = PairSource(), *, policy: tuple | None = None,
             tokenizer: Tokenizer | None = None, eval_prompts: int = 256, out: str | None = None,
-            progress: bool = True, provenance: dict | None = None, log: Callable[[str], None] = print) -> dict:
+            progress: bool = True, provenance: dict | None = None, log: Callable[[str], None] = print,
+            resume: bool = False) -> dict:
     """DPO of the starting policy ``policy`` (``(lm, params)``; None: SFT on the task first) on
     ``source``'s pairs; with a task, the gold reward and KL of the policy before and after on
     ``eval_prompts`` fresh prompts. Writes the pairs, the checkpoint, plots and ``summary.json``
@@ -303,10 +319,12 @@ def dpo_run(config: DPOConfig, source: PairSource = PairSource(), *, policy: tup
     if source.data is not None and policy is None:
         raise ValueError("init: DPO on your data starts from a policy: give --init (our SFT checkpoint) or --model")
     tokenizer = tokenizer or load_tokenizer(None)
+    provenance = {**(provenance or {}), "eval_prompts": eval_prompts}
     run_dir, clock, task, sft, prefs, summary = _policy_and_pairs(DPO, "dpo", config, source, policy, tokenizer,
-                                                                  out, progress, provenance, check_dpo_pairs)
-    dpo = clock("dpo", lambda: dpo_stage(config, tokenizer, prefs, run_dir, lm=sft.lm, params=sft.params,
-                                         show_progress=progress))
+                                                                  out, progress, provenance, check_dpo_pairs, resume)
+    with _resumable(run_dir, DPO):
+        dpo = clock("dpo", lambda: dpo_stage(config, tokenizer, prefs, run_dir, lm=sft.lm, params=sft.params,
+                                             show_progress=progress, resume=resume))
     if dpo.skipped:
         log(f"dpo: {dpo.skipped} of {len(prefs.pairs)} pairs had a response longer than max_length="
             f"{config.max_length} and were left out (--overlong reject makes this an error)")
@@ -320,3 +338,36 @@ def dpo_run(config: DPOConfig, source: PairSource = PairSource(), *, policy: tup
     summary["wall_s"] = clock.wall
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _resume_preference_run(run_dir: str | Path, command: str, config_class):
+    """What ``--resume`` of ``rm`` or ``dpo`` reads back: ``(config, source, policy, tokenizer,
+    kept)`` from the run's ``config.json``, the starting policy loaded again."""
+    names = ("task", "data", "num_pairs", "tau", "flip_prob", "sft_steps", "init", "pretrained", "tokenizer",
+             "eval_prompts")
+    config, kept = resumable_config(run_dir, command, config_class.from_dict, keep=names)
+    source = PairSource(**{k: kept[k] for k in ("task", "data", "num_pairs", "tau", "flip_prob", "sft_steps")
+                           if kept[k] is not None})
+    policy, tokenizer = None, load_tokenizer(kept["tokenizer"])
+    if kept["pretrained"]:
+        lm, params, tokenizer = load_pretrained(kept["pretrained"])
+        policy = (TransformerLM(lm.config.with_runtime_of(config.model)), params)
+    elif kept["init"]:
+        lm, params, tokenizer = ckpt.load(kept["init"])
+        policy = (lm, params)
+    return config, source, policy, tokenizer, kept
+
+
+def resume_rm(run_dir: str | Path, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Continues the killed ``rlhf-jax rm`` run in ``run_dir``: finished stages are loaded, the
+    reward model goes on from its newest periodic checkpoint (bit-identical)."""
+    config, source, policy, tokenizer, _ = _resume_preference_run(run_dir, RM, RMConfig)
+    return rm_run(config, source, policy=policy, tokenizer=tokenizer, out=str(run_dir), progress=progress, log=log,
+                  resume=True)
+
+
+def resume_dpo(run_dir: str | Path, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Continues the killed ``rlhf-jax dpo`` run in ``run_dir`` as :func:`resume_rm` does."""
+    config, source, policy, tokenizer, kept = _resume_preference_run(run_dir, DPO, DPOConfig)
+    return dpo_run(config, source, policy=policy, tokenizer=tokenizer, eval_prompts=kept["eval_prompts"] or 256,
+                   out=str(run_dir), progress=progress, log=log, resume=True)

@@ -214,11 +214,13 @@ def check_rm_pairs(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[dict]
 
 def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *, init_params_from=None,
                        model_config: TransformerConfig | None = None, where: Sequence[str] | None = None,
-                       progress: Callable[[int, int, float], None] | None = None) -> RMResult:
+                       progress: Callable[[int, int, float], None] | None = None, checkpoints=None,
+                       on_status: Callable[[str], None] | None = None) -> RMResult:
     """Trains on ``pairs`` (dicts with prompt/chosen/rejected[/margin]); evaluates on held-out pairs each epoch.
 
     ``init_params_from`` (an LM's params, with ``model_config``) initialises the body from SFT.
-    ``progress(step, total_steps, loss)`` is called after each step.
+    ``progress(step, total_steps, loss)`` is called after each step. With ``checkpoints`` it
+    saves periodically and resumes (:func:`rlhf_jax.supervised.fit`).
     """
     model = reward_model(model_config or config.model)
     data, truncated = check_rm_pairs(config, tokenizer, pairs, where, model.config)
@@ -264,7 +266,7 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
     params, _, history = fit(jax.jit(gradient_step(loss_fn, tx, has_aux=True)), params, tx.init(params),
                              ((data[idx],) for idx in epoch_batches(rng, train_rows, config.batch_size, config.epochs)),
                              total, evaluate_at=lambda s: s % steps_per_epoch == 0, evaluate=evaluate,
-                             progress=progress)
+                             progress=progress, checkpoints=checkpoints, on_status=on_status)
     norm = {"mean": 0.0, "std": 1.0}
     if config.normalize:
         all_scores = np.concatenate([score_batches(score, params, train.chosen, train.chosen_mask, config.batch_size),

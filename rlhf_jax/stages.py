@@ -111,6 +111,11 @@ class SFTStage:
     """Per optimiser step; None when loaded."""
 
 
+def _say(bar) -> Callable[[str], None]:
+    """A line above the progress bar (resumed from ..., a damaged checkpoint skipped)."""
+    return lambda message: bar.console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
 def supervised_checkpoints(folder: Path) -> RunCheckpoints:
     """The periodic checkpoints of a supervised stage in progress (``folder/progress/``)."""
     return RunCheckpoints(folder / "progress", format=SUPERVISED_FORMAT, payload=SUPERVISED_PAYLOAD)
@@ -129,8 +134,7 @@ def sft_stage(config: SFTConfig, tokenizer, prompts: Sequence[str], responses: S
             job = bar.add_task("sft", total=config.steps, loss="-")
             result = train_sft(config, tokenizer, prompts, responses, params=params, checkpoints=progress,
                                progress=lambda s, loss: bar.update(job, completed=s + 1, loss=f"{loss:.3f}"),
-                               on_status=lambda m: bar.console.print(m, soft_wrap=True, highlight=False,
-                                                                     markup=False))
+                               on_status=_say(bar))
         lm = TransformerLM(config.model)
         _clear(folder / "checkpoint")
         ckpt.save(folder / "checkpoint", result.params, lm, tokenizer)
@@ -275,12 +279,14 @@ def reward_model_stage(config: RMConfig, tokenizer, prefs: Preferences, folder: 
             job = bar.add_task("rm", total=None, loss="-")
             result = train_reward_model(config, tokenizer, prefs.pairs, init_params_from=init_params,
                                         model_config=model_config, where=prefs.where,
+                                        checkpoints=supervised_checkpoints(folder), on_status=_say(bar),
                                         progress=lambda s, n, loss: bar.update(job, completed=s, total=n,
                                                                               loss=f"{loss:.3f}"))
         _clear(folder / "checkpoint")
         ckpt.save(folder / "checkpoint", result.params, result.model, tokenizer,
                   extra={"reward_norm": result.norm, "max_length": config.max_length,
                          "bayes_accuracy": prefs.bayes_accuracy})
+        _clear(folder / "progress")  # the stage's checkpoint replaces them
         epochs = [h["epoch"] for h in result.history]
         plot_lines(folder / "accuracy.png", {"train": (epochs, [h["train_accuracy"] for h in result.history]),
                                              "held-out": (epochs, [h["heldout_accuracy"] for h in result.history])},
@@ -448,9 +454,11 @@ def dpo_stage(config: DPOConfig, tokenizer, prefs: Preferences, folder: Path, *,
         with bar:
             job = bar.add_task("dpo", total=None, loss="-")
             result = train_dpo(config, tokenizer, prefs.pairs, params=params, model=lm, where=prefs.where,
-                               progress=lambda s, n, loss: bar.update(job, completed=s, total=n, loss=f"{loss:.3f}"))
+                               progress=lambda s, n, loss: bar.update(job, completed=s, total=n, loss=f"{loss:.3f}"),
+                               checkpoints=supervised_checkpoints(folder), on_status=_say(bar))
         _clear(folder / "checkpoint")
         ckpt.save(folder / "checkpoint", result.params, lm, tokenizer)
+        _clear(folder / "progress")  # the stage's checkpoint replaces them
         epochs = [h["epoch"] for h in result.history]
         plot_lines(folder / "accuracy.png", {"held-out": (epochs, [h["heldout_accuracy"] for h in result.history])},
                    xlabel="epoch", ylabel="implicit-reward accuracy", title="DPO")
