@@ -27,7 +27,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"  # the flag ppo_jax sets; the peer gets it too
@@ -37,6 +36,7 @@ def ours_once(args) -> dict:
     """Our side of a round, in this (fresh) process; the same protocol as the peer's runner."""
     import jax
     import numpy as np
+    from peers.timing import compile_and_time
 
     from ppo_jax import PPOConfig, make_train
     from ppo_jax.evaluate import make_evaluate
@@ -52,14 +52,7 @@ def ours_once(args) -> dict:
           else jax.jit(lambda key: jax.tree.map(lambda x: x[None], train(key[0]))))
     keys = jax.random.split(jax.random.PRNGKey(args.seed0), seeds)
     warm = jax.random.split(jax.random.PRNGKey(args.seed0 + 10_000), seeds)
-    t0 = time.perf_counter()
-    compiled = fn.lower(keys).compile()
-    compile_s = time.perf_counter() - t0
-    run_times = []
-    for i in range(args.runs):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(keys if i == args.runs - 1 else warm))
-        run_times.append(time.perf_counter() - t0)
+    out, compile_s, run_times = compile_and_time(fn, keys, warm, args.runs)  # the peer's runner times it so too
     evaluate = jax.jit(jax.vmap(make_evaluate(config, num_episodes=64, deterministic=False)))
     per_seed = np.asarray(evaluate(out.state.params, out.state.env_state.obs_stats,
                                    jax.random.split(jax.random.PRNGKey(args.seed0 + 777), seeds))).mean(axis=1)

@@ -9,7 +9,6 @@ writes its files; it returns what the command prints (the CLI parses, loads and 
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +16,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from ppo_jax.run.interrupt import Interrupted
+from ppo_jax.run.interrupt import Interrupted, resume_hint
 from ppo_jax.run.outputs import write_json
 from ppo_jax.run.rundir import check_resumable, check_run_dir, claim_run_dir, resumable_config
 from ppo_jax.run.validation import require_finite, require_positive
@@ -104,21 +103,11 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
     return summary, samples
 
 
-@contextmanager
 def _resumable(run_dir: Path, command: str):
-    """Ctrl-C inside becomes the one line of :func:`_interrupted`."""
-    try:
-        yield
-    except KeyboardInterrupt as err:
-        raise _interrupted(err, run_dir, command) from None
-
-
-def _interrupted(err: KeyboardInterrupt, run_dir: Path, command: str) -> Interrupted:
-    """The one line a supervised command ends with on Ctrl-C: where it stands, how to go on."""
-    where = (f"the last checkpoint is {err.path} (step {err.step} of {err.total})" if isinstance(err, Interrupted)
-             else "progress since the last periodic checkpoint is lost")
-    return Interrupted(getattr(err, "step", None), getattr(err, "total", 0), getattr(err, "path", None),
-                       f"interrupted; {where}; continue with: {command} --resume {run_dir}")
+    """Ctrl-C inside a supervised command ends as one line: where it stands, how to go on."""
+    return resume_hint(command, run_dir, lambda err: (
+        f"the last checkpoint is {err.path} (step {err.step} of {err.total})" if isinstance(err, Interrupted)
+        else "progress since the last periodic checkpoint is lost"))
 
 
 def resume_sft(run_dir: str | Path, *, progress: bool = True) -> tuple[dict, list[dict]]:
@@ -348,14 +337,13 @@ def _resume_preference_run(run_dir: str | Path, command: str, config_class):
     config, kept = resumable_config(run_dir, command, config_class.from_dict, keep=names)
     source = PairSource(**{k: kept[k] for k in ("task", "data", "num_pairs", "tau", "flip_prob", "sft_steps")
                            if kept[k] is not None})
-    policy, tokenizer = None, load_tokenizer(kept["tokenizer"])
     if kept["pretrained"]:
         lm, params, tokenizer = load_pretrained(kept["pretrained"])
-        policy = (TransformerLM(lm.config.with_runtime_of(config.model)), params)
-    elif kept["init"]:
+        return config, source, (TransformerLM(lm.config.with_runtime_of(config.model)), params), tokenizer, kept
+    if kept["init"]:
         lm, params, tokenizer = ckpt.load(kept["init"])
-        policy = (lm, params)
-    return config, source, policy, tokenizer, kept
+        return config, source, (lm, params), tokenizer, kept
+    return config, source, None, load_tokenizer(kept["tokenizer"]), kept
 
 
 def resume_rm(run_dir: str | Path, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:

@@ -28,7 +28,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from ppo_jax.run.interrupt import Interrupted
+from ppo_jax.run.interrupt import Interrupted, resume_hint
 from ppo_jax.run.outputs import plot_lines, write_json
 from ppo_jax.run.rundir import open_run_dir, resumable_config
 from ppo_jax.run.validation import DictConfig, require_finite
@@ -195,18 +195,18 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path | None = None, *, s
         pretrained_params, tok = None, ByteTokenizer()
     run_dir = open_run_dir(run_dir, COMMAND, "pipeline", config.to_dict(), resume=resume)
     run = _Run(config, run_dir, resume, show_progress, log, tok)
-    try:
+    with resume_hint(COMMAND, run_dir, _where_stopped):
         return _stages(run, data, sft_config, pretrained_params)
-    except KeyboardInterrupt as err:
-        # One line: where the run stands and how to continue it (finished stages are kept).
-        where = "finished stages are kept"
-        if isinstance(err, Interrupted) and err.path is not None:
-            supervised = Path(err.path).parent.name == "progress"  # an SFT stage's checkpoints
-            stage = f"the {Path(err.path).parent.parent.name} stage" if supervised else "the PPO stage"
-            where = (f"{stage} stopped after {'step' if supervised else 'iteration'} {err.step} of {err.total} "
-                     f"(checkpoint {err.path})")
-        raise Interrupted(getattr(err, "step", None), getattr(err, "total", 0), getattr(err, "path", None),
-                          f"interrupted; {where}; continue with: {COMMAND} --resume {run_dir}") from None
+
+
+def _where_stopped(err: KeyboardInterrupt) -> str:
+    """Where an interrupted pipeline stands (finished stages are kept)."""
+    if not isinstance(err, Interrupted) or err.path is None:
+        return "finished stages are kept"
+    supervised = Path(err.path).parent.name == "progress"  # a supervised stage's checkpoints
+    stage = f"the {Path(err.path).parent.parent.name} stage" if supervised else "the PPO stage"
+    return (f"{stage} stopped after {'step' if supervised else 'iteration'} {err.step} of {err.total} "
+            f"(checkpoint {err.path})")
 
 
 @dataclass

@@ -124,23 +124,21 @@ def fit(step: Callable, params, opt_state, batches: Iterable[tuple], total: int,
             params, opt_state, loss, aux = step(params, opt_state, *args)
             losses.append(loss)
             auxes.append(aux)
-            if not evaluate_at(done):
-                if progress is not None:
-                    progress(done, total, float(loss))
-                continue
-            history.append(evaluate(done, params, losses[since:], auxes))
-            since, auxes = len(losses), []
+            evaluated = evaluate_at(done)
+            if evaluated:
+                history.append(evaluate(done, params, losses[since:], auxes))
+                since, auxes = len(losses), []
             if progress is not None:
                 progress(done, total, float(loss))
-            if checkpoints is not None and done < total and (stop.requested
-                                                             or time.monotonic() - last_save >= interval):
+            if checkpoints is None or not evaluated:
+                continue  # saves and stops happen at evaluation steps
+            if done < total and (stop.requested or time.monotonic() - last_save >= interval):
                 padded = np.full(total, np.nan, np.float32)
                 padded[:done] = np.asarray(jax.device_get(losses), np.float32)
                 checkpoints.save(done, {"params": params, "opt_state": opt_state, "losses": padded},
                                  {"history": history})
                 last_save = time.monotonic()
-            if checkpoints is not None:
-                stop_if_requested(stop, checkpoints, done, total)
+            stop_if_requested(stop, checkpoints, done, total)
     if checkpoints is not None:
         checkpoints.wait()
     return params, losses, history

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import sys
-import time
 import types
 
 # PureJaxRL's CartPole configuration, from the __main__ block of its ppo.py.
@@ -108,8 +107,10 @@ def main() -> None:
 
     made = stand_in_modules(["brax.envs.wrappers.training", "navix"])
     sys.path.insert(0, os.path.dirname(source))
+    sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
     import gymnax
     import ppo as peer  # PureJaxRL's module, from the checkout
+    from timing import compile_and_time  # beside this file
 
     config = {**CONFIG, "ENV_NAME": args.env, "TOTAL_TIMESTEPS": args.total_timesteps, "NUM_ENVS": args.num_envs}
     train = peer.make_train(config)  # adds NUM_UPDATES and MINIBATCH_SIZE to config
@@ -121,14 +122,7 @@ def main() -> None:
         fn = jax.jit(jax.vmap(train))
         keys = jax.random.split(jax.random.PRNGKey(args.seed0), seeds)
         warm = jax.random.split(jax.random.PRNGKey(args.seed0 + 10_000), seeds)
-    t0 = time.perf_counter()
-    compiled = fn.lower(keys).compile()
-    compile_s = time.perf_counter() - t0
-    run_times = []
-    for i in range(args.runs):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(keys if i == args.runs - 1 else warm))
-        run_times.append(time.perf_counter() - t0)
+    out, compile_s, run_times = compile_and_time(fn, keys, warm, args.runs)  # as ours is timed
 
     env, env_params = gymnax.make(args.env)
     network = peer.ActorCritic(env.action_space(env_params).n, activation=config["ACTIVATION"])

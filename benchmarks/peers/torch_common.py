@@ -130,11 +130,15 @@ def peak_rss_mb() -> float:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
+    """The project's own reader (``ppo_jax/run/machine.py``, standard library only), loaded from
+    its file: this venv has torch, not the project."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "ppo_jax", "run", "machine.py")
+    spec = importlib.util.spec_from_file_location("_project_machine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.cpu_model()
 
 
 def versions() -> dict:

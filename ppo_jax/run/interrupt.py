@@ -81,6 +81,18 @@ def stoppable(checkpoints, on_request: Callable[[], None] | None = None) -> Iter
             raise
 
 
+@contextmanager
+def resume_hint(command: str, run_dir, where: Callable[[KeyboardInterrupt], str]) -> Iterator[None]:
+    """Ctrl-C inside ends as one :class:`Interrupted` line: ``interrupted; <where(err)>; continue
+    with: <command> --resume <run_dir>``, keeping the step and checkpoint of an
+    :class:`Interrupted` raised inside."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        raise Interrupted(getattr(err, "step", None), getattr(err, "total", 0), getattr(err, "path", None),
+                          f"interrupted; {where(err)}; continue with: {command} --resume {run_dir}") from None
+
+
 def terminate_as_interrupt() -> Callable[[], bool]:
     """Makes SIGTERM (what a supervisor or ``kill`` sends) do what Ctrl-C does: stop at the next
     chunk boundary after a checkpoint, or at once where nothing defers it. Returns a function

@@ -2,17 +2,14 @@
 continues a killed run."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from procwatch import wait_for, wait_progressing
+from resume_runs import assert_same_run, rlhf_jax_process
 
-from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.dpo import DPOConfig, train_dpo
 from rlhf_jax.reward_model import RMConfig, train_reward_model
 from rlhf_jax.stages import supervised_checkpoints
@@ -64,27 +61,17 @@ def test_rlhf_jax_rm_killed_then_resumed_ends_as_the_uninterrupted_run(tmp_path)
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS * 4))
     tiny = ["--data", str(data), "--transformer.num-layers", "1", "--transformer.d-model", "32",
             "--transformer.num-heads", "2", "--epochs", "20", "--batch-size", "8", "--no-progress"]
-    env = {**os.environ, "RL_JAX_SAVE_INTERVAL_S": "0"}
-
-    def rm(*args):
-        return subprocess.Popen([sys.executable, "-c", "from rlhf_jax.cli import main; main()", "rm", *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-    whole = rm(*tiny, "--out", str(tmp_path / "whole"))
+    whole = rlhf_jax_process("rm", *tiny, "--out", str(tmp_path / "whole"))
     ((_, err),) = wait_progressing([whole])
     assert whole.returncode == 0, err
     run = tmp_path / "run"
-    proc = rm(*tiny, "--out", str(run))
+    proc = rlhf_jax_process("rm", *tiny, "--out", str(run))
     wait_for(lambda: (run / "progress").is_dir() and any(p.name.isdigit() for p in (run / "progress").iterdir()),
              proc)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: a stale lock, a checkpoint maybe mid-write
     proc.wait()
     assert (run / "run.lock").exists() and not (run / "summary.json").exists()
-    proc = rm("--resume", str(run), "--no-progress")
+    proc = rlhf_jax_process("rm", "--resume", str(run), "--no-progress")
     ((_, err),) = wait_progressing([proc])
     assert proc.returncode == 0, err
-    _, want, _ = ckpt.load(tmp_path / "whole" / "checkpoint")
-    _, got, _ = ckpt.load(run / "checkpoint")
-    jax.tree.map(np.testing.assert_array_equal, want, got)
-    assert json.loads((run / "metrics.json").read_text()) == json.loads((tmp_path / "whole" / "metrics.json")
-                                                                         .read_text())
+    assert_same_run(tmp_path / "whole", run)

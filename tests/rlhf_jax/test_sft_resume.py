@@ -1,17 +1,14 @@
 """SFT saves periodically and resumes bit-identically: in the library and through rlhf-jax sft."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from procwatch import wait_for, wait_progressing
+from resume_runs import assert_same_run, rlhf_jax_process
 
-from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.sft import SFTConfig, train_sft
 from rlhf_jax.stages import supervised_checkpoints
 from rlhf_jax.tokenizer import ByteTokenizer
@@ -47,12 +44,6 @@ def test_a_killed_sft_resumes_from_its_checkpoint_to_the_same_parameters(tmp_pat
     assert whole.eval_loss == resumed.eval_loss and whole.eval_steps == resumed.eval_steps
 
 
-def _sft(args, **kw):
-    env = {**os.environ, "RL_JAX_SAVE_INTERVAL_S": "0"}
-    return subprocess.Popen([sys.executable, "-c", "from rlhf_jax.cli import main; main()", "sft", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
-
-
 @pytest.mark.slow
 def test_ctrl_c_on_rlhf_jax_sft_keeps_its_work_and_resume_ends_as_the_uninterrupted_run(tmp_path):
     data = tmp_path / "sft.jsonl"
@@ -60,11 +51,11 @@ def test_ctrl_c_on_rlhf_jax_sft_keeps_its_work_and_resume_ends_as_the_uninterrup
     tiny = ["--data", str(data), "--transformer.num-layers", "1", "--transformer.d-model", "32",
             "--transformer.num-heads", "2", "--steps", "300", "--warmup-steps", "2", "--eval-every", "10",
             "--batch-size", "8", "--num-samples", "2", "--no-progress"]
-    whole = _sft([*tiny, "--out", str(tmp_path / "whole")])
+    whole = rlhf_jax_process("sft", *tiny, "--out", str(tmp_path / "whole"))
     ((_, err),) = wait_progressing([whole])
     assert whole.returncode == 0, err
     run = tmp_path / "run"
-    proc = _sft([*tiny, "--out", str(run)])
+    proc = rlhf_jax_process("sft", *tiny, "--out", str(run))
     wait_for(lambda: (run / "progress" / "20").exists(), proc)
     proc.send_signal(signal.SIGINT)
     ((_, err),) = wait_progressing([proc])
@@ -73,12 +64,8 @@ def test_ctrl_c_on_rlhf_jax_sft_keeps_its_work_and_resume_ends_as_the_uninterrup
     assert lines[-1].startswith("rlhf-jax: interrupted; the last checkpoint is ") and \
         lines[-1].endswith(f"continue with: rlhf-jax sft --resume {run}"), err
     assert not (run / "summary.json").exists()
-    proc = _sft(["--resume", str(run), "--no-progress"])
+    proc = rlhf_jax_process("sft", "--resume", str(run), "--no-progress")
     ((_, err),) = wait_progressing([proc])
     assert proc.returncode == 0, err
-    _, want, _ = ckpt.load(tmp_path / "whole" / "checkpoint")
-    _, got, _ = ckpt.load(run / "checkpoint")
-    jax.tree.map(np.testing.assert_array_equal, want, got)
-    assert json.loads((run / "metrics.json").read_text()) == json.loads((tmp_path / "whole" / "metrics.json")
-                                                                         .read_text())
+    assert_same_run(tmp_path / "whole", run)
     assert not (run / "progress").exists()
