@@ -32,6 +32,7 @@ from ppo_jax.run.checkpoints import (
     orbax_restore,
     tree_checksums,
     verify_checksums,
+    write_checkpoint,
 )
 from ppo_jax.run.outputs import read_json, write_json
 
@@ -55,10 +56,8 @@ def save(directory: str | os.PathLike, config: PPOConfig, state, num_seeds: int 
         raise FileExistsError(f"checkpoint: {directory / 'state'} already exists; choose a new directory")
     barrier("ppo_jax.checkpoint.save")  # every process has looked before any writes
     payload = payload_from_state(state)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "state", payload)
+    write_checkpoint(directory / "state", payload)
     checksums = tree_checksums(payload)
-    checkpointer.wait_until_finished()
     if jax.process_index() == 0:
         write_json(directory / "config.json", config.to_dict())
         write_json(directory / "meta.json", {"num_seeds": num_seeds, "format": FORMAT, "checksums": checksums})

@@ -14,6 +14,7 @@ USAGE = """usage: ppo-jax {train,study,eval} [--help] [options]
   train   train PPO (or --algo a2c|trpo|reinforce|reinforce-baseline) on a gymnax environment, write a run folder
           (--devices N splits it across devices; --resume DIR continues a killed run)
   study   compare update rules / a hyperparameter grid over vmapped seeds (IQM, bootstrap CIs)
+          (--resume DIR continues a stopped study)
   eval    evaluate a checkpoint: ppo-jax eval --checkpoint DIR
 """
 
@@ -105,9 +106,11 @@ def _config_of(args: TrainArgs) -> PPOConfig:
     return PPOConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)})
 
 
-def _fail(msg: str) -> None:
-    print(f"ppo-jax: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+def _fail(error: str | Exception, code: int = 2) -> None:
+    from ppo_jax.run.rundir import command_failed
+
+    print(f"ppo-jax: error: {error}", file=sys.stderr)
+    command_failed(error, code)  # the run folder marked failed (reusable), or --resume after a failed save
 
 
 @dataclass(frozen=True)
@@ -134,12 +137,12 @@ def train_main(argv: list[str]) -> dict:
         try:
             summary = resume_run(args.resume, devices=args.devices, progress=not args.no_progress)
         except (ValueError, OSError) as err:
-            _fail(str(err))
+            _fail(err)
         return _print_training(summary)
     try:
         base = preset(_flag_from_argv(argv, "--env", PPOConfig.env), _flag_from_argv(argv, "--algo", "ppo"))
     except ValueError as err:
-        _fail(str(err))
+        _fail(err)
     defaults = TrainArgs(**dataclasses.asdict(base))
     args = tyro.cli(TrainArgs, args=argv, default=defaults, prog="ppo-jax train")
     config = _config_of(args)
@@ -152,7 +155,7 @@ def train_main(argv: list[str]) -> dict:
                             eval_episodes=args.eval_episodes, progress=not args.no_progress, devices=args.devices,
                             checkpoint_every=args.checkpoint_every, check_finite=not args.no_check_finite)
     except (ValueError, OSError) as err:
-        _fail(str(err))
+        _fail(err)
     return _print_training(summary)
 
 
@@ -171,17 +174,37 @@ def _print_training(summary: dict) -> dict:
     return summary
 
 
+@dataclass(frozen=True)
+class StudyResumeArgs:
+    """Continue a stopped study: finished algorithms are loaded, the one in progress continues from
+    its newest checkpoint (the settings come from DIR/config.json)."""
+
+    resume: str
+    """Run folder of the study to continue."""
+    processes: int | None = None
+    """Local processes to split the seeds across (default on a CPU: one per core; 1: off)."""
+    no_progress: bool = False
+    """Hide progress messages."""
+
+
 def study_main(argv: list[str]) -> dict:
     import tyro
 
-    from ppo_jax.experiment import study_run
+    from ppo_jax.experiment import resume_study, study_run
     from ppo_jax.study import parse_grid
+
+    if any(a == "--resume" or a.startswith("--resume=") for a in argv):
+        resumed = tyro.cli(StudyResumeArgs, args=argv, prog="ppo-jax study --resume")
+        try:
+            return _print_study(resume_study(resumed.resume, progress=not resumed.no_progress))
+        except (ValueError, OSError) as err:
+            _fail(err)
 
     env = _flag_from_argv(argv, "--env", PPOConfig.env)
     try:
         base = preset(env)
     except ValueError as err:
-        _fail(str(err))
+        _fail(err)
     defaults = StudyArgs(**dataclasses.asdict(base))
     args = tyro.cli(StudyArgs, args=argv, default=defaults, prog="ppo-jax study")
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)
@@ -194,9 +217,14 @@ def study_main(argv: list[str]) -> dict:
                            eval_episodes=args.eval_episodes, bootstrap_reps=args.bootstrap_reps,
                            progress=not args.no_progress)
     except (ValueError, OSError) as err:
-        _fail(str(err))
+        _fail(err)
+    return _print_study(result)
+
+
+def _print_study(result) -> dict:
+    seeds = result.summary["num_seeds"]
     for name, r in result.summary["results"].items():
-        print(f"{name}: IQM {r['iqm']:.1f} [{r['iqm_ci'][0]:.1f}, {r['iqm_ci'][1]:.1f}] over {args.num_seeds} seeds")
+        print(f"{name}: IQM {r['iqm']:.1f} [{r['iqm_ci'][0]:.1f}, {r['iqm_ci'][1]:.1f}] over {seeds} seeds")
     print(f"run folder: {result.run_dir}")
     return result.summary
 
@@ -210,7 +238,7 @@ def eval_main(argv: list[str]) -> np.ndarray:
     try:
         returns = eval_checkpoint(args.checkpoint, episodes=args.episodes, stochastic=args.stochastic, seed=args.seed)
     except (OSError, ValueError) as err:
-        _fail(str(err))
+        _fail(err)
     mode = "sampled" if args.stochastic else "deterministic"
     for i, r in enumerate(returns):
         print(f"seed {i}: {mode} return {r.mean():.1f} +- {r.std():.1f} over {args.episodes} episodes")
@@ -229,8 +257,7 @@ def _main(argv: list[str] | None = None) -> None:
         try:
             train_main(rest)
         except NonFiniteError as err:
-            print(f"ppo-jax: error: {err}", file=sys.stderr)
-            raise SystemExit(1) from None
+            _fail(err, 1)
     elif command == "eval":
         eval_main(rest)
     elif command == "study":
@@ -249,13 +276,20 @@ def main(argv: list[str] | None = None) -> None:
     from ppo_jax.run import compile_cache
     from ppo_jax.run.configure import configure
     from ppo_jax.run.interrupt import terminate_as_interrupt
+    from ppo_jax.run.rundir import start_command
 
     configure()  # before anything starts JAX's backend
     warnings.formatwarning = _one_line_warning
     compile_cache.enable()
     terminated = terminate_as_interrupt()
+    start_command()
     try:
         _main(argv)
+    except Exception as err:  # a bug: its traceback follows; the folder must not block a rerun
+        from ppo_jax.run.rundir import mark_failed
+
+        mark_failed(f"{type(err).__name__}: {err}")
+        raise
     except KeyboardInterrupt as err:
         # One line, not a traceback: where the run stands and how to continue it.
         print(f"ppo-jax: {err}" if str(err) else "ppo-jax: interrupted", file=sys.stderr)

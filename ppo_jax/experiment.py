@@ -23,30 +23,24 @@ from ppo_jax import checkpoint as ckpt
 from ppo_jax.config import PPOConfig
 from ppo_jax.distributed import Layout, barrier, choose_layout, fetch
 from ppo_jax.evaluate import make_evaluate
-from ppo_jax.run.interrupt import Interrupted
+from ppo_jax.run.interrupt import Interrupted, after_failed_write, resume_hint
 from ppo_jax.run.outputs import plot_learning_curve, write_json, write_metrics
 from ppo_jax.run.progress import progress_bar
 from ppo_jax.run.rundir import check_run_dir, claim_run_dir, ppo_run_name, resumable_config
+from ppo_jax.run.settings import save_interval_s
 from ppo_jax.run.validation import require_seed
-from ppo_jax.runner import NonFiniteError, RunResult, eval_keys, run_resumable
+from ppo_jax.runner import (
+    NonFiniteError,
+    RunResult,
+    auto_checkpoint_every,
+    eval_keys,
+    run_resumable,
+)
 from ppo_jax.seed_groups import default_groups
 from ppo_jax.study import grid_points, run_study
 
 TRAIN = "ppo-jax train"
 STUDY = "ppo-jax study"
-
-# With the default checkpoint_every -1, save at most this often: a save costs ~50-80 ms
-# (13% of the default CartPole run when saved ten times), so short runs keep only the last.
-AUTO_SAVE_INTERVAL_S = 60.0
-
-
-def auto_checkpoint_every(num_updates: int) -> int:
-    """About ten checkpoints a run, at a divisor of ``num_updates`` when one is near (every
-    chunk length is one more compiled program), else every ``ceil(num_updates / 10)``."""
-    target = max(1, num_updates // 10)
-    divisors = [d for d in range(max(1, target // 2), target + 1) if num_updates % d == 0]
-    return divisors[-1] if divisors else -(-num_updates // 10)
-
 
 METRIC_BYTES_PER_UPDATE = 32 * 8
 """An upper bound on one seed's metrics per update (each update reports under 32 numbers)."""
@@ -83,6 +77,7 @@ def train_run(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str 
     layout = choose_layout(num_seeds, config.num_envs, devices)  # errors before any folder exists
     seed_groups = default_groups(num_seeds) if layout.mesh is None else 1
     every = auto_checkpoint_every(config.num_updates) if checkpoint_every == -1 else checkpoint_every
+    interval = save_interval_s() if checkpoint_every == -1 else 0.0
     run = {"num_seeds": num_seeds, "seed": seed, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
            "check_finite": check_finite}
     run_dir = _train_folder(config, out, run, resume)
@@ -102,13 +97,13 @@ def train_run(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str 
         elif message.startswith(("resumed", "warning", "stopping")) and primary:
             console.print(message, soft_wrap=True, highlight=False, markup=False)
 
-    with bar:
+    with bar, after_failed_write(TRAIN, run_dir):
         try:
             result = run_resumable(config, num_seeds=num_seeds, seed=seed, layout=layout, checkpoints=checkpoints,
                                    checkpoint_every=every, check_finite=check_finite,
                                    progress=(lambda done: bar.update(task, completed=done)) if progress and primary
                                    else None, on_status=on_status,
-                                   min_save_interval_s=AUTO_SAVE_INTERVAL_S if checkpoint_every == -1 else 0.0,
+                                   min_save_interval_s=interval,
                                    on_compiled=evaluator.compile_in_background, seed_groups=seed_groups)
         except NonFiniteError as err:
             if primary:
@@ -116,8 +111,8 @@ def train_run(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str 
             raise
         except KeyboardInterrupt:
             raise _interrupted(config, run_dir, checkpoints) from None
-    return _finish_training(config, result, run_dir, evaluator, layout=layout, seed=seed, num_seeds=num_seeds,
-                            eval_episodes=eval_episodes, seed_groups=seed_groups, every=every)
+        return _finish_training(config, result, run_dir, evaluator, layout=layout, seed=seed, num_seeds=num_seeds,
+                                eval_episodes=eval_episodes, seed_groups=seed_groups, every=every)
 
 
 def resume_run(run_dir: str, *, devices: int | None = None, progress: bool = True) -> dict:
@@ -223,35 +218,75 @@ class StudyResult:
 
 def study_run(configs: dict[str, PPOConfig], *, grid: dict[str, list[float]], num_seeds: int = 8, seed: int = 0,
               out: str | None = None, eval_episodes: int = 16, bootstrap_reps: int = 2000,
-              progress: bool = True) -> StudyResult:
+              progress: bool = True, resume: bool = False) -> StudyResult:
     """Compares the update rules ``configs`` (one environment) x the traced grid over
-    ``num_seeds`` vmapped seeds into a run folder (:func:`ppo_jax.study.run_study`)."""
+    ``num_seeds`` vmapped seeds into a run folder (:func:`ppo_jax.study.run_study`), saving as
+    it goes; with ``resume``, continues the stopped study in ``out`` (:func:`resume_study`)."""
     if not configs:
         raise ValueError("algos: give at least one update rule")
     for c in configs.values():
         c.validate()
     require_seed(seed)
+    save_interval_s()  # a bad RL_JAX_SAVE_INTERVAL_S is refused before the folder exists
     env = next(iter(configs.values())).env
     primary = jax.process_index() == 0
-    if jax.process_count() > 1:
-        if not out:
-            raise ValueError("out: a multi-process study needs --out, a folder every process can reach")
-        check_run_dir(out, STUDY)
+    if jax.process_count() > 1 and not out:
+        raise ValueError("out: a multi-process study needs --out, a folder every process can reach")
+    if jax.process_count() > 1 and not resume:
+        check_run_dir(out, STUDY, resumable=True)
     barrier("ppo_jax.study_dir")  # every process has looked before the first creates the folder
-    run_dir = claim_run_dir(out, STUDY, ppo_run_name("study", env, "")) if primary else Path(out)
-
-    bar = progress_bar(disable=not (progress and primary))
+    if resume or not primary:
+        run_dir = Path(out)
+    else:
+        run_dir = claim_run_dir(out, STUDY, ppo_run_name("study", env, ""), resumable=True)
+        write_json(run_dir / "config.json", {"configs": {a: c.to_dict() for a, c in configs.items()},
+                                             "run": {"grid": grid, "num_seeds": num_seeds, "seed": seed,
+                                                     "eval_episodes": eval_episodes,
+                                                     "bootstrap_reps": bootstrap_reps}})
+    barrier("ppo_jax.study_dir.created")
+    console = Console(stderr=True)
+    bar = progress_bar(console=console, disable=not (progress and primary))
     tasks = {a: bar.add_task(f"{a} (compiling)", total=c.num_updates) for a, c in configs.items()}
 
     def on_stage(algo, status):
         if status == "training":
             bar.update(tasks[algo], description=f"{algo} (seeds x grid: {num_seeds} x {len(grid_points(grid))})")
+        elif status.startswith(("resumed", "warning", "stopping", "loaded")) and primary:
+            console.print(status, soft_wrap=True, highlight=False, markup=False)
 
-    with bar:
+    with bar, resume_hint(STUDY, run_dir, _where_the_study_stopped):
         summary = run_study(configs, num_seeds=num_seeds, grid=grid, seed=seed, eval_episodes=eval_episodes,
                             run_dir=run_dir, progress=on_stage,
                             on_update=lambda a, u, n: bar.update(tasks[a], completed=u), reps=bootstrap_reps)
     return StudyResult(summary, run_dir)
+
+
+def _where_the_study_stopped(err: KeyboardInterrupt) -> str:
+    if isinstance(err, Interrupted) and err.path is not None:
+        return f"the last checkpoint is {err.path} (update {err.step} of {err.total}); finished algorithms are kept"
+    return "finished algorithms and the last checkpoint are kept"
+
+
+def resume_study(run_dir: str, *, progress: bool = True) -> StudyResult:
+    """Continues the stopped study in ``run_dir``: finished algorithms are loaded, the one in
+    progress goes on from its newest checkpoint, and the study ends as if never stopped."""
+    configs, kept = resumable_config(run_dir, STUDY, _study_configs, keep=("run",),
+                                     take_lock=jax.process_index() == 0)
+    run = kept["run"]
+    names = ("grid", "num_seeds", "seed", "eval_episodes", "bootstrap_reps")
+    if not isinstance(run, dict) or set(run) != set(names):
+        raise ValueError(f"{Path(run_dir) / 'config.json'}: its 'run' entry should hold {', '.join(names)} (not a "
+                         f"`{STUDY}` run folder, or an older version's)")
+    return study_run(configs, grid=run["grid"], num_seeds=run["num_seeds"], seed=run["seed"], out=run_dir,
+                     eval_episodes=run["eval_episodes"], bootstrap_reps=run["bootstrap_reps"], progress=progress,
+                     resume=True)
+
+
+def _study_configs(saved: dict) -> dict[str, PPOConfig]:
+    configs = saved.get("configs")
+    if not isinstance(configs, dict) or not configs:
+        raise ValueError("no 'configs' entry naming the algorithms")
+    return {algo: PPOConfig.from_dict(c) for algo, c in configs.items()}
 
 
 def eval_checkpoint(checkpoint: str, *, episodes: int = 16, stochastic: bool = False, seed: int = 0) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -26,6 +25,14 @@ from ppo_jax.train import make_train_fns
 
 # NaN by design in an update where no episode finished, so not evidence of divergence.
 UNCHECKED = ("episode_return", "episode_length")
+
+
+def auto_checkpoint_every(num_updates: int) -> int:
+    """About ten checkpoints a run, at a divisor of ``num_updates`` when one is near (every
+    chunk length is one more compiled program), else every ``ceil(num_updates / 10)``."""
+    target = max(1, num_updates // 10)
+    divisors = [d for d in range(max(1, target // 2), target + 1) if num_updates % d == 0]
+    return divisors[-1] if divisors else -(-num_updates // 10)
 
 
 class NonFiniteError(FloatingPointError):
@@ -80,7 +87,8 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
                   checkpoints: RunCheckpoints | None = None, checkpoint_every: int = 0,
                   check_finite: bool = True, progress: Callable[[Any], None] | None = None,
                   on_status: Callable[[str], None] | None = None, min_save_interval_s: float = 0.0,
-                  on_compiled: Callable[[Any], None] | None = None, seed_groups: int = 1) -> RunResult:
+                  on_compiled: Callable[[Any], None] | None = None, seed_groups: int = 1,
+                  keys: np.ndarray | None = None, hparams: Any = None) -> RunResult:
     """Trains ``num_seeds`` seeds on ``layout``, ``checkpoint_every`` updates per compiled
     call (0: all at once), saving after each call when ``checkpoints`` is given (but not
     within ``min_save_interval_s`` seconds of the last save, except at the end) and
@@ -98,6 +106,10 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     ``seed_groups``: on one device, the seeds run as that many independent vmaps in the one
     program (:func:`ppo_jax.seed_groups.vmap_seeds`), so a CPU runs one on each core.
 
+    ``keys`` (``[num_seeds, 2]``; default :func:`seed_keys`) and ``hparams`` (an
+    :class:`ppo_jax.config.HParams` whose leaves lead with ``num_seeds``; default the config's)
+    give each run its own key and traced hyperparameters: a study's grid points x seeds.
+
     Ctrl-C (with ``checkpoints``): the first stops the run after the chunk in progress,
     saves it and raises :class:`ppo_jax.run.interrupt.Interrupted`; a second raises
     KeyboardInterrupt at once, after any save in flight has finished.
@@ -111,17 +123,22 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
     every = checkpoint_every if checkpoint_every > 0 else num_updates
     shard = leading_axis_constraint(layout.mesh, ENVS) if layout.axis == ENVS else None
     fns = make_train_fns(config, env_sharding=shard)
-    keys = global_array(layout, seed_keys(seed, num_seeds))
+    keys = global_array(layout, seed_keys(seed, num_seeds) if keys is None else keys)
     if seed_groups > 1 and layout.mesh is not None:
         raise ValueError(f"seed_groups: {seed_groups} groups need one device; this layout is {layout.describe()}")
+    # Per-run hyperparameters ride along as a second argument (none: the config's, as constants).
+    extra = () if hparams is None else (jax.tree.map(lambda v: global_array(layout, v), hparams),)
     # Initialisation stays one vmap: it is quick, and its batched QR (orthogonal init) is what
     # XLA:CPU deadlocked on when several ran at once.
     init = place(layout, jax.vmap(fns.init))
 
     def compile_chunk(n: int, like) -> Any:
-        return place(layout, vmap_seeds(partial(fns.run, num=n), seed_groups)).lower(like).compile()
+        def run(state, *hp):  # named: its cache entries are "jit_run-..."
+            return fns.run(state, n, *hp)
 
-    state = init(keys)
+        return place(layout, vmap_seeds(run, seed_groups)).lower(like, *extra).compile()
+
+    state = init(keys, *extra)
     first = min(every, num_updates)
     t0 = time.perf_counter()
     programs: dict[int, Any] = {first: compile_chunk(first, state)}
@@ -155,7 +172,7 @@ def run_resumable(config: PPOConfig, *, num_seeds: int, seed: int, layout: Layou
             # A no-op unless XLA chose other placements for the last chunk's outputs than
             # this program takes (possible in the envs layout).
             state = jax.device_put(state, programs[n].input_shardings[0][0])
-            out = programs[n](state)
+            out = programs[n](state, *extra)
             chunk = fetch(out.metrics)
             run_s += time.perf_counter() - t0
             if check_finite:

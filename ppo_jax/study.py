@@ -3,34 +3,36 @@ environment, N vmapped seeds each, reported with IQM, stratified-bootstrap inter
 learning curves with confidence bands and the probability of improvement between pairs.
 
 Each algorithm compiles once: its seeds and grid points run as one ``vmap`` over
-``(seeds x grid points)`` of ``train(key, hparams)`` (traced fields only, so the sweep
-shares the program).
+``grid points x seeds`` of the training chunk ``run(state, hparams)`` (traced fields only,
+so the sweep shares the program), saved between chunks so that a stopped study resumes.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 import jax
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
+from ppo_jax import checkpoint as ckpt
 from ppo_jax.config import TRACED_FIELDS, PPOConfig, stack_hparams
-from ppo_jax.distributed import SEEDS, Layout, choose_layout, fetch, global_array, place
+from ppo_jax.distributed import SEEDS, Layout, barrier, choose_layout, fetch, global_array, place
 from ppo_jax.evaluate import make_evaluate
-from ppo_jax.run.outputs import plot_lines, write_json
-from ppo_jax.runner import eval_keys, seed_keys
+from ppo_jax.run.checkpoints import RunCheckpoints
+from ppo_jax.run.outputs import atomic_path, plot_lines, write_json
+from ppo_jax.run.settings import save_interval_s
+from ppo_jax.runner import auto_checkpoint_every, eval_keys, run_resumable, seed_keys
 from ppo_jax.stats import (
     iqm,
     probability_of_improvement,
     probability_of_improvement_ci,
     summarize,
 )
-from ppo_jax.train import make_train
 
 
 def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
@@ -71,8 +73,14 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
     """Runs every algorithm (``configs[algo]``, one environment) x grid point with ``num_seeds``
     seeds; writes ``summary.json``, ``curves.json``, ``learning_curves.png`` and
     ``final_iqm.png`` into ``run_dir`` and returns the summary. ``progress(algo, status)`` is
-    called between stages, ``on_update(algo, update, num_updates)`` from inside the compiled
-    run after every update."""
+    called between stages and with the run's status lines (resumed, stopping, checkpoint),
+    ``on_update(algo, updates_done, num_updates)`` after every chunk of updates.
+
+    Saves as it goes under ``run_dir/progress``: each algorithm's periodic checkpoints while
+    it trains, then its results once evaluated; run again on the same folder, it loads the
+    finished algorithms and continues the one in progress from its newest checkpoint, to the
+    same numbers as a run never stopped. Ctrl-C stops at a checkpoint
+    (:class:`ppo_jax.run.interrupt.Interrupted`)."""
     points = grid_points(grid)
     envs = {c.env for c in configs.values()}
     if len(envs) != 1:
@@ -84,37 +92,19 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
     primary = jax.process_index() == 0
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
-    layout = seeds_layout(num_seeds)
-    # Arrays lead with [grid, seeds]: the same seeds at every grid point (common random numbers).
-    grid_seeds = P(None, SEEDS)
-    keys = global_array(layout, seed_keys(seed, num_seeds))
-    keys_for_eval = global_array(layout, np.broadcast_to(eval_keys(seed, num_seeds), (len(points), num_seeds, 2)),
-                                 grid_seeds)
     results, curves, wall = {}, {}, {}
     for algo, config in configs.items():
-        if progress is not None:
-            progress(algo, "training")
+        say = (lambda status, a=algo: progress(a, status)) if progress is not None else (lambda status: None)
         t0 = time.perf_counter()
-        hps = jax.tree.map(lambda v: global_array(layout, v, P()), stack_hparams([config.replace(**p) for p in points]))
-        callback = None
-        if on_update is not None:
-            callback = lambda u, a=algo, n=config.num_updates: on_update(a, int(np.max(np.asarray(u))) + 1, n)  # noqa: E731
-        train = make_train(config, progress=callback)
-        run = place(layout, jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0)), (P(SEEDS), P()),
-                    grid_seeds)
-        out = run(keys, hps)
-        evaluate = place(layout, jax.vmap(jax.vmap(make_evaluate(config, num_episodes=eval_episodes,
-                                                                 deterministic=True))), grid_seeds, grid_seeds)
-        finals = evaluate(out.state.params, out.state.env_state.obs_stats, keys_for_eval)
-        finals, returns, steps = fetch((finals, out.metrics["episode_return"], out.metrics["env_steps"]))
-        finals, steps = finals.mean(-1), steps[0, 0]  # returns: [grid, seeds, updates]
+        finals, returns, steps = _algorithm(config, algo, points, num_seeds=num_seeds, seed=seed,
+                                            eval_episodes=eval_episodes, folder=run_dir / PROGRESS, say=say,
+                                            on_update=on_update)
         wall[algo] = time.perf_counter() - t0
         for g, point in enumerate(points):
             name = point_name(algo, point)
             results[name] = {"algo": algo, **point, **summarize(finals[g], reps=reps, seed=seed)}
             curves[name] = _curve_with_band(steps, returns[g], reps=max(200, reps // 10), seed=seed)
-        if progress is not None:
-            progress(algo, f"done in {wall[algo]:.0f} s")
+        say(f"done in {wall[algo]:.0f} s")
     names = list(results)
     improvement = {f"{a} > {b}": {"p": probability_of_improvement(results[a]["scores"], results[b]["scores"]),
                                   "ci": list(probability_of_improvement_ci(results[a]["scores"], results[b]["scores"],
@@ -123,12 +113,11 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
     summary = {"env": base.env, "num_seeds": num_seeds, "seed": seed, "eval_episodes": eval_episodes,
                "configs": {a: c.to_dict() for a, c in configs.items()}, "grid": grid, "results": results,
                "probability_of_improvement": improvement, "wall_s": wall, "device": str(jax.devices()[0].platform),
-               "layout": layout.describe(),
+               "layout": seeds_layout(len(points) * num_seeds).describe(),
                "run_dir": str(run_dir)}
     if not primary:
         return summary
     write_json(run_dir / "curves.json", curves)
-    write_json(run_dir / "summary.json", summary)
     series = {name: (c["env_steps"], c["iqm"], c["ci_low"], c["ci_high"]) for name, c in curves.items()}
     plot_lines(run_dir / "learning_curves.png", series, xlabel="environment steps",
                ylabel="episode return (IQM over seeds)", title=f"{base.env}: {num_seeds} seeds")
@@ -136,7 +125,51 @@ def run_study(configs: dict[str, PPOConfig], *, num_seeds: int, grid: dict[str, 
                                           for i, (n, r) in enumerate(results.items())},
                xlabel="algorithm / grid point", ylabel="final deterministic return (IQM, 95% CI)",
                title=f"{base.env}: final return")
+    write_json(run_dir / "summary.json", summary)  # last: it marks the study finished
+    shutil.rmtree(run_dir / PROGRESS, ignore_errors=True)
     return summary
+
+
+PROGRESS = "progress"
+"""A study's folder of work in progress: ``<algo>/`` periodic checkpoints, ``<algo>.npz`` results."""
+
+
+def _algorithm(config: PPOConfig, algo: str, points: list[dict[str, float]], *, num_seeds: int, seed: int,
+               eval_episodes: int, folder: Path, say: Callable[[str], None],
+               on_update: Callable[[str, int, int], None] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(finals [grid, seeds], episode returns [grid, seeds, updates], env steps [updates])`` of
+    one algorithm: loaded from ``folder/<algo>.npz`` if a run before finished it, else trained
+    (continuing from ``folder/<algo>/``'s newest checkpoint), evaluated and saved there."""
+    done = folder / f"{algo}.npz"
+    if done.exists():
+        with np.load(done) as saved:
+            say(f"loaded the finished {algo} from {done}")
+            return saved["finals"], saved["returns"], saved["steps"]
+    # The runs are grid points x seeds as one batch, grid-major; every grid point uses the
+    # same seeds (common random numbers), so a grid point differs from another only in its values.
+    members = len(points) * num_seeds
+    layout = seeds_layout(members)
+    keys = np.tile(seed_keys(seed, num_seeds), (len(points), 1))
+    hparams = stack_hparams([config.replace(**p) for p in points for _ in range(num_seeds)])
+    checkpoints = RunCheckpoints(folder / algo, format=ckpt.FORMAT, payload=ckpt.PAYLOAD)
+    say("training")
+    result = run_resumable(config, num_seeds=members, seed=seed, layout=layout, checkpoints=checkpoints,
+                           checkpoint_every=auto_checkpoint_every(config.num_updates), check_finite=False,
+                           progress=(lambda u: on_update(algo, u, config.num_updates)) if on_update else None,
+                           on_status=say, min_save_interval_s=save_interval_s(), keys=keys, hparams=hparams)
+    evaluate = place(layout, jax.vmap(make_evaluate(config, num_episodes=eval_episodes, deterministic=True)))
+    eval_for = global_array(layout, np.tile(eval_keys(seed, num_seeds), (len(points), 1)))
+    finals = fetch(evaluate(result.state.params, result.state.env_state.obs_stats, eval_for))
+    finals = finals.mean(-1).reshape(len(points), num_seeds)
+    returns = result.metrics["episode_return"].reshape(len(points), num_seeds, -1)
+    steps = result.metrics["env_steps"][0]
+    if jax.process_index() == 0:
+        with atomic_path(done) as tmp, open(tmp, "wb") as f:
+            np.savez(f, finals=finals, returns=returns, steps=steps)
+    barrier("ppo_jax.study.algorithm_done")  # every process is past its checkpoints before they go
+    if jax.process_index() == 0:
+        shutil.rmtree(folder / algo, ignore_errors=True)
+    return finals, returns, steps
 
 
 def seeds_layout(num_seeds: int) -> Layout:

@@ -17,7 +17,13 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from ppo_jax.run.checkpoints import CheckpointError, orbax_restore, tree_checksums, verify_checksums
+from ppo_jax.run.checkpoints import (
+    CheckpointError,
+    orbax_restore,
+    tree_checksums,
+    verify_checksums,
+    write_checkpoint,
+)
 from ppo_jax.run.outputs import read_json, write_json
 from rlhf_jax.tokenizer import ByteTokenizer, JsonTokenizer, Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
@@ -30,10 +36,8 @@ def save(directory: str | os.PathLike, params, model: TransformerLM, tokenizer: 
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "params").exists():
         raise FileExistsError(f"checkpoint: {directory / 'params'} already exists; choose a new directory")
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "params", params)
+    write_checkpoint(directory / "params", params)
     checksums = tree_checksums(params)
-    checkpointer.wait_until_finished()
     write_json(directory / "model.json", {"config": model.config.to_dict(), "lm_head": model.lm_head,
                                           "scalar_head": model.scalar_head, "format": 1, "checksums": checksums})
     if isinstance(tokenizer, JsonTokenizer):

@@ -172,15 +172,24 @@ def run_overoptimization_command(args: OveroptimizationArgs) -> dict:
     return summary
 
 
-def _fail(msg: str) -> None:
-    print(f"rlhf-jax: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+def _fail(error: str | Exception, code: int = 2) -> None:
+    from ppo_jax.run.rundir import command_failed
+
+    print(f"rlhf-jax: error: {error}", file=sys.stderr)
+    command_failed(error, code)  # the run folder marked failed (reusable), or --resume after a failed save
 
 
 def _config_of(cls, args, model_config):
     """The library config ``cls`` of CLI ``args``, with ``model_config`` as its transformer."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name != "model"}
-    return cls(model=model_config, **values)
+    config = cls(model=model_config, **values)
+    try:
+        config.validate()
+    except ValueError as err:  # the library's model.* fields are set by --transformer.* here
+        message = str(err)
+        raise ValueError(f"transformer.{message.removeprefix('model.')}" if message.startswith("model.")
+                         else message) from None
+    return config
 
 
 def _load_hf(path: str):
@@ -358,11 +367,13 @@ def main(argv: list[str] | None = None) -> None:
     from ppo_jax.run import compile_cache
     from ppo_jax.run.configure import configure
     from ppo_jax.run.interrupt import terminate_as_interrupt
+    from ppo_jax.run.rundir import start_command
 
     configure()  # before anything starts JAX's backend
     warnings.formatwarning = lambda message, *_: f"rlhf-jax: warning: {message}\n"  # a line, not a source line
     compile_cache.enable()
     terminated = terminate_as_interrupt()
+    start_command()
     args = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, prog="rlhf-jax",
                                                 args=sys.argv[1:] if argv is None else argv,
                                                 description="SFT, reward models and RLHF-PPO in JAX.")
@@ -370,10 +381,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(args)
     except (ValueError, OSError) as err:
-        _fail(str(err))
+        _fail(err)
     except FloatingPointError as err:  # a diverged run: the message names the iteration and checkpoint
-        print(f"rlhf-jax: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(err, 1)
+    except Exception as err:  # a bug: its traceback follows; the folder must not block a rerun
+        from ppo_jax.run.rundir import mark_failed
+
+        mark_failed(f"{type(err).__name__}: {err}")
+        raise
     except KeyboardInterrupt as err:
         # One line, not a traceback: where the run stands and how to continue it.
         print(f"rlhf-jax: {err}" if str(err) else "rlhf-jax: interrupted", file=sys.stderr)

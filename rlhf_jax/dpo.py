@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppo_jax.optim import gradient_step
-from ppo_jax.run.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive, validate_part
 from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.sft import SFTBatch, encode_examples
 from rlhf_jax.supervised import (
@@ -72,7 +72,7 @@ class DPOConfig(DictConfig):
 
     def validate(self) -> None:
         require_finite(self)
-        self.model.validate()
+        validate_part(self.model, "model")
         require_positive(self, "epochs", "batch_size", "max_length")
         if not self.beta > 0:
             raise ValueError(f"beta: must be positive, got {self.beta}")

@@ -56,9 +56,10 @@ def config_from_hf(hf: dict, where: Path) -> TransformerConfig:
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise HFFormatError(f"{where}: activation_function {act!r} is not supported (gelu_new only)")
         d = need("n_embd")
-        return TransformerConfig(vocab_size=need("vocab_size"), max_len=need("n_positions"), num_layers=need("n_layer"),
-                                 num_heads=need("n_head"), d_model=d, d_ff=hf.get("n_inner") or 4 * d, dropout=0.0,
-                                 tie_embeddings=True, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), arch="gpt2")
+        return _checked(TransformerConfig(
+            vocab_size=need("vocab_size"), max_len=need("n_positions"), num_layers=need("n_layer"),
+            num_heads=need("n_head"), d_model=d, d_ff=hf.get("n_inner") or 4 * d, dropout=0.0, tie_embeddings=True,
+            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), arch="gpt2"), GPT2_KEYS, where)
     if hf.get("hidden_act", "silu") != "silu":
         raise HFFormatError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (silu only)")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
@@ -73,14 +74,38 @@ def config_from_hf(hf: dict, where: Path) -> TransformerConfig:
         max_len = min(max_len, window)
     heads = need("num_attention_heads")
     d = need("hidden_size")
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
+        raise HFFormatError(f"{where}: rope_theta: must be a number, got {theta!r}")
+    if not isinstance(heads, int) or not isinstance(d, int) or heads <= 0:
+        raise HFFormatError(f"{where}: num_attention_heads, hidden_size: must be positive integers, got {heads!r} "
+                            f"and {d!r}")
     head_dim = hf.get("head_dim") or d // heads
-    return TransformerConfig(vocab_size=need("vocab_size"), max_len=max_len, num_layers=need("num_hidden_layers"),
-                             num_heads=heads, d_model=d, d_ff=need("intermediate_size"), dropout=0.0,
-                             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                             layer_norm_eps=hf.get("rms_norm_eps", 1e-6), arch="llama",
-                             num_kv_heads=hf.get("num_key_value_heads") or heads,
-                             head_size=0 if head_dim * heads == d else head_dim, rope_theta=float(theta),
-                             qkv_bias=kind == "qwen2" or bool(hf.get("attention_bias", False)))
+    return _checked(TransformerConfig(
+        vocab_size=need("vocab_size"), max_len=max_len, num_layers=need("num_hidden_layers"), num_heads=heads,
+        d_model=d, d_ff=need("intermediate_size"), dropout=0.0, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        layer_norm_eps=hf.get("rms_norm_eps", 1e-6), arch="llama", num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_size=0 if head_dim * heads == d else head_dim, rope_theta=float(theta),
+        qkv_bias=kind == "qwen2" or bool(hf.get("attention_bias", False))), LLAMA_KEYS, where)
+
+
+GPT2_KEYS = {"vocab_size": "vocab_size", "max_len": "n_positions", "num_layers": "n_layer", "num_heads": "n_head",
+             "d_model": "n_embd", "d_ff": "n_inner", "layer_norm_eps": "layer_norm_epsilon"}
+LLAMA_KEYS = {"vocab_size": "vocab_size", "max_len": "max_position_embeddings", "num_layers": "num_hidden_layers",
+              "num_heads": "num_attention_heads", "d_model": "hidden_size", "d_ff": "intermediate_size",
+              "num_kv_heads": "num_key_value_heads", "head_size": "head_dim", "layer_norm_eps": "rms_norm_eps",
+              "rope_theta": "rope_theta"}
+"""Our :class:`TransformerConfig` fields and the ``config.json`` keys they come from."""
+
+
+def _checked(cfg: TransformerConfig, keys: dict[str, str], where: Path) -> TransformerConfig:
+    """``cfg`` once valid; else an :class:`HFFormatError` naming the file and its keys, not ours."""
+    try:
+        cfg.validate()
+    except ValueError as err:
+        fields, sep, rest = str(err).partition(": ")
+        names = ", ".join(keys.get(f, f) for f in fields.split(", ")) if sep else ""
+        raise HFFormatError(f"{where}: {names}: {rest}" if sep else f"{where}: {err}") from None
+    return cfg
 
 
 def _name_map(cfg: TransformerConfig, kind: str) -> dict[tuple, tuple[str, bool]]:
@@ -220,6 +245,9 @@ def load_tokenizer(folder: Path, pad_token_id: int | None = None) -> JsonTokeniz
                 if key in ("bos_token", "eos_token", "pad_token") and key not in specials:
                     specials[key] = value.get("content") if isinstance(value, dict) else value
     if not specials.get("eos_token"):
+        if not any((folder / name).exists() for name in ("special_tokens_map.json", "tokenizer_config.json")):
+            raise HFFormatError(f"{folder / 'tokenizer_config.json'}: missing (it names the special tokens, "
+                                f"eos_token at least; special_tokens_map.json may name them instead)")
         raise HFFormatError(f"{folder / 'tokenizer_config.json'}: missing key 'eos_token'")
     return JsonTokenizer(str(path), eos_token=specials["eos_token"], bos_token=specials.get("bos_token"),
                          pad_token=specials.get("pad_token"), pad_id=pad_token_id)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ppo_jax.run.outputs import plot_panels, write_json
 from ppo_jax.run.rundir import open_run_dir, resumable_config
-from ppo_jax.run.validation import DictConfig, require_finite
+from ppo_jax.run.validation import DictConfig, require_finite, validate_part
 from rlhf_jax.ppo_trainer import RLHFConfig
 from rlhf_jax.preferences import bayes_accuracy
 from rlhf_jax.reward_model import RMConfig
@@ -94,9 +94,9 @@ class OveroptimizationConfig(DictConfig):
             raise ValueError(f"tau: must be > 0, got {self.tau}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
-        self.sft.validate()
-        self.rm.validate()
-        self.ppo.validate()
+        validate_part(self.sft, "sft")
+        validate_part(self.rm, "rm")
+        validate_part(self.ppo, "ppo")
         if self.rm.max_length > self.sft.model.max_len:
             raise ValueError(f"rm.max_length: {self.rm.max_length} exceeds sft.model.max_len {self.sft.model.max_len}")
 

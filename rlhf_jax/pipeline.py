@@ -31,7 +31,7 @@ import numpy as np
 from ppo_jax.run.interrupt import Interrupted, resume_hint
 from ppo_jax.run.outputs import plot_lines, write_json
 from ppo_jax.run.rundir import open_run_dir, resumable_config
-from ppo_jax.run.validation import DictConfig, require_finite
+from ppo_jax.run.validation import DictConfig, require_finite, validate_part
 from rlhf_jax.data import load_preferences, load_prompts, load_sft
 from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.hf import load_pretrained
@@ -139,13 +139,13 @@ class PipelineConfig(DictConfig):
                 raise ValueError(f"{name}: must be at least 2, got {getattr(self, name)}")
         if not self.best_of_n or min(self.best_of_n) < 1:
             raise ValueError(f"best_of_n: must be positive integers, got {list(self.best_of_n)}")
-        self.sft.validate()
-        self.rm.validate()
-        self.ppo.validate()
+        validate_part(self.sft, "sft")
+        validate_part(self.rm, "rm")
+        validate_part(self.ppo, "ppo")
         for algo in sorted({"grpo", "rloo"} & set(self.run_modes)):
-            dataclasses.replace(self.ppo, algo=algo).validate()  # the group size, for one
+            validate_part(dataclasses.replace(self.ppo, algo=algo), "ppo")  # the group size, for one
         if "dpo" in self.run_modes:
-            self.dpo.validate()
+            validate_part(self.dpo, "dpo")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
         if self.model is None and self.rm.max_length > self.sft.model.max_len:

@@ -20,7 +20,7 @@ import numpy as np
 from flax import struct
 
 from ppo_jax.optim import gradient_step
-from ppo_jax.run.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive, validate_part
 from rlhf_jax.data import in_fixed_batches
 from rlhf_jax.preferences import expected_accuracy
 from rlhf_jax.supervised import (
@@ -171,7 +171,7 @@ class RMConfig(DictConfig):
 
     def validate(self) -> None:
         require_finite(self)
-        self.model.validate()
+        validate_part(self.model, "model")
         require_positive(self, "epochs", "batch_size", "max_length")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")

@@ -21,7 +21,7 @@ import optax
 from flax import struct
 
 from ppo_jax.optim import gradient_step
-from ppo_jax.run.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive, validate_part
 from rlhf_jax.supervised import (
     adamw_warmup_cosine,
     fit,
@@ -63,7 +63,7 @@ class SFTConfig(DictConfig):
 
     def validate(self) -> None:
         require_finite(self)
-        self.model.validate()
+        validate_part(self.model, "model")
         require_positive(self, "steps", "batch_size", "max_length", "eval_every")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")

@@ -19,7 +19,7 @@ import optax
 
 from ppo_jax.run import prng
 from ppo_jax.run.interrupt import stop_if_requested, stoppable
-from ppo_jax.run.settings import env_setting
+from ppo_jax.run.settings import save_interval_s
 
 
 def adamw_warmup_cosine(lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
@@ -76,19 +76,6 @@ def epoch_row(epoch: int, losses: list, auxes: list) -> dict:
     """The training part of a per-epoch history row: mean loss and accuracy over its steps."""
     return {"epoch": epoch, "train_loss": float(np.mean(jax.device_get(losses))),
             "train_accuracy": float(np.mean(jax.device_get([a["accuracy"] for a in auxes])))}
-
-
-SAVE_INTERVAL_S = 60.0
-"""The least time between two periodic checkpoints of a supervised run (a Ctrl-C saves sooner);
-``RL_JAX_SAVE_INTERVAL_S`` sets another (0: at every evaluation step)."""
-
-
-def save_interval_s() -> float:
-    value = env_setting("SAVE_INTERVAL_S")
-    try:
-        return SAVE_INTERVAL_S if value is None else float(value)
-    except ValueError:
-        raise ValueError(f"RL_JAX_SAVE_INTERVAL_S: must be a number of seconds, got {value!r}") from None
 
 
 def fit(step: Callable, params, opt_state, batches: Iterable[tuple], total: int, *,

@@ -159,3 +159,17 @@ def test_a_run_whose_metrics_would_not_fit_in_memory_is_refused_before_its_folde
     with pytest.raises(ValueError, match="total_timesteps: 1,000,000,000,000 steps are .* GiB of this machine"):
         train_run(PPOConfig(total_timesteps=10**12), out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["sft", "--transformer.num-heads", "3"], "transformer.num_heads: 3 does not divide d_model 128"),
+    (["pipeline", "--sft.model.num-heads", "3"], "sft.model.num_heads: 3 does not divide d_model 128"),
+    (["pipeline", "--sft.steps", "2"], "sft.warmup_steps: must be in [0, steps), got 50"),
+    (["overoptimization", "--rm.epochs", "0"], "rm.epochs: "),
+])
+def test_a_field_of_a_part_of_the_config_is_named_as_its_flag(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        rlhf_main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith(f"rlhf-jax: error: {message}"), err
+    assert not (tmp_path / "out").exists()

@@ -1,16 +1,24 @@
-"""Checkpoints of any run: checksums, orbax reads that fail as one error, periodic run checkpoints.
+"""Checkpoints of any run: checksums, orbax reads and writes that fail as one error, periodic run checkpoints.
 
 Every checkpoint records a CRC-32 of each array it holds (in its JSON), and loading
 compares them: orbax reads a flipped byte back as a wrong number without complaint. Any
-failure to read a checkpoint is one :class:`CheckpointError` that names the folder.
+failure to read a checkpoint is one :class:`CheckpointError` that names the folder; any
+failure to write one (a read-only folder, a full disk) is one :class:`CheckpointWriteError`
+that says why, with orbax's half-written temporary folder removed where the disk allows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import sys
+import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -25,6 +33,115 @@ class CheckpointError(ValueError):
 
 class CheckpointFormatError(CheckpointError):
     """A checkpoint whose payload has another layout (written by another version; not damaged)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written; the message names the folder, the reason and,
+    for a run's periodic checkpoints, the last complete one. ``directory``: that folder."""
+
+    directory: Path | None = None
+
+
+TEMPORARY = "*.orbax-checkpoint-tmp*"
+"""What orbax names a checkpoint folder while it writes it (renamed when complete)."""
+
+
+def short_reason(err: BaseException) -> str:
+    """``err`` in a few words: the operating system's reason where there is one (orbax reports a
+    full disk as ``RESOURCE_EXHAUSTED: ... [os_error_code='28']``), else its first line without
+    TensorStore's spec."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    code = re.search(r"os_error_code='(\d+)'", text)
+    if code:
+        return os.strerror(int(code.group(1)))
+    reason = (text.splitlines() or [type(err).__name__])[0]
+    reason = reason.split(" See full TensorStore details")[0].split(" [tensorstore_spec")[0]
+    return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
+def remove_temporaries(directory: Path, settle_s: float = 0.0) -> None:
+    """Removes the folders a failed orbax save left in ``directory`` (where the disk still allows
+    it). With ``settle_s``, again until none has come back for 0.2 s, for at most that long:
+    orbax's other writer threads of the failed save may still be making files in it."""
+    deadline, quiet_since = time.monotonic() + settle_s, time.monotonic()
+    while True:
+        for tmp in Path(directory).glob(TEMPORARY):
+            shutil.rmtree(tmp, ignore_errors=True)
+            quiet_since = time.monotonic()
+        if time.monotonic() - quiet_since >= 0.2 or time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
+
+
+class _OrbaxFailureFilter(logging.Filter):
+    """Drops orbax's own error records (each with a traceback, several per failed save): the
+    failure reaches the caller as one :class:`CheckpointWriteError`. Each is noted in
+    ``failures``: in a multi-process run a failed writer thread is not always raised to the
+    caller (the others' threads wait for it at a barrier), so :meth:`RunCheckpoints.wait` looks here."""
+
+    failures: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+            error = record.exc_info[1] if record.exc_info else None
+            self.failures.append(short_reason(error) if error is not None else record.getMessage()[:160])
+            return False
+        return True
+
+
+def exit_if_a_write_failed(err: BaseException, code: int) -> None:
+    """Ends the process at once with ``code`` if ``err`` is a :class:`CheckpointWriteError`:
+    orbax's writer threads (not daemons) can then wait up to 20 minutes for one another or for
+    another process before Python may exit. For a command's last step, after its error line;
+    output is flushed and run-folder locks are released first."""
+    if not isinstance(err, CheckpointWriteError):
+        return
+    from ppo_jax.run import lock
+
+    if getattr(err, "directory", None) is not None:
+        remove_temporaries(err.directory)  # a writer thread may have made one since
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    lock.release_all()
+    os._exit(code)
+
+
+def _quiet_failed_saves() -> None:
+    """Keeps a failed save to the one line its caller prints: orbax's error records go, and so
+    do the 'Event loop is closed' errors of the callbacks TensorStore runs after orbax's event
+    loop has stopped (reported as unraisable). Idempotent."""
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxFailureFilter) for f in absl.filters):
+        absl.addFilter(_OrbaxFailureFilter())
+    _silence_abandoned_reads()
+
+
+@contextmanager
+def writing(directory: Path, last_good: Callable[[], str] | None = None) -> Iterator[None]:
+    """Inside, any failure of an orbax write to ``directory`` becomes one :class:`CheckpointWriteError`
+    (with ``last_good()`` added to its message) after its temporary folders are removed."""
+    _quiet_failed_saves()
+    try:
+        yield
+    except CheckpointWriteError:
+        raise
+    except Exception as err:  # orbax/TensorStore raise OSError, ValueError or bare Exception
+        remove_temporaries(directory, settle_s=2.0)
+        failure = CheckpointWriteError(f"checkpoint: cannot write to {directory} ({short_reason(err)})"
+                                       + (f"; {last_good()}" if last_good is not None else ""))
+        failure.directory = directory
+        raise failure from None
+
+
+def write_checkpoint(path: Path, tree) -> None:
+    """Writes the pytree ``tree`` to the new folder ``path`` with orbax and waits until it is on disk."""
+    with writing(path.parent):
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path, tree)
+        checkpointer.wait_until_finished()
 
 
 def check_format(meta: dict, where, expected: int, payload: str) -> None:
@@ -93,11 +210,8 @@ def orbax_restore(read, where: Path):
         raise
     except Exception as err:  # orbax/TensorStore raise many types (ValueError, KeyError, bare Exception)
         _silence_abandoned_reads()
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        reason = reason.split(" See full TensorStore details")[0].split(" [tensorstore_spec")[0]
-        reason = reason if len(reason) <= 160 else reason[:157] + "..."
         raise CheckpointError(f"checkpoint: {where} is damaged or incomplete "
-                              f"({type(err).__name__}: {reason})") from None
+                              f"({type(err).__name__}: {short_reason(err)})") from None
 
 
 class RunCheckpoints:
@@ -118,15 +232,60 @@ class RunCheckpoints:
         self.directory = Path(directory).absolute()
         self.format, self.payload = format, payload
         # Asynchronous: the arrays are copied to host memory, then written by a background
-        # thread while training goes on; a checkpoint counts once renamed into place.
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True,
-                                               create=create, cleanup_tmp_directories=create)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # thread while training goes on; a checkpoint counts once renamed into place. The
+        # folders are made before save returns: made by a thread, a failure to make them
+        # left orbax's other threads waiting 20 minutes for them (the process hung at exit).
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=True, create=create, cleanup_tmp_directories=create,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+        self.failed: CheckpointWriteError | None = None
+        self._failures_before = 0  # orbax errors noted before the save in flight
+        with self._writing():
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def complete_steps(self) -> list[int]:
+        """Steps of the checkpoints on disk, oldest first (a step's folder gets its name once complete)."""
+        try:
+            return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        except OSError:
+            return []
+
+    def _last_good(self) -> str:
+        steps = self.complete_steps()
+        return f"the last complete checkpoint is {self.path(steps[-1])}" if steps else "no checkpoint is complete"
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed save (now or one still in flight) as one :class:`CheckpointWriteError`, kept:
+        orbax's manager is not used again after one (its threads may be left half done)."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            with writing(self.directory, self._last_good):
+                yield
+        except CheckpointWriteError as err:
+            self.failed = err
+            raise
+
+    def _wait(self) -> None:
+        """Waits for the save in flight. With several processes, by polling: a writer thread
+        that failed here may leave the others waiting at a barrier instead of raising, so the
+        failure is taken from orbax's error records (the other processes, waiting for this
+        one, are ended by the launcher or the coordination service once it exits)."""
+        if jax.process_count() > 1:
+            while self.manager.is_saving_in_progress():
+                if len(_OrbaxFailureFilter.failures) > self._failures_before:
+                    raise OSError(_OrbaxFailureFilter.failures[self._failures_before])
+                time.sleep(0.02)
+        self.manager.wait_until_finished()
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first (waits for a save in flight)."""
-        self.manager.wait_until_finished()
-        return sorted(self.manager.all_steps())
+        if self.failed is not None:
+            return self.complete_steps()
+        with self._writing():
+            self._wait()
+            return sorted(self.manager.all_steps())
 
     def latest(self) -> int | None:
         """The step of the newest complete checkpoint, or None (waits for a save in flight)."""
@@ -134,19 +293,24 @@ class RunCheckpoints:
         return steps[-1] if steps else None
 
     def wait(self) -> None:
-        """Blocks until the last :meth:`save` is on disk."""
-        self.manager.wait_until_finished()
+        """Blocks until the last :meth:`save` is on disk; raises :class:`CheckpointWriteError` if it failed."""
+        with self._writing():
+            self._wait()
 
     def path(self, step: int) -> Path:
         return self.directory / str(step)
 
     def save(self, step: int, tree, meta: dict | None = None) -> Path:
         """Starts writing checkpoint ``step`` (host numpy leaves are copied first, so the
-        caller may change them); it is complete once :meth:`wait` or :meth:`latest` returns."""
+        caller may change them); it is complete once :meth:`wait` or :meth:`latest` returns.
+        Raises :class:`CheckpointWriteError` if this save, or the one before, failed."""
         tree = jax.tree.map(lambda x: x.copy() if isinstance(x, np.ndarray) else x, tree)
         meta = {**(meta or {}), "format": self.format, "checksums": tree_checksums(tree)}
         args = {"tree": ocp.args.StandardSave(tree), "meta": ocp.args.JsonSave(meta)}
-        self.manager.save(step, args=ocp.args.Composite(**args))
+        with self._writing():
+            self._wait()
+            self._failures_before = len(_OrbaxFailureFilter.failures)
+            self.manager.save(step, args=ocp.args.Composite(**args))
         return self.path(step)
 
     def restore(self, step: int, like) -> tuple[object, dict]:

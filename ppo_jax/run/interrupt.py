@@ -85,12 +85,28 @@ def stoppable(checkpoints, on_request: Callable[[], None] | None = None) -> Iter
 def resume_hint(command: str, run_dir, where: Callable[[KeyboardInterrupt], str]) -> Iterator[None]:
     """Ctrl-C inside ends as one :class:`Interrupted` line: ``interrupted; <where(err)>; continue
     with: <command> --resume <run_dir>``, keeping the step and checkpoint of an
-    :class:`Interrupted` raised inside."""
+    :class:`Interrupted` raised inside; a failed save as :func:`after_failed_write` says."""
     try:
-        yield
+        with after_failed_write(command, run_dir):
+            yield
     except KeyboardInterrupt as err:
         raise Interrupted(getattr(err, "step", None), getattr(err, "total", 0), getattr(err, "path", None),
                           f"interrupted; {where(err)}; continue with: {command} --resume {run_dir}") from None
+
+
+@contextmanager
+def after_failed_write(command: str, run_dir) -> Iterator[None]:
+    """A checkpoint that could not be written inside (its message names the last complete one)
+    gets how to go on: ``once <run_dir> can be written, continue with: <command> --resume <run_dir>``."""
+    from ppo_jax.run.checkpoints import CheckpointWriteError
+
+    try:
+        yield
+    except CheckpointWriteError as err:
+        failure = CheckpointWriteError(f"{err}; once {run_dir} can be written, continue with: "
+                                       f"{command} --resume {run_dir}")
+        failure.directory = err.directory
+        raise failure from None
 
 
 def terminate_as_interrupt() -> Callable[[], bool]:

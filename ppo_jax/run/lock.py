@@ -38,7 +38,8 @@ def _owner(path: Path) -> dict | None:
         return None
 
 
-def _release_all() -> None:
+def release_all() -> None:
+    """Drops every lock this process holds (also done at exit)."""
     for path in list(_held):
         release(path.parent)
 
@@ -58,7 +59,10 @@ def acquire(folder: str | os.PathLike, field: str = "out") -> None:
             if owner.get("host") == host and owner["pid"] == os.getpid():
                 return
             if owner.get("host") == host and not _alive(owner["pid"]):
-                path.unlink(missing_ok=True)  # stale: its process is gone
+                try:
+                    path.unlink(missing_ok=True)  # stale: its process is gone
+                except OSError as err:
+                    raise ValueError(f"{field}: cannot lock {Path(folder)} ({err.strerror or err})") from None
                 continue
             raise ValueError(f"{field}: {Path(folder)} is in use by process {owner['pid']} on "
                              f"{owner.get('host')} (since {owner.get('started')}); wait for it to end or stop it "
@@ -69,7 +73,7 @@ def acquire(folder: str | os.PathLike, field: str = "out") -> None:
             json.dump({"pid": os.getpid(), "host": host,
                        "started": _dt.datetime.now().isoformat(timespec="seconds")}, f)
         if not _held:
-            atexit.register(_release_all)
+            atexit.register(release_all)
         _held.add(path)
         return
     raise ValueError(f"{field}: cannot lock {Path(folder)}: {path} is unreadable (delete it if no run uses the folder)")
@@ -81,4 +85,7 @@ def release(folder: str | os.PathLike) -> None:
     _held.discard(path)
     owner = _owner(path)
     if owner is not None and owner["pid"] == os.getpid() and owner.get("host") == socket.gethostname():
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a folder that turned read-only: the lock stays, and is stale once this process is gone

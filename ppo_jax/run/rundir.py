@@ -3,7 +3,9 @@
 A command writes into a folder that does not exist yet or is empty, and marks it with
 ``run.json`` (the command's name) before anything else. A folder that exists and holds
 anything else is refused: nothing a user put there is ever replaced. If it holds this
-command's own unfinished run, the message says how to resume it.
+command's own unfinished run, the message says how to resume it. A run that failed (an error
+other than Ctrl-C or a failed save, which ``--resume`` continues) is marked so by ``failed.json``
+with the reason; the same command may then take the folder again, and starts afresh there.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,6 +21,8 @@ from ppo_jax.run import lock
 from ppo_jax.run.outputs import read_json, write_json
 
 MARKER = "run.json"
+FAILED = "failed.json"
+_claimed: list[Path] = []  # run folders this process made or resumed (see mark_failed)
 
 
 def run_command(path: str | os.PathLike) -> str | None:
@@ -46,6 +51,8 @@ def check_run_dir(out: str | os.PathLike, command: str, *, resumable: bool = Fal
     if not names:
         return
     if run_command(path) == command:
+        if (path / FAILED).exists():
+            return  # a failed run of this command: taken again (create_run_dir clears it)
         if (path / "summary.json").exists():
             raise ValueError(f"out: {path} holds a finished `{command}` run; choose a new folder")
         hint = f"continue it with `{command} --resume {path}` or " if resumable else ""
@@ -63,7 +70,9 @@ def create_run_dir(out: str | os.PathLike, command: str) -> Path:
     except OSError as err:
         raise ValueError(f"out: cannot create the run folder {path} ({err.strerror or err})") from err
     lock.acquire(path)  # of two processes claiming it at once, one goes on
-    if run_command(path) is not None:
+    if run_command(path) == command and (path / FAILED).exists():
+        _clear_failed(path, command)
+    elif run_command(path) is not None:
         lock.release(path)
         raise ValueError(f"out: {path} was just claimed by another run; choose a new folder")
     try:
@@ -71,7 +80,57 @@ def create_run_dir(out: str | os.PathLike, command: str) -> Path:
                                    "format": 1})
     except OSError as err:
         raise ValueError(f"out: cannot create the run folder {path} ({err.strerror or err})") from err
+    _claimed.append(path)
     return path
+
+
+def _clear_failed(path: Path, command: str) -> None:
+    """Empties the folder of a failed run of ``command`` (all of it that run's own) for a new one."""
+    from ppo_jax.run.settings import note_once
+
+    try:
+        reason = read_json(path / FAILED).get("reason", "")
+    except (OSError, ValueError, AttributeError):
+        reason = "its failed.json is unreadable"
+    note_once(f"note: {path} held a failed `{command}` run ({reason}); starting again there")
+    for entry in path.iterdir():
+        if entry.name == lock.LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def start_command() -> None:
+    """Forgets the run folders of earlier commands run in this process (a notebook, a test):
+    :func:`mark_failed` marks only the current command's."""
+    _claimed.clear()
+
+
+def mark_failed(reason: str) -> None:
+    """Marks each run folder this process made or resumed, and that did not finish, as failed
+    (``failed.json``: the reason and when), so that the same command may take it again."""
+    for path in _claimed:
+        if (path / "summary.json").exists() or not path.is_dir():
+            continue
+        try:
+            write_json(path / FAILED, {"reason": reason, "failed": _dt.datetime.now().isoformat(timespec="seconds")})
+        except OSError:
+            pass  # a folder that cannot be written stays as it is
+
+
+def command_failed(error: str | BaseException, code: int = 2) -> None:
+    """What a command does once it has printed its error line: marks the run folders it made as
+    failed (:func:`mark_failed`), except after a failed save, which ``--resume`` continues once
+    the folder can be written, and then exits with ``code`` (at once after a failed save:
+    :func:`ppo_jax.run.checkpoints.exit_if_a_write_failed`)."""
+    from ppo_jax.run.checkpoints import CheckpointWriteError, exit_if_a_write_failed
+
+    if not isinstance(error, (CheckpointWriteError, KeyboardInterrupt)):
+        mark_failed(str(error))
+    exit_if_a_write_failed(error, code)
+    raise SystemExit(code)
 
 
 def new_run_dir(base: str | os.PathLike, name: str) -> Path:
@@ -120,6 +179,8 @@ def check_resumable(run_dir: str | os.PathLike, command: str, *, take_lock: bool
         raise ValueError(f"resume: the run in {path} already finished (summary.json)")
     if take_lock:
         lock.acquire(path, "resume")  # a run still going is not resumed under its feet
+        (path / FAILED).unlink(missing_ok=True)  # resumed: no longer a failed run
+        _claimed.append(path)
     return path
 
 

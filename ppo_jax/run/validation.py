@@ -88,6 +88,19 @@ def config_from_dict(cls, d: dict):
     return cls(**values)
 
 
+def validate_part(config, prefix: str) -> None:
+    """``config.validate()`` for a part of a larger config (``prefix``: its field there), its
+    errors naming fields as the user sets them (``sft.warmup_steps``, not ``warmup_steps``)."""
+    try:
+        config.validate()
+    except ValueError as err:
+        fields, sep, rest = str(err).partition(": ")
+        names = fields.split(", ")
+        if not sep or not all(n.replace(".", "_").isidentifier() for n in names):
+            raise
+        raise ValueError(", ".join(f"{prefix}.{n}" for n in names) + f": {rest}") from None
+
+
 class DictConfig:
     """``to_dict`` and its inverse ``from_dict`` (:func:`config_from_dict`) for a config dataclass."""
 

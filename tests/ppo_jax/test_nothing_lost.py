@@ -80,6 +80,27 @@ def test_an_unfinished_run_is_refused_with_a_resume_hint_and_odd_outs_name_the_f
     assert exc.value.code == 0 and "--resume" in capsys.readouterr().out
 
 
+def test_a_failed_run_is_marked_and_the_same_command_takes_its_folder_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:  # diverges at once: NaN losses
+        main(["train", *TINY, "--lr", "1e30", "--critic-lr", "1e30", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.startswith("ppo-jax: error: non-finite values at update 1 of 8"), err
+    failed = json.loads((out / "failed.json").read_text())
+    assert failed["reason"] == err.strip().removeprefix("ppo-jax: error: ")
+    assert "ppo-jax train --resume" not in err  # nothing is lost by starting again
+    main(["train", *TINY, "--out", str(out)])  # the same command, a working config: the folder is taken again
+    captured = capsys.readouterr()
+    assert f"note: {out} held a failed `ppo-jax train` run (non-finite values" in captured.err
+    assert (out / "summary.json").exists() and not (out / "failed.json").exists()
+    rlhf = tmp_path / "sft"
+    rlhf.mkdir()
+    (rlhf / "run.json").write_text(json.dumps({"command": "rlhf-jax sft"}))
+    (rlhf / "failed.json").write_text(json.dumps({"reason": "x"}))
+    line = _fails(capsys, ["train", *TINY, "--out", str(rlhf)])  # another command's failed run is not taken
+    assert f"out: {rlhf} exists and is not empty" in line
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished 8-update run with periodic checkpoints at 4 and 8."""
@@ -203,11 +224,12 @@ def _children(pid: int) -> list[int]:
     (signal.SIGINT, 2, "parent", 130),   # kill -INT to process 0 of a two-process run
     (signal.SIGTERM, 2, "child", 130),   # to the other process: the run stops as one
 ])
-def test_a_signal_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_path, sig, seeds, to, rc):
+def _long_run_past_its_first_checkpoint(run: Path, seeds: int) -> subprocess.Popen:
+    """``ppo-jax train`` of ``seeds`` seeds into ``run`` in its own process, once it has saved
+    update 100: long enough (2000 updates, a save every 100) that what a test does next lands
+    mid-run on any machine. Skips the test where a multi-process run is asked for on one core."""
     if seeds > 1 and local_processes.plan(["train", "--num-seeds", str(seeds)]) < 2:
         pytest.skip("one usable core: no multi-process run")
-    run = tmp_path / "run"
-    # Long enough (2000 updates, a save every 100) that the signal lands mid-run on any machine.
     args = ["train", "--num-envs", "4", "--num-steps", "16", "--total-timesteps", str(2000 * 64),
             "--update-epochs", "1", "--num-minibatches", "1", "--hidden-sizes", "8", "--eval-episodes", "1",
             "--checkpoint-every", "100", "--num-seeds", str(seeds), "--no-progress", "--out", str(run)]
@@ -215,6 +237,12 @@ def test_a_signal_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_pa
     proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for((run / "checkpoints" / "100").exists, proc)
+    return proc
+
+
+def test_a_signal_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_path, sig, seeds, to, rc):
+    run = tmp_path / "run"
+    proc = _long_run_past_its_first_checkpoint(run, seeds)
     if to == "parent":
         proc.send_signal(sig)
     else:
@@ -328,3 +356,74 @@ def test_an_interrupted_pipeline_says_how_to_resume(tmp_path, capsys, monkeypatc
                     f"{tmp_path / 'pipe' / 'ppo_proxy' / 'checkpoints' / '1'}); continue with: "
                     f"rlhf-jax pipeline --resume {tmp_path / 'pipe'}")
     assert (tmp_path / "pipe" / "rm" / "checkpoint" / "model.json").exists()  # finished stages are kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_a_failed_save_stops_the_run_at_once_with_one_line_and_resume_finishes(tmp_path, seeds):
+    """A disk that stops taking writes mid-run (here: a file-size limit set on the running
+    processes, which fails each write the way a full disk does, also for root) ends the run
+    within seconds: one line naming the reason, the last complete checkpoint and how to go on;
+    no process left waiting for orbax's writer threads or for the other process."""
+    import resource
+
+    run = tmp_path / "run"
+    proc = _long_run_past_its_first_checkpoint(run, seeds)
+    for pid in [proc.pid, *_children(proc.pid)]:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1024, 1024))
+    # A process stuck in a barrier or a thread join uses no CPU: 30 s of that is a hang.
+    ((_, err),) = wait_progressing([proc], stall_s=30)
+    assert proc.returncode in ((2,) if seeds == 1 else (1, 2)), err  # 1: the launcher reports process 1's failure
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and len(lines) <= (1 if seeds == 1 else 3), err
+    last = lines[-1]
+    assert last.startswith(f"ppo-jax: error: checkpoint: cannot write to {run.absolute() / 'checkpoints'} "
+                           f"(File too large); the last complete checkpoint is "), err
+    good = Path(last.split("the last complete checkpoint is ")[1].split(";")[0])
+    assert last.endswith(f"; once {run} can be written, continue with: ppo-jax train --resume {run}")
+    assert good.is_dir() and int(good.name) >= 100
+    assert not [p.name for p in (run / "checkpoints").iterdir() if "tmp" in p.name]  # nothing half-written
+    if seeds > 1:
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", "train", "--resume",
+                             str(run), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ((_, err),) = wait_progressing([proc])
+    assert proc.returncode == 0, err
+    assert json.loads((run / "summary.json").read_text())["resumed_from_update"] == int(good.name)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_study_keeps_its_work_and_resume_ends_as_the_uninterrupted_study(tmp_path):
+    args = ["study", "--algos", "a2c", "ppo", "--sweep", "lr=1e-3,3e-4", "--num-seeds", "2", "--processes",
+            "1", "--num-envs", "4", "--num-steps", "16", "--total-timesteps", str(400 * 64), "--update-epochs", "1",
+            "--num-minibatches", "1", "--hidden-sizes", "8", "--eval-episodes", "1", "--bootstrap-reps", "50",
+            "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COORDINATOR_ADDRESS", "PPO_JAX_PROCESSES")}
+    env["RL_JAX_SAVE_INTERVAL_S"] = "0"  # a checkpoint at every chunk (40 updates)
+
+    def study(*more):
+        return subprocess.Popen([sys.executable, "-c", "from ppo_jax.console import main; main()", *more],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    whole = study(*args, "--out", str(tmp_path / "whole"))
+    ((_, err),) = wait_progressing([whole])
+    assert whole.returncode == 0, err
+    run = tmp_path / "run"
+    proc = study(*args, "--out", str(run))
+    wait_for((run / "progress" / "ppo" / "40").exists, proc)  # a2c finished, ppo at its first of 10 saves
+    proc.send_signal(signal.SIGINT)
+    ((_, err),) = wait_progressing([proc])
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert lines[-1].startswith(f"ppo-jax: interrupted; the last checkpoint is {run.absolute() / 'progress' / 'ppo'}/")
+    assert lines[-1].endswith(f"of 400); finished algorithms are kept; continue with: ppo-jax study --resume {run}")
+    assert (run / "progress" / "a2c.npz").exists() and not (run / "summary.json").exists()
+    proc = study("study", "--resume", str(run), "--no-progress")
+    ((out, err),) = wait_progressing([proc])
+    assert proc.returncode == 0, err
+    assert "loaded the finished a2c" in err and "resumed from" in err
+    want, got = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "whole", run))
+    assert {k: r["scores"] for k, r in got["results"].items()} == {k: r["scores"] for k, r in want["results"].items()}
+    assert got["probability_of_improvement"] == want["probability_of_improvement"]
+    assert (run / "curves.json").read_text() == (tmp_path / "whole" / "curves.json").read_text()
+    assert not (run / "progress").exists() and not (run / "run.lock").exists()

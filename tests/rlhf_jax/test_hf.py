@@ -152,9 +152,24 @@ def test_bad_folders_name_the_file_and_key(tmp_path):
     with pytest.raises(HFFormatError, match="is not a folder"):
         load_pretrained(tmp_path / "nothing")
     other = _broken(tmp_path / "x", "gpt2")
+    _edit_config(other, n_positions=-1)  # named by its key in config.json, not by our field max_len
+    with pytest.raises(HFFormatError, match=r"config.json: n_positions: must be positive, got -1$"):
+        load_pretrained(other)
+    _edit_config(other, n_positions=64, n_head="2")
+    with pytest.raises(HFFormatError, match=r"config.json: n_head: must be an integer, got '2' \(str\)$"):
+        load_pretrained(other)
+    _edit_config(other, n_head=2)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (other / name).unlink(missing_ok=True)
+    with pytest.raises(HFFormatError, match=r"tokenizer_config.json: missing \(it names the special tokens"):
+        load_pretrained(other)
     (other / "tokenizer.json").unlink()
     with pytest.raises(HFFormatError, match=r"tokenizer.json: missing"):
         load_pretrained(other)
+    llama = _broken(tmp_path / "y")
+    _edit_config(llama, max_position_embeddings=0)
+    with pytest.raises(HFFormatError, match=r"config.json: max_position_embeddings: must be positive, got 0$"):
+        load_pretrained(llama)
 
 
 def test_no_bos_token_prepends_nothing():

@@ -69,3 +69,24 @@ def test_ctrl_c_on_rlhf_jax_sft_keeps_its_work_and_resume_ends_as_the_uninterrup
     assert proc.returncode == 0, err
     assert_same_run(tmp_path / "whole", run)
     assert not (run / "progress").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_save_stops_rlhf_jax_sft_at_once_with_one_line(tmp_path):
+    import resource
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in zip(PROMPTS, RESPONSES)))
+    run = tmp_path / "run"
+    proc = rlhf_jax_process("sft", "--data", str(data), "--transformer.num-layers", "1", "--transformer.d-model",
+                            "32", "--transformer.num-heads", "2", "--steps", "3000", "--warmup-steps", "2",
+                            "--eval-every", "10", "--batch-size", "8", "--no-progress", "--out", str(run))
+    wait_for(lambda: (run / "progress" / "20").exists(), proc)
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1024, 1024))  # each write now fails as on a full disk
+    ((_, err),) = wait_progressing([proc], stall_s=30)  # stuck in orbax's threads: no CPU used
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    good = err.split("the last complete checkpoint is ")[1].split(";")[0]
+    assert err.strip() == (f"rlhf-jax: error: checkpoint: cannot write to {run.absolute() / 'progress'} (File too "
+                           f"large); the last complete checkpoint is {good}; once {run} can be written, continue "
+                           f"with: rlhf-jax sft --resume {run}")
+    assert int(good.rsplit("/", 1)[1]) >= 20 and not [p for p in (run / "progress").iterdir() if "tmp" in p.name]
