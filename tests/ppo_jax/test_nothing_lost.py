@@ -217,13 +217,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig,seeds,to,rc", [
-    (signal.SIGINT, 1, "parent", 130),   # Ctrl-C
-    (signal.SIGTERM, 1, "parent", 143),  # a supervisor's stop: the same, exit 143
-    (signal.SIGINT, 2, "parent", 130),   # kill -INT to process 0 of a two-process run
-    (signal.SIGTERM, 2, "child", 130),   # to the other process: the run stops as one
-])
 def _long_run_past_its_first_checkpoint(run: Path, seeds: int) -> subprocess.Popen:
     """``ppo-jax train`` of ``seeds`` seeds into ``run`` in its own process, once it has saved
     update 100: long enough (2000 updates, a save every 100) that what a test does next lands
@@ -240,6 +233,13 @@ def _long_run_past_its_first_checkpoint(run: Path, seeds: int) -> subprocess.Pop
     return proc
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,seeds,to,rc", [
+    (signal.SIGINT, 1, "parent", 130),   # Ctrl-C
+    (signal.SIGTERM, 1, "parent", 143),  # a supervisor's stop: the same, exit 143
+    (signal.SIGINT, 2, "parent", 130),   # kill -INT to process 0 of a two-process run
+    (signal.SIGTERM, 2, "child", 130),   # to the other process: the run stops as one
+])
 def test_a_signal_stops_at_a_checkpoint_with_one_line_and_resume_finishes(tmp_path, sig, seeds, to, rc):
     run = tmp_path / "run"
     proc = _long_run_past_its_first_checkpoint(run, seeds)
