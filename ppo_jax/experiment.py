@@ -80,7 +80,8 @@ def train_run(config: PPOConfig, *, num_seeds: int = 1, seed: int = 0, out: str 
     interval = save_interval_s() if checkpoint_every == -1 else 0.0
     run = {"num_seeds": num_seeds, "seed": seed, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
            "check_finite": check_finite}
-    run_dir = _train_folder(config, out, run, resume)
+    run_dir = _run_folder(TRAIN, out, ppo_run_name("train", config.env, config.algo),
+                          {**config.to_dict(), "run": run}, resume)
     primary = jax.process_index() == 0
     console = Console(stderr=True)
     checkpoints = ckpt.run_checkpoints(run_dir) if every > 0 else None
@@ -131,22 +132,23 @@ def resume_run(run_dir: str, *, devices: int | None = None, progress: bool = Tru
     return train_run(config, out=run_dir, progress=progress, devices=devices, resume=True, **run)
 
 
-def _train_folder(config: PPOConfig, out: str | None, run: dict, resume: bool) -> Path:
-    """The run folder, claimed by the primary process (after every process has looked), with
-    its ``config.json`` for a new run."""
+def _run_folder(command: str, out: str | None, default_name: str, saved_config: dict, resume: bool) -> Path:
+    """The run folder of ``command``, claimed by the primary process (after every process has
+    looked), with ``saved_config`` as its ``config.json`` for a new run; with ``resume``, ``out``
+    (checked and locked by the resume already)."""
     primary = jax.process_index() == 0
     if jax.process_count() > 1 and not out:
-        raise ValueError("out: a multi-process run needs --out, a folder every process can reach")
+        raise ValueError(f"out: a multi-process `{command}` needs --out, a folder every process can reach")
     if not resume and out:
-        check_run_dir(out, TRAIN, resumable=True)  # before training: a finished run must never fail to save
+        check_run_dir(out, command, resumable=True)  # before training: a finished run must never fail to save
     barrier("ppo_jax.run_dir")  # every process has looked before any creates the folder
     if resume or not primary:
         run_dir = Path(out)
     else:
-        run_dir = claim_run_dir(out, TRAIN, ppo_run_name("train", config.env, config.algo), resumable=True)
+        run_dir = claim_run_dir(out, command, default_name, resumable=True)
     barrier("ppo_jax.run_dir.created")
     if primary and not resume:
-        write_json(run_dir / "config.json", {**config.to_dict(), "run": run})
+        write_json(run_dir / "config.json", saved_config)
     return run_dir
 
 
@@ -230,20 +232,10 @@ def study_run(configs: dict[str, PPOConfig], *, grid: dict[str, list[float]], nu
     save_interval_s()  # a bad RL_JAX_SAVE_INTERVAL_S is refused before the folder exists
     env = next(iter(configs.values())).env
     primary = jax.process_index() == 0
-    if jax.process_count() > 1 and not out:
-        raise ValueError("out: a multi-process study needs --out, a folder every process can reach")
-    if jax.process_count() > 1 and not resume:
-        check_run_dir(out, STUDY, resumable=True)
-    barrier("ppo_jax.study_dir")  # every process has looked before the first creates the folder
-    if resume or not primary:
-        run_dir = Path(out)
-    else:
-        run_dir = claim_run_dir(out, STUDY, ppo_run_name("study", env, ""), resumable=True)
-        write_json(run_dir / "config.json", {"configs": {a: c.to_dict() for a, c in configs.items()},
-                                             "run": {"grid": grid, "num_seeds": num_seeds, "seed": seed,
-                                                     "eval_episodes": eval_episodes,
-                                                     "bootstrap_reps": bootstrap_reps}})
-    barrier("ppo_jax.study_dir.created")
+    run = {"grid": grid, "num_seeds": num_seeds, "seed": seed, "eval_episodes": eval_episodes,
+           "bootstrap_reps": bootstrap_reps}
+    run_dir = _run_folder(STUDY, out, ppo_run_name("study", env, ""),
+                          {"configs": {a: c.to_dict() for a, c in configs.items()}, "run": run}, resume)
     console = Console(stderr=True)
     bar = progress_bar(console=console, disable=not (progress and primary))
     tasks = {a: bar.add_task(f"{a} (compiling)", total=c.num_updates) for a, c in configs.items()}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ppo_jax.run.validation import require_finite, require_positive
+from ppo_jax.run.validation import renamed_fields, require_finite, require_positive
 from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.experiment import PairSource
 from rlhf_jax.overoptimization import OveroptimizationConfig
@@ -186,9 +186,9 @@ def _config_of(cls, args, model_config):
     try:
         config.validate()
     except ValueError as err:  # the library's model.* fields are set by --transformer.* here
-        message = str(err)
-        raise ValueError(f"transformer.{message.removeprefix('model.')}" if message.startswith("model.")
-                         else message) from None
+        renamed = renamed_fields(str(err), lambda name: "transformer." + name.removeprefix("model.")
+                                 if name.startswith("model.") else name)
+        raise ValueError(renamed or str(err)) from None
     return config
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ppo_jax.run.interrupt import Interrupted, resume_hint
 from ppo_jax.run.outputs import write_json
-from ppo_jax.run.rundir import check_resumable, check_run_dir, claim_run_dir, resumable_config
+from ppo_jax.run.rundir import check_run_dir, claim_run_dir, open_run_dir, resumable_config
 from ppo_jax.run.validation import require_finite, require_positive
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.data import load_preferences, load_sft
@@ -72,12 +72,8 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
         source = {"task": task}
     check_sft_data(config, tokenizer, len(prompts))  # before the folder: a failed check leaves none
 
-    if resume:
-        run_dir = check_resumable(out, command)
-    else:
-        run_dir = claim_run_dir(out, command, "sft", resumable=True)
-        write_json(run_dir / "config.json", {**config.to_dict(), **source, "num_examples": len(prompts),
-                                             "num_samples": num_samples, **(provenance or {})})
+    run_dir = open_run_dir(out, command, "sft", {**config.to_dict(), **source, "num_examples": len(prompts),
+                                                 "num_samples": num_samples, **(provenance or {})}, resume=resume)
     with _resumable(run_dir, command):
         sft, _ = sft_stage(config, tokenizer, prompts, responses, run_dir, params=init_params,
                            show_progress=progress, resume=resume)
@@ -231,14 +227,11 @@ def _policy_and_pairs(command: str, name: str, config, source: PairSource, polic
         check(config, tokenizer, file_pairs.pairs, file_pairs.where, policy[0].config if policy else config.model)
     else:
         require_rows(source.num_pairs, config.heldout_fraction, config.batch_size, "pairs", at_least_one=True)
-    if resume:
-        run_dir = check_resumable(out, command)
-    else:
-        run_dir = claim_run_dir(out, command, name, resumable=True)
-        write_json(run_dir / "config.json", {**config.to_dict(), "task": None if source.data else source.task,
-                                             "data": source.data, **(provenance or {}),
-                                             "num_pairs": source.num_pairs, "tau": source.tau,
-                                             "flip_prob": source.flip_prob, "sft_steps": source.sft_steps})
+    run_dir = open_run_dir(out, command, name, {**config.to_dict(), "task": None if source.data else source.task,
+                                                "data": source.data, **(provenance or {}),
+                                                "num_pairs": source.num_pairs, "tau": source.tau,
+                                                "flip_prob": source.flip_prob, "sft_steps": source.sft_steps},
+                           resume=resume)
     sft_config = None if task is None else SFTConfig(model=config.model, steps=source.sft_steps,
                                                      max_length=config.max_length, seed=config.seed,
                                                      warmup_steps=min(50, source.sft_steps // 10))

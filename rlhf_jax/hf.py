@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppo_jax.run.outputs import atomic_path, read_json, write_json
+from ppo_jax.run.validation import renamed_fields
 from rlhf_jax.tokenizer import JsonTokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
@@ -102,9 +103,8 @@ def _checked(cfg: TransformerConfig, keys: dict[str, str], where: Path) -> Trans
     try:
         cfg.validate()
     except ValueError as err:
-        fields, sep, rest = str(err).partition(": ")
-        names = ", ".join(keys.get(f, f) for f in fields.split(", ")) if sep else ""
-        raise HFFormatError(f"{where}: {names}: {rest}" if sep else f"{where}: {err}") from None
+        renamed = renamed_fields(str(err), lambda name: keys.get(name, name))
+        raise HFFormatError(f"{where}: {renamed or err}") from None
     return cfg
 
 

@@ -70,9 +70,10 @@ def create_run_dir(out: str | os.PathLike, command: str) -> Path:
     except OSError as err:
         raise ValueError(f"out: cannot create the run folder {path} ({err.strerror or err})") from err
     lock.acquire(path)  # of two processes claiming it at once, one goes on
-    if run_command(path) == command and (path / FAILED).exists():
+    made_by = run_command(path)
+    if made_by == command and (path / FAILED).exists():
         _clear_failed(path, command)
-    elif run_command(path) is not None:
+    elif made_by is not None:
         lock.release(path)
         raise ValueError(f"out: {path} was just claimed by another run; choose a new folder")
     try:

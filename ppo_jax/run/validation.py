@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from typing import Callable
 
 SEED_LIMIT = 2**63
 """Seeds are integers in ``[0, 2**63)``: what both JAX's and numpy's generators take."""
@@ -88,17 +89,26 @@ def config_from_dict(cls, d: dict):
     return cls(**values)
 
 
+def renamed_fields(message: str, rename: Callable[[str], str]) -> str | None:
+    """``message`` (``"field[, field]: what is wrong"``, as the config checks word it) with each
+    field passed through ``rename``; None when it does not start with field names."""
+    fields, sep, rest = message.partition(": ")
+    names = fields.split(", ")
+    if not sep or not all(n.replace(".", "_").isidentifier() for n in names):
+        return None
+    return ", ".join(rename(n) for n in names) + f": {rest}"
+
+
 def validate_part(config, prefix: str) -> None:
     """``config.validate()`` for a part of a larger config (``prefix``: its field there), its
     errors naming fields as the user sets them (``sft.warmup_steps``, not ``warmup_steps``)."""
     try:
         config.validate()
     except ValueError as err:
-        fields, sep, rest = str(err).partition(": ")
-        names = fields.split(", ")
-        if not sep or not all(n.replace(".", "_").isidentifier() for n in names):
+        renamed = renamed_fields(str(err), lambda name: f"{prefix}.{name}")
+        if renamed is None:
             raise
-        raise ValueError(", ".join(f"{prefix}.{n}" for n in names) + f": {rest}") from None
+        raise ValueError(renamed) from None
 
 
 class DictConfig:
