@@ -25,13 +25,16 @@ def importance_ratio(logp_new: jax.Array, logp_old: jax.Array) -> jax.Array:
 
 
 def clipped_surrogate_loss(ratio: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array,
-                           mask: jax.Array | None = None) -> jax.Array:
+                           mask: jax.Array | None = None, clip_eps_high: float | jax.Array | None = None) -> jax.Array:
     """PPO policy loss (docs/theory.md §9): ``-mean(min(r A, clip(r, 1-eps, 1+eps) A))``.
 
-    The negative of the clipped objective, to be minimised.
+    The negative of the clipped objective, to be minimised. ``clip_eps_high`` (DAPO's
+    "clip-higher", Yu et al. 2025) sets the upper bound ``1 + clip_eps_high`` apart from the
+    lower one; None: the same as ``clip_eps``.
     """
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     unclipped = ratio * advantages
-    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high) * advantages
     return -masked_mean(jnp.minimum(unclipped, clipped), mask)
 
 
@@ -98,9 +101,13 @@ def approx_kl_k3(logp_new: jax.Array, logp_old: jax.Array, mask: jax.Array | Non
     return masked_mean(jnp.expm1(log_ratio) - log_ratio, mask)
 
 
-def clip_fraction(ratio: jax.Array, clip_eps: float | jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Share of samples whose ratio lies outside ``[1 - eps, 1 + eps]``."""
-    return masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask)
+def clip_fraction(ratio: jax.Array, clip_eps: float | jax.Array, mask: jax.Array | None = None,
+                  clip_eps_high: float | jax.Array | None = None) -> jax.Array:
+    """Share of samples whose ratio lies outside ``[1 - eps, 1 + eps_high]`` (``eps_high``
+    None: ``eps``)."""
+    if clip_eps_high is None:
+        return masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask)
+    return masked_mean(((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_eps_high)).astype(jnp.float32), mask)
 
 
 def explained_variance(predictions: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:

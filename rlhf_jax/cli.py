@@ -1,4 +1,4 @@
-"""``rlhf-jax sft | rm | dpo | pipeline | overoptimization | generate | export``: tyro subcommands over
+"""``rlhf-jax sft | rm | dpo | rl | pipeline | overoptimization | generate | export``: tyro subcommands over
 the config dataclasses.
 
 ``sft``, ``rm``, ``dpo``, ``pipeline`` and ``overoptimization`` run the stage functions of :mod:`rlhf_jax.stages`."""
@@ -10,13 +10,16 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+import tyro
 
 from ppo_jax.run.validation import renamed_fields, require_finite, require_positive
 from rlhf_jax.dpo import DPOConfig
 from rlhf_jax.experiment import PairSource
 from rlhf_jax.overoptimization import OveroptimizationConfig
 from rlhf_jax.pipeline import PipelineConfig
+from rlhf_jax.ppo_trainer import RLHFConfig
 from rlhf_jax.reward_model import RMConfig
+from rlhf_jax.rl import RLSource
 from rlhf_jax.sft import SFTConfig
 from rlhf_jax.transformer import TransformerConfig
 
@@ -96,7 +99,7 @@ class GenerateArgs:
     """Model checkpoint directory (a run folder, or its checkpoint/)."""
     model: str | None = None
     """A local Hugging Face folder to sample from instead (gpt2, llama, qwen2 or mistral)."""
-    prompt: tuple[str, ...] = ()
+    prompt: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
     """Prompt text; repeat the flag for several prompts."""
     num_samples: int = 1
     """Samples per prompt."""
@@ -203,7 +206,7 @@ class ExportArgs:
     """Write a model checkpoint as a Hugging Face folder that transformers loads."""
 
     checkpoint: str
-    """Model checkpoint (a run folder, or its checkpoint/), with a tokenizer.json tokenizer."""
+    """Model checkpoint (a run folder, or its checkpoint/); a byte-tokenizer model gets a byte-level tokenizer.json."""
     out: str
     """A new or empty folder for config.json, model.safetensors and the tokenizer files."""
     kind: str | None = None
@@ -329,6 +332,47 @@ def run_dpo(args: DPOArgs) -> dict:
     return summary
 
 
+@dataclass(frozen=True)
+class RLArgs(RLSource, RLHFConfig):
+    """Reinforcement learning on your policy (--model) with your reward: Python reward functions
+    (--reward module:function, repeatable) on a prompt file (--prompts) or a built-in verifiable
+    task (--task arithmetic), or a reward model (--reward-model). PPO, GRPO or RLOO with the
+    GRPO family's options (DAPO, GSPO, CISPO: see docs/rlhf.md). Writes a run folder."""
+
+    algo: str = "grpo"
+    """'grpo' (group-normalised advantages), 'rloo' (leave-one-out baseline) or 'ppo' (needs
+    --value-model policy-head with reward functions)."""
+    reward: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
+    """A reward function, module:function or path/to/file.py:function; repeat the flag for several."""
+    out: str | None = None
+    """Run folder: a new or empty folder (nothing in it is replaced); default: a fresh folder under runs/."""
+    no_progress: bool = False
+    """Hide the progress bar."""
+    resume: str | None = None
+    """Continue the killed run in this folder from its newest checkpoint (with its own config.json;
+    other flags are ignored)."""
+
+
+def run_rl(args: RLArgs) -> dict:
+    from rlhf_jax.rl import COMMAND, resume_rl, rl_run
+
+    if args.resume:
+        summary = resume_rl(args.resume, progress=not args.no_progress)
+    else:
+        require_finite(args)
+        config = RLHFConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RLHFConfig)})
+        source = RLSource(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RLSource)})
+        config.validate()
+        source.validate()
+        if args.out:
+            from ppo_jax.run.rundir import check_run_dir
+
+            check_run_dir(args.out, COMMAND)
+        summary = rl_run(config, source, out=args.out, progress=not args.no_progress)
+    print(f"run folder: {summary['run_dir']}")
+    return summary
+
+
 def run_generate(args: GenerateArgs) -> list[dict]:
     from ppo_jax.run.rundir import check_run_dir
     from rlhf_jax import checkpoint as ckpt
@@ -356,7 +400,7 @@ def run_generate(args: GenerateArgs) -> list[dict]:
 COMMANDS = {"sft": (SFTArgs, run_sft), "rm": (RMArgs, run_rm), "dpo": (DPOArgs, run_dpo),
             "pipeline": (PipelineArgs, run_pipeline_command), "generate": (GenerateArgs, run_generate),
             "overoptimization": (OveroptimizationArgs, run_overoptimization_command),
-            "export": (ExportArgs, run_export)}
+            "rl": (RLArgs, run_rl), "export": (ExportArgs, run_export)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,8 +15,9 @@ from ppo_jax.run.outputs import atomic_path
 
 
 def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequence[str] = (),
-               numbered: bool = False) -> list[dict]:
-    """Objects of ``path`` with the required string ``fields`` (non-empty) and any ``optional`` ones.
+               numbered: bool = False, all_fields: bool = False) -> list[dict]:
+    """Objects of ``path`` with the required string ``fields`` (non-empty) and any ``optional`` ones
+    (``all_fields``: every field).
 
     With ``numbered`` each row also has ``"_line"``, its line number. Blank lines are skipped;
     a line that is not a JSON object, lacks a field, or has an empty or non-string one raises
@@ -50,7 +51,7 @@ def read_jsonl(path: str | os.PathLike, fields: Sequence[str], optional: Sequenc
                     raise ValueError(f"{path}:{lineno}: field {name!r} must be a string, got {type(obj[name]).__name__}")
                 if not obj[name].strip() and name != "prompt":
                     raise ValueError(f"{path}:{lineno}: field {name!r} is empty")
-            row = {k: obj[k] for k in (*fields, *optional) if k in obj}
+            row = dict(obj) if all_fields else {k: obj[k] for k in (*fields, *optional) if k in obj}
             for name, value in row.items():
                 if isinstance(value, str) and not _encodable(value):
                     raise ValueError(f"{path}:{lineno}: field {name!r} holds a lone surrogate escape (not text)")
@@ -135,6 +136,23 @@ def load_preferences(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
 def load_prompts(path: str | os.PathLike) -> list[str]:
     """The ``prompt`` field of each line of a JSONL file."""
     return [r["prompt"] for r in read_jsonl(path, ("prompt",))]
+
+
+def load_prompt_rows(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """Every line of a JSONL prompt file with all its fields (``prompt`` a string; the others,
+    such as an ``answer``, are what reward functions get as keyword lists), and for each
+    ``"FILE:LINE"``. Every line must have the first line's fields."""
+    rows = read_jsonl(path, ("prompt",), numbered=True, all_fields=True)
+    columns, first = [k for k in rows[0] if k != "_line"], rows[0]["_line"]
+    where = []
+    for row in rows:
+        missing = [c for c in columns if c not in row]
+        extra = [c for c in row if c not in columns and c != "_line"]
+        if missing or extra:
+            what = f"missing field {missing[0]!r}" if missing else f"field {extra[0]!r} is not on line {first}"
+            raise ValueError(f"{path}:{row['_line']}: {what} (every line needs the same fields: {', '.join(columns)})")
+        where.append(f"{path}:{row.pop('_line')}")
+    return rows, where
 
 
 def _numbered(rows):

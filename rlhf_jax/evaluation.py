@@ -37,8 +37,12 @@ class PromptSource:
         batch = self.tokenizer.encode_batch(list(prompts), padding_side="left", add_bos=True, max_length=self.width)
         return batch.input_ids, batch.attention_mask
 
+    def draw_indices(self, rng: np.random.Generator, n: int) -> list[int]:
+        """``n`` indices into the pool, drawn with replacement."""
+        return [int(i) for i in rng.integers(len(self.pool), size=n)]
+
     def draw(self, rng: np.random.Generator, n: int) -> list[str]:
-        return [self.pool[i] for i in rng.integers(len(self.pool), size=n)]
+        return [self.pool[i] for i in self.draw_indices(rng, n)]
 
 
 def decode_responses(tokenizer: Tokenizer, gen: Generation) -> tuple[list[str], np.ndarray]:

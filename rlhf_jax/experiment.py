@@ -29,6 +29,7 @@ from rlhf_jax.reward_model import RMConfig, calibration_bins, check_rm_pairs
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.sft import SFTConfig, check_sft_data, encode_examples
 from rlhf_jax.stages import (
+    SFT_TASKS,
     PairSampling,
     Preferences,
     StageClock,
@@ -58,7 +59,7 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
     config.validate()
     if num_examples <= 0 or num_samples <= 0:
         raise ValueError(f"num_examples, num_samples: must be positive integers, got {num_examples}, {num_samples}")
-    task_ = None if data is not None else task_named(task)
+    task_ = None if data is not None else task_named(task, SFT_TASKS)
     command = SFT
     if out and not resume:
         check_run_dir(out, command, resumable=True)
@@ -83,9 +84,10 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
     texts, ended, lengths = sample_responses(sft.lm, sft.params, tokenizer, sample_prompts,
                                              SamplingConfig(max_new_tokens=max_new), jax.random.PRNGKey(config.seed))
     samples = [{"prompt": p, "response": t, "ended_with_eos": bool(e)} for p, t, e in zip(sample_prompts, texts, ended)]
-    if task_ is not None:
+    gold = getattr(task_, "gold_reward", None)  # a verifiable task's check needs its answer column instead
+    if gold is not None:
         for s in samples:
-            s["gold_reward"] = task_.gold_reward(s["response"], s["ended_with_eos"])
+            s["gold_reward"] = gold(s["response"], s["ended_with_eos"])
     write_json(run_dir / "samples.json", samples)
     summary = {
         **source, "train_examples": len(prompts), "steps": config.steps,
@@ -93,7 +95,7 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
         "eos_rate": float(np.mean(ended)), "mean_response_tokens": float(np.mean(lengths)),
         "wall_s": sft.wall_s, "device": str(jax.devices()[0].platform), "run_dir": str(run_dir),
     }
-    if task_ is not None:
+    if gold is not None:
         summary["gold_reward_mean"] = float(np.mean([s["gold_reward"] for s in samples]))
     write_json(run_dir / "summary.json", summary)
     return summary, samples

@@ -24,7 +24,7 @@ import numpy as np
 
 from ppo_jax.run.outputs import atomic_path, read_json, write_json
 from ppo_jax.run.validation import renamed_fields
-from rlhf_jax.tokenizer import JsonTokenizer
+from rlhf_jax.tokenizer import JsonTokenizer, Tokenizer
 from rlhf_jax.transformer import TransformerConfig, TransformerLM, init_params
 
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")
@@ -291,16 +291,19 @@ def _hf_config(cfg: TransformerConfig, kind: str, head: str, pad_id: int, eos_id
     if kind == "gpt2":
         return {**common, "n_positions": cfg.max_len, "n_embd": cfg.d_model, "n_layer": cfg.num_layers,
                 "n_head": cfg.num_heads, "n_inner": cfg.ff_width, "layer_norm_epsilon": cfg.layer_norm_eps,
-                "activation_function": "gelu_new", "tie_word_embeddings": True}
+                "activation_function": "gelu_new", "tie_word_embeddings": True,
+                # Our dropout, not GPT-2's default 0.1, which would make a trainer's policy differ from its reference.
+                "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout}
     return {**common, "hidden_size": cfg.d_model, "intermediate_size": cfg.ff_width,
             "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
             "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim, "max_position_embeddings": cfg.max_len,
             "rms_norm_eps": cfg.layer_norm_eps, "rope_theta": cfg.rope_theta, "hidden_act": "silu",
             "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": cfg.qkv_bias and kind == "llama",
+            "attention_dropout": cfg.dropout,
             **({"use_sliding_window": False, "sliding_window": None} if kind != "llama" else {})}
 
 
-def save_pretrained(path: str | os.PathLike, model: TransformerLM, params: dict, tokenizer: JsonTokenizer, *,
+def save_pretrained(path: str | os.PathLike, model: TransformerLM, params: dict, tokenizer: Tokenizer, *,
                     kind: str | None = None) -> Path:
     """Writes ``model`` as a Hugging Face folder that transformers loads: ``...ForCausalLM``
     if it has an LM head, else ``...ForSequenceClassification`` (one label, the scalar head
@@ -313,8 +316,6 @@ def save_pretrained(path: str | os.PathLike, model: TransformerLM, params: dict,
     kind = kind or ("gpt2" if cfg.arch == "gpt2" else "llama")
     if (kind == "gpt2") != (cfg.arch == "gpt2") or kind not in ARCHITECTURES:
         raise ValueError(f"kind: {kind!r} does not fit arch {cfg.arch!r}")
-    if not isinstance(tokenizer, JsonTokenizer):
-        raise ValueError("tokenizer: export needs a tokenizer.json tokenizer (the byte tokenizer has no HF form)")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     names = _name_map(cfg, kind)

@@ -130,22 +130,55 @@ def response_values(critic, critic_params, sequences: jax.Array, attention_mask:
     return response_positions(critic.apply({"params": critic_params}, sequences, attention_mask).scalar, prompt_len)
 
 
+RATIO_LEVELS = ("token", "sequence")
+SURROGATES = ("clip", "cispo")
+
+
+def sequence_ratio(logp: jax.Array, old_logp: jax.Array, response_mask: jax.Array) -> jax.Array:
+    """GSPO's importance ratio (Zheng et al., arXiv:2507.18071): per sequence, the geometric
+    mean of its token ratios, ``exp(mean_t (log pi - log pi_old))`` over its response tokens,
+    on every token ``[B, N]``. Its gradient is the ratio times the mean of the token
+    log-prob gradients, so one long response does not weigh more than a short one."""
+    m = response_mask.astype(jnp.float32)
+    log_s = ((logp - old_logp) * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+    return jnp.broadcast_to(jnp.exp(log_s)[:, None], logp.shape)
+
+
+def cispo_loss(ratio: jax.Array, logp: jax.Array, advantages: jax.Array, clip_eps_high, weights) -> jax.Array:
+    """CISPO (MiniMax-M1, arXiv:2506.13585): REINFORCE on every token with the importance
+    weight clipped from above and its gradient stopped, ``-mean(sg(min(r, 1 + eps_high)) A
+    log pi)``: unlike PPO's clip, no token's gradient is dropped, only down-weighted."""
+    w = jax.lax.stop_gradient(jnp.minimum(ratio, 1.0 + clip_eps_high))
+    return -losses.masked_mean(w * advantages * logp, weights)
+
+
 def clipped_policy_terms(logits: jax.Array, mb, prompt_len: int, temperature: float, clip_eps, ent_coef,
-                         weights: jax.Array) -> tuple[jax.Array, dict, jax.Array]:
+                         weights: jax.Array, *, clip_eps_high=None, ratio_level: str = "token",
+                         surrogate: str = "clip") -> tuple[jax.Array, dict, jax.Array]:
     """The clipped surrogate (``ppo_jax.losses``) minus the entropy bonus over the response
     tokens of ``mb`` (``sequences``, ``response_mask``, ``old_logp``, ``advantages``), each
     token weighted by ``weights`` ``[B, N]`` (the response mask: a token mean), with
-    scalar diagnostics. Returns ``(loss, aux, logp)``, ``logp`` the tokens' new log-probs."""
+    scalar diagnostics. Returns ``(loss, aux, logp)``, ``logp`` the tokens' new log-probs.
+
+    The GRPO family's options (docs/theory.md §12): ``clip_eps_high`` the upper clip apart
+    from the lower (DAPO); ``ratio_level="sequence"`` one ratio per response
+    (:func:`sequence_ratio`, GSPO); ``surrogate="cispo"`` (:func:`cispo_loss`)."""
     dist = token_policy(response_positions(logits, prompt_len), temperature)
     logp = dist.log_prob(mb.sequences[:, prompt_len:])
-    ratio = losses.importance_ratio(logp, mb.old_logp)
+    ratio = (sequence_ratio(logp, mb.old_logp, mb.response_mask) if ratio_level == "sequence"
+             else losses.importance_ratio(logp, mb.old_logp))
     entropy = dist.entropy()
-    loss = (losses.clipped_surrogate_loss(ratio, mb.advantages, clip_eps, weights)
-            - ent_coef * losses.entropy_bonus(entropy, weights))
+    if surrogate == "cispo":
+        high = clip_eps if clip_eps_high is None else clip_eps_high
+        policy_loss = cispo_loss(ratio, logp, mb.advantages, high, weights)
+        clipped = losses.masked_mean((ratio > 1.0 + high).astype(jnp.float32), mb.response_mask)
+    else:
+        policy_loss = losses.clipped_surrogate_loss(ratio, mb.advantages, clip_eps, weights, clip_eps_high)
+        clipped = losses.clip_fraction(ratio, clip_eps, mb.response_mask, clip_eps_high)
+    loss = policy_loss - ent_coef * losses.entropy_bonus(entropy, weights)
     live = mb.response_mask.astype(bool)
     aux = {"policy_loss": loss, "approx_kl": losses.approx_kl_k3(logp, mb.old_logp, mb.response_mask),
-           "clip_fraction": losses.clip_fraction(ratio, clip_eps, mb.response_mask),
-           "entropy": losses.entropy_bonus(entropy, mb.response_mask),
+           "clip_fraction": clipped, "entropy": losses.entropy_bonus(entropy, mb.response_mask),
            "max_ratio_deviation": jnp.max(jnp.where(live, jnp.abs(ratio - 1.0), 0.0))}
     return loss, aux, logp
 
@@ -254,28 +287,35 @@ def loss_weights(response_mask: jax.Array, aggregation: str) -> jax.Array:
 
 
 def make_group_update(policy, policy_tx: optax.GradientTransformation, *, prompt_len: int, epochs: int,
-                      minibatches: int, temperature: float = 1.0, aggregation: str = "token-mean"):
-    """Jitted ``update(policy_params, policy_opt, batch, key, clip_eps, ent_coef, kl_coef) ->
-    (policy_params, policy_opt, metrics)`` for :class:`GroupBatch`: ``epochs x minibatches`` of
-    the clipped surrogate (:func:`clipped_policy_terms`) on the group advantages, plus
-    ``kl_coef`` times the k3 estimate of ``KL(pi || pi_ref)`` on the sampled tokens as a loss
-    term (GRPO; pass 0 when the KL is in the reward, as RLOO does). No critic."""
+                      minibatches: int, temperature: float = 1.0, aggregation: str = "token-mean",
+                      ratio_level: str = "token", surrogate: str = "clip"):
+    """Jitted ``update(policy_params, policy_opt, batch, key, clip_eps, ent_coef, kl_coef,
+    clip_eps_high=None) -> (policy_params, policy_opt, metrics)`` for :class:`GroupBatch`:
+    ``epochs x minibatches`` of the clipped surrogate (:func:`clipped_policy_terms`, with the
+    GRPO family's options) on the group advantages, plus ``kl_coef`` times the k3 estimate of
+    ``KL(pi || pi_ref)`` on the sampled tokens as a loss term (GRPO; pass 0 when the KL is in
+    the reward, as RLOO does). No critic."""
     loss_weights(jnp.zeros((1, 1)), aggregation)  # a bad name fails here, not inside the trace
+    if ratio_level not in RATIO_LEVELS:
+        raise ValueError(f"ratio_level: must be one of {', '.join(RATIO_LEVELS)}, got {ratio_level!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate: must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
 
-    def loss(params, mb: GroupBatch, clip_eps, ent_coef, kl_coef):
+    def loss(params, mb: GroupBatch, clip_eps, ent_coef, kl_coef, clip_eps_high):
         logits = policy.apply({"params": params}, mb.sequences, mb.attention_mask).logits
         weights = loss_weights(mb.response_mask, aggregation)
         policy_loss, aux, logp = clipped_policy_terms(logits, mb, prompt_len, temperature, clip_eps, ent_coef,
-                                                      weights)
+                                                      weights, clip_eps_high=clip_eps_high, ratio_level=ratio_level,
+                                                      surrogate=surrogate)
         kl = losses.masked_mean(kl_penalty(logp, mb.ref_logp, "k3"), weights)
         return policy_loss + kl_coef * kl, {**aux, "kl_loss": kl}
 
     step = gradient_step(loss, policy_tx, has_aux=True)
 
     @jax.jit
-    def update(policy_params, policy_opt, batch: GroupBatch, key, clip_eps, ent_coef, kl_coef):
+    def update(policy_params, policy_opt, batch: GroupBatch, key, clip_eps, ent_coef, kl_coef, clip_eps_high=None):
         def minibatch(carry, mb):
-            params, opt, _, aux = step(*carry, mb, clip_eps, ent_coef, kl_coef)
+            params, opt, _, aux = step(*carry, mb, clip_eps, ent_coef, kl_coef, clip_eps_high)
             return (params, opt), aux
 
         (params, opt), aux = minibatch_epochs(minibatch, (policy_params, policy_opt), batch, key, epochs=epochs,

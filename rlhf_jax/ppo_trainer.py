@@ -42,6 +42,8 @@ from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.evaluation import PromptSource, decode_responses, evaluate_samples
 from rlhf_jax.ppo import (
     AGGREGATIONS,
+    RATIO_LEVELS,
+    SURROGATES,
     adaptive_kl_beta,
     exact_kl,
     sequence_kl,
@@ -57,7 +59,7 @@ VALUE_MODELS = ("critic", "policy-head")
 ALGOS = tuple(UPDATES)
 """``ppo``: a critic and token-level GAE; ``grpo``/``rloo``: critic-free, ``group_size``
 responses per prompt, the group's other rewards the baseline."""
-REWARDS = ("proxy", "gold")
+REWARDS = ("proxy", "gold", "functions")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,27 @@ class RLHFConfig(DictConfig):
     max_grad_norm: float = 1.0
     """Global gradient-norm clip of each model."""
     clip_eps: float = 0.2
-    """PPO ratio clip."""
+    """PPO ratio clip (the lower one, 1 - clip_eps, when clip_eps_high is set)."""
+    clip_eps_high: float | None = None
+    """GRPO/RLOO: the upper ratio clip 1 + clip_eps_high apart from the lower (DAPO's clip-higher,
+    0.28; CISPO's cap on its importance weight); None: clip_eps."""
+    ratio_level: str = "token"
+    """GRPO/RLOO: 'token' (a ratio per token) or 'sequence' (GSPO: one per response, the
+    geometric mean of its token ratios; GSPO clips it at 3e-4 / 4e-4)."""
+    surrogate: str = "clip"
+    """GRPO/RLOO: 'clip' (PPO's clipped surrogate) or 'cispo' (REINFORCE with the clipped,
+    stop-gradient importance weight: no token's gradient dropped)."""
+    dynamic_sampling: bool = False
+    """GRPO/RLOO (DAPO): drop the groups whose rewards are all equal (they teach nothing) and
+    draw more prompts until the batch is full (at most sampling_rounds draws; then the
+    batch is filled with dropped groups, counted in dynamic_sampling_filled)."""
+    sampling_rounds: int = 4
+    """With dynamic_sampling: the most batches drawn per iteration."""
+    overlong_buffer: int = 0
+    """GRPO/RLOO (DAPO): responses longer than max_new_tokens - overlong_buffer lose up to
+    overlong_penalty, linearly, reaching it at max_new_tokens (0: off)."""
+    overlong_penalty: float = 1.0
+    """The soft over-length penalty at max_new_tokens."""
     value_clip_eps: float = 0.2
     """Value clip around the old values (0 = unclipped)."""
     vf_coef: float = 0.5
@@ -157,6 +179,25 @@ class RLHFConfig(DictConfig):
         if self.loss_aggregation not in AGGREGATIONS:
             raise ValueError(f"loss_aggregation: must be one of {', '.join(AGGREGATIONS)}, "
                              f"got {self.loss_aggregation!r}")
+        if self.ratio_level not in RATIO_LEVELS:
+            raise ValueError(f"ratio_level: must be one of {', '.join(RATIO_LEVELS)}, got {self.ratio_level!r}")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"surrogate: must be one of {', '.join(SURROGATES)}, got {self.surrogate!r}")
+        if self.clip_eps_high is not None and not self.clip_eps_high > 0:
+            raise ValueError(f"clip_eps_high: must be positive (or unset), got {self.clip_eps_high}")
+        require_positive(self, "sampling_rounds", integer=True)
+        if not 0 <= self.overlong_buffer <= self.max_new_tokens:
+            raise ValueError(f"overlong_buffer: must be in [0, max_new_tokens={self.max_new_tokens}], "
+                             f"got {self.overlong_buffer}")
+        if not self.overlong_penalty >= 0:
+            raise ValueError(f"overlong_penalty: must be >= 0, got {self.overlong_penalty}")
+        if not self.critic_free:
+            family = {"clip_eps_high": None, "ratio_level": "token", "surrogate": "clip", "dynamic_sampling": False,
+                      "overlong_buffer": 0}
+            changed = [k for k, v in family.items() if getattr(self, k) != v]
+            if changed:
+                raise ValueError(f"{changed[0]}: an option of the GRPO family (algo grpo or rloo); algo "
+                                 f"{self.algo!r} does not take it")
         if self.critic_free:
             if self.group_size < 2:
                 raise ValueError(f"group_size: {self.algo} needs at least 2 responses per prompt (the others are "
@@ -299,6 +340,11 @@ def init_state(config: RLHFConfig, programs: RLHFPrograms, sft_params, rm_params
     critic_params = jax.tree.map(jnp.asarray, critic_params)
     state = RLHFState(policy_params, critic_params, programs.policy_tx.init(policy_params),
                       programs.critic_tx.init(critic_params), jnp.asarray(config.kl_coef, jnp.float32))
+    if programs.mesh is None:
+        # Every leaf committed to the device, as learn's outputs are: a state of mixed
+        # committed (loaded parameters) and uncommitted leaves (the KL coefficient) would make
+        # the second iteration compile learn again (seconds per stage).
+        return jax.device_put(state, jax.devices()[0])
     return put_params(state, programs.mesh, programs.fsdp)
 
 
@@ -316,17 +362,27 @@ def frozen_params(config: RLHFConfig, params):
     return params
 
 
+Scorer = Callable[[list, Generation], tuple]
+"""``scorer(prompt_indices, gen) -> (score [B], metrics)``: a batch's rewards, from the pool
+indices of its prompts and the sampled responses, and metrics of its own for the history."""
+
+
 def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, ref_params, tokenizer: Tokenizer,
                prompts: PromptSource, rm_params=None, rm_norm: dict | None = None, reward: str = "proxy",
-               gold_reward: Callable[[str, str, bool], float] | None = None,
+               gold_reward: Callable[[str, str, bool], float] | None = None, scorer: Scorer | None = None,
                progress: Callable[[int, dict], None] | None = None, checkpoints: RunCheckpoints | None = None,
                checkpoint_every: int = 0) -> RLHFResult:
     """Runs ``config.iterations`` iterations from ``state``; returns the final state and per-iteration metrics.
 
     ``reward="proxy"`` optimises the reward model's score; ``"gold"`` optimises
-    ``gold_reward(prompt, response, ended_with_eos)`` computed on the host. Whenever both are
-    available both are recorded (``proxy_reward``, ``gold_reward``), with the wall time of
+    ``gold_reward(prompt, response, ended_with_eos)`` computed on the host; ``"functions"``
+    optimises what ``scorer`` returns (:data:`Scorer`: reward functions). Whenever both the proxy and the
+    gold reward are available both are recorded (``proxy_reward``, ``gold_reward``), with the wall time of
     each phase (``time_sample``, ``time_score``, ``time_update``, seconds).
+
+    With ``config.dynamic_sampling`` (GRPO/RLOO) groups whose rewards are all equal are
+    dropped and more prompts drawn until the batch is full (at most ``config.sampling_rounds``
+    draws).
 
     Iteration ``i`` draws its prompts and keys from ``(config.seed, i)`` alone, so with
     ``checkpoints`` (saved every ``checkpoint_every`` iterations and at the end: the state
@@ -340,9 +396,13 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
         raise ValueError("reward: 'proxy' needs a reward model")
     if reward == "gold" and gold_reward is None:
         raise ValueError("reward: 'gold' needs the task's gold reward")
+    if reward == "functions" and scorer is None:
+        raise ValueError("reward: 'functions' needs a scorer")
     norm = rm_norm or {"mean": 0.0, "std": 1.0}
     mesh = programs.mesh
     ref_params, rm_params = put_params(frozen_params(config, (ref_params, rm_params)), mesh, programs.fsdp)
+    if scorer is None:
+        scorer = _model_or_gold_scorer(programs, tokenizer, prompts, rm_params, norm, reward, gold_reward)
     history, start = [], 0
     found = checkpoints.restore_latest(state, warn=lambda m: print(m, file=sys.stderr)) if checkpoints else None
     if found is not None:
@@ -352,43 +412,88 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
     request = lambda: print("stopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr)  # noqa: E731
     with stoppable(checkpoints, on_request=request) as stop:
         state, history = _iterations(config, programs, state, history, start, ref_params=ref_params,
-                                     tokenizer=tokenizer, prompts=prompts, rm_params=rm_params, norm=norm,
-                                     reward=reward, gold_reward=gold_reward, progress=progress,
+                                     prompts=prompts, scorer=scorer, progress=progress,
                                      checkpoints=checkpoints, checkpoint_every=checkpoint_every, stop=stop)
     if checkpoints is not None:
         checkpoints.wait()
     return RLHFResult(state, history, time.perf_counter() - t_start)
 
 
-def _iterations(config, programs, state, history, start, *, ref_params, tokenizer, prompts, rm_params, norm, reward,
-                gold_reward, progress, checkpoints, checkpoint_every, stop):
-    """Iterations ``start..config.iterations`` of :func:`train_rlhf`; returns ``(state, history)``."""
-    mesh = programs.mesh
-    for it in range(start, config.iterations):
-        rng = np.random.default_rng([config.seed, it])
-        k_sample, k_learn = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), it))
-        g = config.responses_per_prompt  # GRPO/RLOO: each prompt's group of responses in adjacent rows
-        batch_prompts = [p for p in prompts.draw(rng, config.batch_size // g) for _ in range(g)]
-        ids, mask = put_batch(prompts.encode(batch_prompts), mesh)
-        t0 = time.perf_counter()
-        gen = jax.block_until_ready(programs.generate(state.policy_params, ids, mask, k_sample))
-        t1 = time.perf_counter()
-        row: dict = {"iteration": it}
-        proxy = gold = None
+def _model_or_gold_scorer(programs, tokenizer, prompts, rm_params, norm, reward, gold_reward) -> Scorer:
+    """The reward model's score (``proxy``) or the task's gold reward, each recorded when available."""
+    def score(idx, gen):
+        row = {}
+        proxy = None
         if rm_params is not None:
             proxy = programs.score(rm_params, gen, norm["mean"], norm["std"])
             row["proxy_reward"] = float(jnp.mean(proxy))
         if gold_reward is not None:
             texts, ended = decode_responses(tokenizer, gen)
-            gold = np.asarray([gold_reward(p, y, bool(e)) for p, y, e in zip(batch_prompts, texts, ended)], np.float32)
+            gold = np.asarray([gold_reward(prompts.pool[i], y, bool(e)) for i, y, e in zip(idx, texts, ended)],
+                              np.float32)
             row["gold_reward"] = float(gold.mean())
-        score = proxy if reward == "proxy" else put_batch(jnp.asarray(gold), mesh)
+        return (proxy if reward == "proxy" else gold), row
+
+    return score
+
+
+def _sample_batch(config, programs, state, prompts, scorer, rng, key):
+    """One iteration's responses and scores: ``(gen, score, row)``, ``row`` the scorer's metrics
+    and the sampling and scoring times. With dynamic sampling, groups of equal rewards are
+    replaced by groups of further draws (module docstring of :func:`train_rlhf`)."""
+    mesh, g = programs.mesh, config.responses_per_prompt  # GRPO/RLOO: a prompt's group in adjacent rows
+    groups = config.batch_size // g
+    t_sample = t_score = 0.0
+    kept, spare, row = [], [], {}
+    for round_ in range(config.sampling_rounds if config.dynamic_sampling else 1):
+        idx = [i for i in prompts.draw_indices(rng, groups) for _ in range(g)]
+        ids, mask = put_batch(prompts.encode([prompts.pool[i] for i in idx]), mesh)
+        t0 = time.perf_counter()
+        gen = jax.block_until_ready(programs.generate(state.policy_params, ids, mask,
+                                                      key if round_ == 0 else jax.random.fold_in(key, round_)))
+        t1 = time.perf_counter()
+        score, metrics = scorer(idx, gen)
+        t_score += time.perf_counter() - t1
+        t_sample += t1 - t0
+        if round_ == 0:
+            row = dict(metrics)  # the metrics of the first draw, as without dynamic sampling
+        if not config.dynamic_sampling:
+            return gen, score, {**row, "time_sample": t_sample, "time_score": t_score}
+        varied = np.asarray(score).reshape(groups, g).std(axis=1) > 0
+        for j in range(groups):
+            (kept if varied[j] else spare).append((gen, score, j))
+        if round_ == 0:
+            row["kept_group_fraction"] = float(varied.mean())
+        if len(kept) >= groups:
+            break
+    filled = max(0, groups - len(kept))
+    chosen = (kept + spare[-filled:] if filled else kept)[:groups]
+    take = lambda x, j: x[j * g:(j + 1) * g]  # noqa: E731
+    gen = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[jax.tree.map(lambda x, j=j: take(x, j), gn)
+                                                           for gn, _, j in chosen])
+    score = jnp.concatenate([take(jnp.asarray(sc), j) for _, sc, j in chosen])
+    row.update(sampling_rounds=float(round_ + 1), dynamic_sampling_filled=float(filled),
+               time_sample=t_sample, time_score=t_score)
+    return put_batch((gen, score), mesh) + (row,)
+
+
+def _iterations(config, programs, state, history, start, *, ref_params, prompts, scorer, progress, checkpoints,
+                checkpoint_every, stop):
+    """Iterations ``start..config.iterations`` of :func:`train_rlhf`; returns ``(state, history)``."""
+    mesh = programs.mesh
+    for it in range(start, config.iterations):
+        rng = np.random.default_rng([config.seed, it])
+        k_sample, k_learn = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), it))
+        gen, score, row = _sample_batch(config, programs, state, prompts, scorer, rng, k_sample)
+        times = {k: row.pop(k) for k in ("time_sample", "time_score")}
+        row = {"iteration": it, **row}
+        score = put_batch(jnp.asarray(score), mesh)
         t2 = time.perf_counter()
         state, metrics = programs.learn(state, ref_params, gen, score, k_learn)
         metrics = jax.device_get(metrics)
         t3 = time.perf_counter()
         row.update({k: float(v) for k, v in metrics.items()})
-        row.update(time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
+        row.update(times, time_update=t3 - t2)
         bad = [k for k, v in row.items() if not np.isfinite(v)]
         if bad:
             last = checkpoints.latest() if checkpoints is not None else None

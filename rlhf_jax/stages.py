@@ -49,7 +49,7 @@ from rlhf_jax.reward_model import (
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.seeds import prompt_seed, stream_key
 from rlhf_jax.sft import SFTConfig, train_sft
-from rlhf_jax.tasks import praise, reviews
+from rlhf_jax.tasks import arithmetic, praise, reviews
 from rlhf_jax.transformer import TransformerLM
 
 TASKS = {"reviews": reviews, "praise": praise}
@@ -69,10 +69,14 @@ SUPERVISED_FORMAT = 1
 per-step losses so far (NaN after), the evaluation history in the meta."""
 
 
-def task_named(name: str):
-    if name not in TASKS:
-        raise ValueError(f"task: unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+SFT_TASKS = {**TASKS, "arithmetic": arithmetic}
+"""Tasks with an SFT corpus: the preference tasks and the verifiable ones (``rlhf-jax rl --task``)."""
+
+
+def task_named(name: str, tasks: dict = TASKS):
+    if name not in tasks:
+        raise ValueError(f"task: unknown task {name!r}; valid tasks: {', '.join(tasks)}")
+    return tasks[name]
 
 
 def seeded(config, offset: int):

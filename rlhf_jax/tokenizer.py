@@ -123,6 +123,58 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
+    SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+
+    def save_hf(self, folder) -> None:
+        """This tokenizer as a ``tokenizer.json`` that transformers and :class:`JsonTokenizer`
+        load with the same ids: byte-level BPE with the 256 bytes as its vocabulary (id = byte
+        value) and no merges, then ``<pad>``, ``<s>``, ``</s>`` at 256-258; transformers'
+        tokenizer puts ``<s>`` first when it adds special tokens."""
+        import json
+        from pathlib import Path
+
+        if not has_tokenizers():
+            raise ValueError("tokenizer: writing a tokenizer.json needs the `tokenizers` package: "
+                             "pip install tokenizers")
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+        from tokenizers import Tokenizer as HFTokenizer
+
+        as_char = pre_tokenizers.ByteLevel.alphabet()  # the 256 characters byte-level BPE writes bytes as
+        byte_char = _bytes_to_unicode()
+        assert set(byte_char.values()) == set(as_char)
+        tok = HFTokenizer(models.BPE(vocab={byte_char[b]: b for b in range(256)}, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(t, special=True) for t in self.SPECIAL_TOKENS.values()])
+        # transformers adds special tokens by default: BOS first, as our prompts and SFT examples have it.
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                           special_tokens=[("<s>", self.bos_id)])
+        folder = Path(folder)
+        tok.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "PreTrainedTokenizerFast", **self.SPECIAL_TOKENS}, indent=2))
+
+
+def has_tokenizers() -> bool:
+    """Whether the optional ``tokenizers`` package is installed (``pip install ".[tokenizers]"``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tokenizers") is not None
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable character for each byte (the byte-level BPE alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
 
 class JsonTokenizer(Tokenizer):
     """A user's ``tokenizer.json`` (Hugging Face ``tokenizers`` format), read from disk only.

@@ -69,8 +69,8 @@ def sigint_ignored() -> Iterator[None]:
 def stoppable(checkpoints, on_request: Callable[[], None] | None = None) -> Iterator[StopRequest]:
     """:func:`deferred_interrupt` around a run that saves to ``checkpoints`` (a
     :class:`ppo_jax.run.checkpoints.RunCheckpoints`, or None: then Ctrl-C is not deferred, as
-    there is nothing to save). On a second Ctrl-C, a save in flight finishes before the
-    KeyboardInterrupt goes on, so no temporary folder is left."""
+    there is nothing to save). On a second Ctrl-C, or any error inside, a save in flight
+    finishes before the exception goes on, so no temporary folder is left."""
     with deferred_interrupt(enabled=checkpoints is not None, on_request=on_request) as stop:
         try:
             yield stop
@@ -78,6 +78,18 @@ def stoppable(checkpoints, on_request: Callable[[], None] | None = None) -> Iter
             if checkpoints is not None and not isinstance(err, Interrupted):
                 with sigint_ignored():
                     checkpoints.wait()
+            raise
+        except Exception as err:
+            # Any other failure (a user's reward function, a NaN): the save in flight completes
+            # first, so the last checkpoint is whole and no temporary folder is left behind.
+            from ppo_jax.run.checkpoints import CheckpointWriteError
+
+            if checkpoints is not None and not isinstance(err, CheckpointWriteError):
+                try:
+                    with sigint_ignored():
+                        checkpoints.wait()
+                except CheckpointWriteError:
+                    pass  # the error being raised is the one to report
             raise
 
 

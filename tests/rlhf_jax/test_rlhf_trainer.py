@@ -179,11 +179,13 @@ def test_ppo_raises_gold_reward_over_sft_on_three_seeds(reviews_models):
 
 
 class _Prompts:  # the tiny model's own token ids, not a real tokenizer's
+    pool = [None]
+
     def __init__(self, ids, mask):
         self.ids, self.mask = ids, mask
 
-    def draw(self, rng, n):
-        return [None] * n
+    def draw_indices(self, rng, n):
+        return [0] * n
 
     def encode(self, prompts):
         return self.ids, self.mask

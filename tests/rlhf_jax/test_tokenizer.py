@@ -79,3 +79,18 @@ def test_json_tokenizer_rejects_pad_equal_to_eos_and_missing_tokens(tmp_path):
     bad.write_text(json.dumps({"not": "a tokenizer"}))
     with pytest.raises(ValueError, match="bad.json"):
         JsonTokenizer(str(bad))
+
+
+def test_the_byte_tokenizer_exports_a_tokenizer_json_with_the_same_ids(tmp_path):
+    """``rlhf-jax export`` of a byte-tokenizer model: the tokenizer.json it writes encodes and
+    decodes every text as the byte tokenizer does, with the same special ids."""
+    from rlhf_jax.hf import load_tokenizer as load_hf_tokenizer
+    from rlhf_jax.tokenizer import ByteTokenizer
+
+    byte = ByteTokenizer()
+    byte.save_hf(tmp_path)
+    exported = load_hf_tokenizer(tmp_path)
+    assert (exported.pad_id, exported.bos_id, exported.eos_id, exported.vocab_size) == (256, 257, 258, 259)
+    for text in ["What is 37+85?", " héllo\twörld\n", "日本語 ✓", "\x00\x7f", ""]:
+        assert exported.encode(text) == byte.encode(text), text
+        assert exported.decode(byte.encode(text)) == text
