@@ -29,10 +29,10 @@ def test_sft_then_generate_writes_run_folders(tmp_path, capsys):
     assert np.isfinite(summary["heldout_loss"])
     for name in ("config.json", "metrics.json", "loss.png", "samples.json", "checkpoint/model.json"):
         assert (tmp_path / "run" / name).exists(), name
-    main(["generate", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--prompt", "q1:", "--num-samples", "3",
-          "--max-new-tokens", "5", "--out", str(tmp_path / "gen")])
+    main(["generate", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--prompt", "q1:", "--prompt", "q2:",
+          "--num-samples", "3", "--max-new-tokens", "5", "--out", str(tmp_path / "gen")])
     samples = json.loads((tmp_path / "gen" / "samples.json").read_text())["samples"]
-    assert len(samples) == 3 and all(s["prompt"] == "q1:" for s in samples)
+    assert [s["prompt"] for s in samples] == ["q1:"] * 3 + ["q2:"] * 3  # the flag repeated: both prompts
     with pytest.raises(SystemExit):  # the run folder is taken
         main(["sft", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
     assert "holds a finished `rlhf-jax sft` run" in capsys.readouterr().err
