@@ -25,7 +25,8 @@ class PPOConfig(DictConfig):
     """PPO on a vectorised gymnax environment."""
 
     env: str = "CartPole-v1"
-    """gymnax environment id."""
+    """gymnax environment id, or your environment: module:function or path/to/file.py:function
+    returning an object with gymnax's functional API (ppo_jax.envs.ENV_API)."""
     total_timesteps: int = 500_000
     """Environment steps per seed (all environments together)."""
     num_envs: int = 4
@@ -42,6 +43,9 @@ class PPOConfig(DictConfig):
     """Hidden activation: tanh, relu or gelu (static)."""
     shared_torso: bool = False
     """One torso and one optimiser instead of two networks with two optimisers."""
+    network: str = "mlp"
+    """'mlp' (hidden layers on the flat observation) or 'cnn' (a MinAtar-style 3x3 convolution on
+    the observation's (H, W, C) frame first, then the hidden layers) (static)."""
     normalize_observations: bool = False
     """Running observation normalisation, clipped to +-10 (static)."""
     normalize_rewards: bool = False
@@ -121,6 +125,17 @@ class PPOConfig(DictConfig):
                              "it needs separate networks (shared_torso=False)")
         require_positive(self, "total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
                          "cg_iters", "backtrack_steps", integer=True)
+        from ppo_jax.networks import NETWORKS
+
+        if self.network not in NETWORKS:
+            raise ValueError(f"network: must be one of {', '.join(NETWORKS)}, got {self.network!r}")
+        if self.network == "cnn":
+            from ppo_jax.envs import env_spec
+
+            shape = env_spec(self.env).obs_shape
+            if len(shape) != 3 or min(shape[:2]) < 3:
+                raise ValueError(f"network: 'cnn' needs frames (H, W, C) of at least 3 x 3; {self.env}'s "
+                                 f"observations are {shape}")
         if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes: must be positive layer widths, got {self.hidden_sizes!r}")
         from ppo_jax.networks import ACTIVATIONS
@@ -135,6 +150,9 @@ class PPOConfig(DictConfig):
             from ppo_jax.envs import env_spec
 
             limit = env_spec(self.env).max_steps
+            if not limit:
+                raise ValueError(f"env: {self.algo} learns from whole episodes and needs the environment's "
+                                 f"time limit (params.max_steps_in_episode); {self.env!r} has none")
             if self.num_steps < limit:
                 raise ValueError(
                     f"num_steps: {self.algo} learns from whole episodes, so a rollout must hold the longest one: "

@@ -83,8 +83,77 @@ def available_envs() -> list[str]:
     return list(_gymnax().registered_envs)
 
 
+ENV_API = ("reset", "step", "observation_space", "action_space", "default_params")
+"""What an environment object needs: gymnax's functional API (``reset(key, params) -> (obs,
+state)``, ``step(key, state, action, params) -> (obs, state, reward, terminated, truncated,
+info)`` with automatic reset, ``observation_space(params)``, ``action_space(params)``,
+``default_params``), as gymnax's own ``Environment`` class provides."""
+
+_objects: dict[str, Any] = {}
+"""Environment objects given to :func:`register_env`, by the id it gave them."""
+
+
+def register_env(env) -> str:
+    """An id for the environment object ``env`` (:data:`ENV_API`), usable as ``config.env`` in
+    this process (``make_train(config, env=env)`` does this). A run that must resume in another
+    process names a ``module:function`` instead."""
+    _check_api(env, type(env).__name__)
+    env_id = f"object:{type(env).__name__}@{id(env):x}"
+    _objects[env_id] = env
+    return env_id
+
+
+def _check_api(env, what: str) -> None:
+    missing = [name for name in ENV_API if not hasattr(env, name)]
+    if missing:
+        raise ValueError(f"env: {what} has no {', '.join(missing)}; an environment needs gymnax's functional API: "
+                         "reset(key, params), step(key, state, action, params), observation_space(params), "
+                         "action_space(params) and default_params")
+
+
+_user_envs: dict[str, tuple] = {}
+
+
+def user_env(env_id: str):
+    """``(env, params)`` of ``module:function`` or ``path/to/file.py:function`` (the function,
+    called with no arguments, returns the environment object, or ``(env, params)``), or of an
+    object given to :func:`register_env`. Made once per process."""
+    if env_id in _objects:
+        env = _objects[env_id]
+        return env, env.default_params
+    if env_id.startswith("object:"):
+        raise ValueError(f"env: {env_id!r} was an environment object of another process; give it again "
+                         f"(make_train(config, env=...)) or name a module:function")
+    if env_id not in _user_envs:
+        factory = _load_factory(env_id)
+        try:
+            made = factory()
+        except Exception as err:
+            raise ValueError(f"env: {env_id!r} raised {type(err).__name__}: {err}") from err
+        env, params = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+        _check_api(env, f"{env_id!r} returned a {type(env).__name__} that")
+        _user_envs[env_id] = (env, env.default_params if params is None else params)
+    return _user_envs[env_id]
+
+
+def _load_factory(env_id: str):
+    """The function ``module:function`` or ``path/to/file.py:function`` names."""
+    from ppo_jax.run.named import load_named
+
+    return load_named(env_id, "env")
+
+
+def is_user_env(env_id: str) -> bool:
+    """Whether ``env_id`` names a user's environment (``module:function``, a registered object), not a gymnax id."""
+    return ":" in env_id
+
+
 def validate_env_id(env_id: str) -> None:
-    """Raises ValueError naming the field and listing the valid ids."""
+    """Raises ValueError naming the field and listing the valid ids (a user's environment: that
+    it loads and has gymnax's API)."""
+    if is_user_env(env_id):
+        user_env(env_id)
+        return
     valid = available_envs()
     if env_id not in valid:
         close = difflib.get_close_matches(env_id, valid, n=3)
@@ -141,10 +210,15 @@ class EnvSpec:
     action_low: np.ndarray | None
     action_high: np.ndarray | None
     max_steps: int
+    obs_shape: tuple[int, ...] = ()
+    """The observation's own shape (a MinAtar frame is ``(10, 10, C)``); the agent sees it flat."""
 
 
 def make_gymnax(env_id: str):
+    """``(env, params)``: a gymnax environment by id, or a user's (:func:`user_env`)."""
     validate_env_id(env_id)
+    if is_user_env(env_id):
+        return user_env(env_id)
     return _gymnax().make(env_id)
 
 
@@ -154,16 +228,21 @@ def env_spec(env_id: str) -> EnvSpec:
     space = env.action_space(params)
     spaces = _gymnax().environments.spaces
     if isinstance(space, spaces.Discrete):
-        return EnvSpec(env_id, int(np.prod(obs_shape)), int(space.n), False, None, None,
-                       int(params.max_steps_in_episode))
+        return EnvSpec(env_id, int(np.prod(obs_shape)), int(space.n), False, None, None, _time_limit(params),
+                       tuple(int(d) for d in obs_shape))
     if isinstance(space, spaces.Box):
         shape = space.shape if len(space.shape) else (1,)
         low = np.broadcast_to(np.asarray(space.low, np.float32), shape).copy()
         high = np.broadcast_to(np.asarray(space.high, np.float32), shape).copy()
-        return EnvSpec(env_id, int(np.prod(obs_shape)), int(np.prod(shape)), True, low, high,
-                       int(params.max_steps_in_episode))
+        return EnvSpec(env_id, int(np.prod(obs_shape)), int(np.prod(shape)), True, low, high, _time_limit(params),
+                       tuple(int(d) for d in obs_shape))
     raise ValueError(f"env: {env_id!r} has an action space of type {type(space).__name__}; "
                      "only Discrete and Box are supported")
+
+
+def _time_limit(params) -> int:
+    """The episode's step limit (gymnax's ``max_steps_in_episode``; 0 where a user's environment has none)."""
+    return int(getattr(params, "max_steps_in_episode", 0) or 0)
 
 
 class VecEnv:

@@ -13,6 +13,7 @@ regression; REINFORCE uses the Monte-Carlo reward-to-go instead of GAE) -> metri
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -24,7 +25,7 @@ from ppo_jax import losses, optim
 from ppo_jax.algorithms import UPDATES
 from ppo_jax.algorithms.reinforce import complete_episode_mask
 from ppo_jax.config import HParams, PPOConfig
-from ppo_jax.envs import EnvSpec, VecEnv, VecEnvState, env_spec
+from ppo_jax.envs import EnvSpec, VecEnv, VecEnvState, env_spec, register_env
 from ppo_jax.networks import ActorCritic
 from ppo_jax.rollout import Batch, rollout
 from ppo_jax.run.configure import configure
@@ -50,7 +51,7 @@ def make_network(config: PPOConfig, spec: EnvSpec | None = None) -> ActorCritic:
     spec = spec or env_spec(config.env)
     return ActorCritic(action_dim=spec.action_dim, continuous=spec.continuous,
                        hidden_sizes=tuple(config.hidden_sizes), activation=config.activation,
-                       shared_torso=config.shared_torso)
+                       shared_torso=config.shared_torso, obs_shape=spec.obs_shape if config.network == "cnn" else ())
 
 
 def init_params(network: ActorCritic, spec: EnvSpec, key: jax.Array):
@@ -177,9 +178,13 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
 
 
 def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None,
-               env_sharding: Callable[[Any], Any] | None = None):
+               env_sharding: Callable[[Any], Any] | None = None, env=None):
     """Validates ``config`` (before any tracing) and returns the pure ``train(key, hparams=None)``:
-    ``config.num_updates`` updates from a fresh state (arguments as :func:`make_train_fns`)."""
+    ``config.num_updates`` updates from a fresh state (arguments as :func:`make_train_fns`).
+    ``env``, an object with gymnax's functional API (:data:`ppo_jax.envs.ENV_API`), replaces
+    ``config.env``."""
+    if env is not None:
+        config = dataclasses.replace(config, env=register_env(env))
     fns = make_train_fns(config, progress, env_sharding)
 
     def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:

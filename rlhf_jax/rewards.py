@@ -22,17 +22,15 @@ value stops the run with a :class:`RewardFunctionError` naming the function and 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import numbers
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
+
+from ppo_jax.run.named import load_named
 
 RESERVED = ("prompts", "completions", "completion_ids")
 """Keywords every function gets; a prompt file's column may not be called so."""
@@ -55,33 +53,8 @@ def is_jax_reward(fn: Callable) -> bool:
 
 def load_function(spec: str, field: str = "reward") -> Callable:
     """The callable ``spec`` names: ``package.module:function`` (importable) or
-    ``path/to/file.py:function``."""
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{field}: {spec!r} must be module:function or path/to/file.py:function")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise ValueError(f"{field}: {spec!r}: no file {path}")
-        name = f"_rlhf_jax_reward_{abs(hash(str(path.resolve())))}"
-        loader_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as err:
-            raise ValueError(f"{field}: {spec!r}: importing {path} raised {type(err).__name__}: {err}") from err
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as err:
-            raise ValueError(f"{field}: {spec!r}: cannot import {module_name} ({type(err).__name__}: {err})") from err
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise ValueError(f"{field}: {spec!r}: {module_name} has no {attr!r}")
-    if not callable(fn):
-        raise ValueError(f"{field}: {spec!r} is not a function ({type(fn).__name__})")
-    return fn
+    ``path/to/file.py:function`` (errors name ``field``)."""
+    return load_named(spec, field)
 
 
 @dataclass(frozen=True)

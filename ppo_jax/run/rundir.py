@@ -152,6 +152,7 @@ def new_run_dir(base: str | os.PathLike, name: str) -> Path:
 
 def ppo_run_name(command: str, env: str, algo: str) -> str:
     """The default run folder name (before its time stamp) of ``ppo-jax COMMAND``."""
+    env = env.rpartition(":")[2] if ":" in env else env  # a user's module:function: its function's name
     return f"study-{env}" if command == "study" else f"{env}-{algo}"
 
 
