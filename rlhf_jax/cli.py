@@ -354,20 +354,13 @@ class RLArgs(RLSource, RLHFConfig):
 
 
 def run_rl(args: RLArgs) -> dict:
-    from rlhf_jax.rl import COMMAND, resume_rl, rl_run
+    from rlhf_jax.rl import resume_rl, rl_run
 
     if args.resume:
         summary = resume_rl(args.resume, progress=not args.no_progress)
-    else:
-        require_finite(args)
+    else:  # rl_run checks both and the folder before it loads anything
         config = RLHFConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RLHFConfig)})
         source = RLSource(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RLSource)})
-        config.validate()
-        source.validate()
-        if args.out:
-            from ppo_jax.run.rundir import check_run_dir
-
-            check_run_dir(args.out, COMMAND)
         summary = rl_run(config, source, out=args.out, progress=not args.no_progress)
     print(f"run folder: {summary['run_dir']}")
     return summary

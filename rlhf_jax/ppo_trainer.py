@@ -324,18 +324,20 @@ def _ended(gen: Generation, eos_id: int) -> jax.Array:
     return ended_with_eos(gen.response, gen.response_mask, eos_id).astype(jnp.float32)
 
 
+def with_value_head(programs: RLHFPrograms, params) -> dict:
+    """``params`` as the programs' policy takes them: with PPO's policy-head, a zero-initialised
+    value head (its first values are 0; one that ``params`` brings is replaced)."""
+    if not programs.policy.scalar_head:
+        return dict(params)
+    d = programs.policy.config.d_model
+    return {**params, "scalar_head": {"kernel": jnp.zeros((d, 1)), "bias": jnp.zeros((1,))}}
+
+
 def init_state(config: RLHFConfig, programs: RLHFPrograms, sft_params, rm_params=None) -> RLHFState:
     """The policy starts at the SFT parameters; the critic at the reward model's
     (or, with a policy head, a zero-initialised head: its first values are 0)."""
-    policy_params = dict(sft_params)
-    if config.critic_free:
-        critic_params = {}
-    elif config.value_model == "policy-head":
-        d = programs.policy.config.d_model
-        policy_params["scalar_head"] = {"kernel": jnp.zeros((d, 1)), "bias": jnp.zeros((1,))}
-        critic_params = {}
-    else:
-        critic_params = rm_params
+    policy_params = with_value_head(programs, sft_params)
+    critic_params = {} if config.critic_free or config.value_model == "policy-head" else rm_params
     policy_params = jax.tree.map(jnp.asarray, policy_params)
     critic_params = jax.tree.map(jnp.asarray, critic_params)
     state = RLHFState(policy_params, critic_params, programs.policy_tx.init(policy_params),
@@ -438,9 +440,9 @@ def _model_or_gold_scorer(programs, tokenizer, prompts, rm_params, norm, reward,
 
 
 def _sample_batch(config, programs, state, prompts, scorer, rng, key):
-    """One iteration's responses and scores: ``(gen, score, row)``, ``row`` the scorer's metrics
-    and the sampling and scoring times. With dynamic sampling, groups of equal rewards are
-    replaced by groups of further draws (module docstring of :func:`train_rlhf`)."""
+    """One iteration's responses and scores: ``(gen, score, row, times)``, ``row`` the scorer's
+    metrics, ``times`` the sampling and scoring seconds. With dynamic sampling, groups of equal
+    rewards are replaced by groups of further draws (docstring of :func:`train_rlhf`)."""
     mesh, g = programs.mesh, config.responses_per_prompt  # GRPO/RLOO: a prompt's group in adjacent rows
     groups = config.batch_size // g
     t_sample = t_score = 0.0
@@ -458,7 +460,7 @@ def _sample_batch(config, programs, state, prompts, scorer, rng, key):
         if round_ == 0:
             row = dict(metrics)  # the metrics of the first draw, as without dynamic sampling
         if not config.dynamic_sampling:
-            return gen, score, {**row, "time_sample": t_sample, "time_score": t_score}
+            return gen, score, row, {"time_sample": t_sample, "time_score": t_score}
         varied = np.asarray(score).reshape(groups, g).std(axis=1) > 0
         for j in range(groups):
             (kept if varied[j] else spare).append((gen, score, j))
@@ -472,9 +474,8 @@ def _sample_batch(config, programs, state, prompts, scorer, rng, key):
     gen = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[jax.tree.map(lambda x, j=j: take(x, j), gn)
                                                            for gn, _, j in chosen])
     score = jnp.concatenate([take(jnp.asarray(sc), j) for _, sc, j in chosen])
-    row.update(sampling_rounds=float(round_ + 1), dynamic_sampling_filled=float(filled),
-               time_sample=t_sample, time_score=t_score)
-    return put_batch((gen, score), mesh) + (row,)
+    row.update(sampling_rounds=float(round_ + 1), dynamic_sampling_filled=float(filled))
+    return put_batch(gen, mesh), score, row, {"time_sample": t_sample, "time_score": t_score}
 
 
 def _iterations(config, programs, state, history, start, *, ref_params, prompts, scorer, progress, checkpoints,
@@ -484,8 +485,7 @@ def _iterations(config, programs, state, history, start, *, ref_params, prompts,
     for it in range(start, config.iterations):
         rng = np.random.default_rng([config.seed, it])
         k_sample, k_learn = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), it))
-        gen, score, row = _sample_batch(config, programs, state, prompts, scorer, rng, k_sample)
-        times = {k: row.pop(k) for k in ("time_sample", "time_score")}
+        gen, score, row, times = _sample_batch(config, programs, state, prompts, scorer, rng, k_sample)
         row = {"iteration": it, **row}
         score = put_batch(jnp.asarray(score), mesh)
         t2 = time.perf_counter()

@@ -37,7 +37,14 @@ from rlhf_jax.compute_dtype import DTYPES
 from rlhf_jax.data import load_prompt_rows, padded_chunks
 from rlhf_jax.evaluation import PromptSource, decode_responses
 from rlhf_jax.hf import load_pretrained, save_pretrained
-from rlhf_jax.ppo_trainer import RLHFConfig, frozen_params, init_state, make_programs, train_rlhf
+from rlhf_jax.ppo_trainer import (
+    RLHFConfig,
+    frozen_params,
+    init_state,
+    make_programs,
+    train_rlhf,
+    with_value_head,
+)
 from rlhf_jax.rewards import RESERVED, RewardFunction, Rewards, load_function, reward_functions
 from rlhf_jax.sampling import SamplingConfig, make_generate
 from rlhf_jax.seeds import prompt_seed, stream_key
@@ -93,9 +100,9 @@ class RLSource(DictConfig):
             raise ValueError("reward_model: give reward functions (--reward) or a reward model, not both")
         if not self.reward and not self.reward_model and self.task is None:
             raise ValueError("reward: give --reward module:function (or --reward-model) for your prompts")
-        if self.reward_weights and len(self.reward_weights) != len(self.reward or self._task_rewards()[0]):
-            raise ValueError(f"reward_weights: {len(self.reward_weights)} weights for "
-                             f"{len(self.reward or self._task_rewards()[0])} reward functions")
+        specs, _ = self.reward_specs()
+        if self.reward_weights and len(self.reward_weights) != len(specs):
+            raise ValueError(f"reward_weights: {len(self.reward_weights)} weights for {len(specs)} reward functions")
         for name in ("eval_prompts", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
@@ -216,6 +223,7 @@ def _evaluate(setup: _Setup, params, key, samples_per_prompt: int) -> dict:
     config, programs, rows = setup.config, setup.programs, setup.heldout
     sums: dict[str, list] = {}
     samples, kls, lengths = [], [], []
+    scorers = _heldout_scorers(setup)
     for mode in ["greedy"] + [f"sample{j}" for j in range(samples_per_prompt)]:
         key, k_mode = jax.random.split(key)
         for start, (chunk, real) in zip(range(0, len(rows), config.batch_size),
@@ -223,7 +231,7 @@ def _evaluate(setup: _Setup, params, key, samples_per_prompt: int) -> dict:
             ids, mask = setup.source.encode([rows[i]["prompt"] for i in chunk])
             generate = setup.greedy if mode == "greedy" else programs.generate
             gen = generate(params, ids, mask, jax.random.fold_in(k_mode, start))
-            values = _values(setup, chunk, gen)
+            values = {name: score(chunk, gen) for name, score in scorers.items()}
             group = "greedy" if mode == "greedy" else "sampled"
             for name, v in values.items():
                 sums.setdefault(f"{name}_{group}", []).append(np.asarray(v)[:real])
@@ -241,19 +249,20 @@ def _evaluate(setup: _Setup, params, key, samples_per_prompt: int) -> dict:
     return out
 
 
-def _values(setup: _Setup, idx, gen) -> dict:
-    """Per-response reward (and each function, and the metric) of ``gen`` for rows ``idx``."""
-    out = {}
+def _heldout_scorers(setup: _Setup) -> dict[str, Callable]:
+    """``name -> score(idx, gen) -> [B]`` on the held-out rows: the reward (the functions' weighted
+    sum, or the reward model's normalised score) and, if there is one, the metric."""
+    def scorer(rewards):
+        score = rows_scorer(rewards, setup.tokenizer, setup.heldout, setup.source.width)
+        return lambda idx, gen: score(idx, gen)[0]
+
     if setup.rewards is not None:
-        score = rows_scorer(setup.rewards, setup.tokenizer, setup.heldout, setup.source.width)
-        total, _ = score(idx, gen)
-        out["reward"] = total
+        out = {"reward": scorer(setup.rewards)}
     else:
-        rm_model_params, norm = setup.rm
-        out["reward"] = np.asarray(setup.programs.score(rm_model_params, gen, norm["mean"], norm["std"]))
+        rm_params, norm = setup.rm
+        out = {"reward": lambda idx, gen: np.asarray(setup.programs.score(rm_params, gen, norm["mean"], norm["std"]))}
     if setup.metric is not None:
-        total, _ = rows_scorer(setup.metric, setup.tokenizer, setup.heldout, setup.source.width)(idx, gen)
-        out["metric"] = total
+        out["metric"] = scorer(setup.metric)
     return out
 
 
@@ -290,7 +299,7 @@ def evaluate_policy(config: RLHFConfig, source: RLSource, *, policy: tuple | Non
     setup, _, params = _prepare(config, source, policy, None)
     if reference is not None:
         setup.ref_params = frozen_params(setup.config, reference)
-    out = _evaluate(setup, programs_params(setup, params), stream_key(config.seed, "evaluation"), source.eval_samples)
+    out = _evaluate(setup, with_value_head(setup.programs, params), stream_key(config.seed, "evaluation"), source.eval_samples)
     out.pop("samples")
     return out
 
@@ -350,7 +359,7 @@ def _train_and_report(setup: _Setup, source: RLSource, params, lm, run_dir: Path
     if resume and before_path.exists():
         before = json.loads(before_path.read_text())
     else:
-        before = _evaluate(setup, programs_params(setup, params), eval_key, source.eval_samples)
+        before = _evaluate(setup, with_value_head(setup.programs, params), eval_key, source.eval_samples)
         before.pop("samples")
         write_json(before_path, before)
     log(_line("start", before))
@@ -395,15 +404,6 @@ def _train_and_report(setup: _Setup, source: RLSource, params, lm, run_dir: Path
     write_json(run_dir / "summary.json", summary)
     log(_line("final", final))
     return summary
-
-
-def programs_params(setup: _Setup, params):
-    """The starting parameters as the programs' policy takes them (a zero value head for PPO's
-    policy-head, which the evaluation does not use)."""
-    if "scalar_head" in params or not setup.programs.policy.scalar_head:
-        return params
-    d = setup.programs.policy.config.d_model
-    return {**params, "scalar_head": {"kernel": np.zeros((d, 1), np.float32), "bias": np.zeros((1,), np.float32)}}
 
 
 def _line(label: str, ev: dict) -> str:

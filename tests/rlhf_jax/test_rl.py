@@ -209,7 +209,7 @@ def test_dynamic_sampling_keeps_only_groups_whose_rewards_differ(tmp_path):
     setup, _, params = rl._prepare(config, source, (lm, params, tok), [even_prompts_all_right])
     scorer = rl.rows_scorer(setup.rewards, tok, setup.pool, setup.source.width)
     state = rl.init_state(setup.config, setup.programs, params)
-    gen, score, row = _sample_batch(setup.config, setup.programs, state, setup.source, scorer,
+    gen, score, row, _ = _sample_batch(setup.config, setup.programs, state, setup.source, scorer,
                                     np.random.default_rng(0), jax.random.PRNGKey(0))
     groups = np.asarray(score).reshape(-1, 4)
     assert groups.shape == (8, 4)
