@@ -11,6 +11,13 @@ only meaningful between runs of one session: that is what the rounds are.
         --peer-python ~/peers/venv_purejaxrl/bin/python --peer-src ~/peers/purejaxrl \\
         --seeds 1 8 --rounds 3 --out benchmarks/results/ppo_vs_purejaxrl_cpu_2core.json
 
+``--variant rnn`` runs PureJaxRL's recurrent ``purejaxrl/ppo_rnn.py`` (through
+``benchmarks/peers/purejaxrl_ppo_rnn.py``) against ours with ``network="gru"`` and one torso, in
+the script's configuration (the same sizes; 128-wide embedding and GRU, ReLU); its learning
+result is the training-time return of the last 10 updates on both sides. The one difference
+of architecture: the script gives each head its own 128-wide layer after the GRU, ours one
+shared layer (``hidden_sizes=(128, 128)``).
+
 ``--ours-processes 2`` adds a row for ours with the seeds split
 over two processes (the multi-core default of ``ppo-jax train --num-seeds``), and
 ``--ours-seed-groups 2`` a row for ours in one process with the seeds vmapped as two
@@ -45,6 +52,8 @@ def ours_once(args) -> dict:
     config = PPOConfig(env=args.env, num_envs=args.num_envs, num_steps=128, update_epochs=4, num_minibatches=4,
                        total_timesteps=int(args.total_timesteps) // (args.num_envs * 128) * args.num_envs * 128,
                        lr=2.5e-4, critic_lr=2.5e-4, value_clip_eps=0.2)
+    if args.variant == "rnn":
+        config = config.replace(network="gru", shared_torso=True, hidden_sizes=(128, 128), activation="relu")
     train = make_train(config)
     seeds = args.seeds
     # One seed without vmap, as the peer's runner does it (and as `ppo-jax train` does).
@@ -53,9 +62,14 @@ def ours_once(args) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(args.seed0), seeds)
     warm = jax.random.split(jax.random.PRNGKey(args.seed0 + 10_000), seeds)
     out, compile_s, run_times = compile_and_time(fn, keys, warm, args.runs)  # the peer's runner times it so too
-    evaluate = jax.jit(jax.vmap(make_evaluate(config, num_episodes=64, deterministic=False)))
-    per_seed = np.asarray(evaluate(out.state.params, out.state.env_state.obs_stats,
-                                   jax.random.split(jax.random.PRNGKey(args.seed0 + 777), seeds))).mean(axis=1)
+    if args.variant == "rnn":  # the return of the episodes that ended in the last 10 updates, as the peer's runner
+        ret = np.nan_to_num(np.asarray(out.metrics["episode_return"])[:, -10:])
+        count = np.asarray(out.metrics["episodes_finished"])[:, -10:]
+        per_seed = (ret * count).sum(axis=1) / np.maximum(count.sum(axis=1), 1)
+    else:
+        evaluate = jax.jit(jax.vmap(make_evaluate(config, num_episodes=64, deterministic=False)))
+        per_seed = np.asarray(evaluate(out.state.params, out.state.env_state.obs_stats,
+                                       jax.random.split(jax.random.PRNGKey(args.seed0 + 777), seeds))).mean(axis=1)
     steps = config.num_updates * config.batch_size
     return {"peer": "ppo_jax", "seeds": seeds, "seed_groups": args.seed_groups, "compile_s": compile_s,
             "run_s": run_times[-1], "run_times_s": run_times, "sps": steps * seeds / run_times[-1],
@@ -75,7 +89,7 @@ def run_json(cmd: list[str], env: dict) -> dict:
 def ours_split(args, seeds: int, processes: int, env: dict) -> dict:
     """Ours with the seeds split over ``processes`` concurrent processes (one per core)."""
     per = seeds // processes
-    cmd = [sys.executable, os.path.abspath(__file__), "--ours-once", "--seeds", str(per),
+    cmd = [sys.executable, os.path.abspath(__file__), "--ours-once", "--variant", args.variant, "--seeds", str(per),
            "--env", args.env, "--num-envs", str(args.num_envs), "--total-timesteps", str(args.total_timesteps),
            "--runs", str(args.runs)]
     procs = [subprocess.Popen(cmd + ["--seed0", str(args.seed0 + 100 * i)], stdout=subprocess.PIPE,
@@ -101,6 +115,8 @@ def main() -> None:
     p.add_argument("--peer-python", help="the interpreter with PureJaxRL's dependencies (gymnax 0.0.9)")
     p.add_argument("--peer-src", help="a PureJaxRL checkout (has purejaxrl/ppo.py)")
     p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--variant", choices=["mlp", "rnn"], default="mlp",
+                   help="mlp: purejaxrl/ppo.py against ours; rnn: purejaxrl/ppo_rnn.py against ours with network='gru'")
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--total-timesteps", type=float, default=5e5)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
@@ -123,7 +139,7 @@ def main() -> None:
         return
     if not (args.peer_python and args.peer_src):
         p.error("--peer-python and --peer-src are required (benchmarks/peers/setup_purejaxrl.sh makes both)")
-    runner = os.path.join(HERE, "peers", "purejaxrl_ppo.py")
+    runner = os.path.join(HERE, "peers", "purejaxrl_ppo_rnn.py" if args.variant == "rnn" else "purejaxrl_ppo.py")
 
     sys.path.insert(0, HERE)
     from common import write_result
@@ -144,7 +160,9 @@ def main() -> None:
                     summary[f"{kind}, {seeds} seeds"] = {
                         "median_sps_ratio": statistics.median(ratios), "sps_ratios": ratios,
                         "median_compile_ratio": statistics.median(compile_ratios) if compile_ratios else None}
-        write_result(args.out, {"benchmark": "ppo_vs_purejaxrl", "env": args.env, "num_envs": args.num_envs,
+        write_result(args.out, {"benchmark": "ppo_vs_purejaxrl", "variant": args.variant,
+                                "peer_script": "purejaxrl/ppo_rnn.py" if args.variant == "rnn" else "purejaxrl/ppo.py",
+                                "env": args.env, "num_envs": args.num_envs,
                                 "total_timesteps": int(args.total_timesteps), "rounds": rows,
                                 "summary": summary, "note": "ratios are ours / PureJaxRL (above 1: ours faster); "
                                 "compile ratio is PureJaxRL's compile time / ours (above 1: ours compiles faster)"})
@@ -154,7 +172,8 @@ def main() -> None:
             peer_cmd = [args.peer_python, runner, "--src", args.peer_src, "--env", args.env,
                         "--total-timesteps", str(args.total_timesteps), "--num-envs", str(args.num_envs),
                         "--seeds", str(seeds), "--seed0", str(args.seed0), "--runs", str(args.runs)]
-            ours_cmd = [sys.executable, os.path.abspath(__file__), "--ours-once", "--seeds", str(seeds),
+            ours_cmd = [sys.executable, os.path.abspath(__file__), "--ours-once", "--variant", args.variant,
+                        "--seeds", str(seeds),
                         "--env", args.env, "--num-envs", str(args.num_envs),
                         "--total-timesteps", str(args.total_timesteps), "--runs", str(args.runs),
                         "--seed0", str(args.seed0)]

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ppo_jax.adapters import ADAPTERS
 from ppo_jax.run.configure import configure
 
 
@@ -116,7 +117,8 @@ _user_envs: dict[str, tuple] = {}
 
 def user_env(env_id: str):
     """``(env, params)`` of ``module:function`` or ``path/to/file.py:function`` (the function,
-    called with no arguments, returns the environment object, or ``(env, params)``), or of an
+    called with no arguments, returns the environment object, or ``(env, params)``), of an
+    adapter shipped with the package (``pomdp:CartPole-v1``, :mod:`ppo_jax.adapters`), or of an
     object given to :func:`register_env`. Made once per process."""
     if env_id in _objects:
         env = _objects[env_id]
@@ -126,6 +128,11 @@ def user_env(env_id: str):
                          f"(make_train(config, env=...)) or name a module:function")
     if env_id not in _user_envs:
         factory = _load_factory(env_id)
+        if factory is None:  # a shipped adapter: prefix:name
+            prefix, _, name = env_id.partition(":")
+            env, params = importlib.import_module(ADAPTERS[prefix]).make(name)
+            _user_envs[env_id] = (env, env.default_params if params is None else params)
+            return _user_envs[env_id]
         try:
             made = factory()
         except Exception as err:
@@ -137,9 +144,12 @@ def user_env(env_id: str):
 
 
 def _load_factory(env_id: str):
-    """The function ``module:function`` or ``path/to/file.py:function`` names."""
+    """The function ``module:function`` or ``path/to/file.py:function`` names (None for an adapter
+    shipped with the package, :data:`ppo_jax.adapters.ADAPTERS`)."""
     from ppo_jax.run.named import load_named
 
+    if env_id.partition(":")[0] in ADAPTERS:
+        return None
     return load_named(env_id, "env")
 
 

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from ppo_jax.config import PPOConfig
 from ppo_jax.envs import RunningStats, VecEnv, env_spec, normalize_obs
-from ppo_jax.networks import ActorCritic
+from ppo_jax.networks import RecurrentActorCritic, is_recurrent
+from ppo_jax.rollout import Memory
 
 
 def make_evaluate(config: PPOConfig, num_episodes: int = 16, deterministic: bool = True,
@@ -36,18 +37,29 @@ def make_evaluate(config: PPOConfig, num_episodes: int = 16, deterministic: bool
         obs, env_state = env.reset(k_reset)
 
         def step(carry, step_key):
-            obs, env_state, alive, total = carry
+            obs, env_state, alive, total, memory = carry
             k_act, k_env = jax.random.split(step_key)
             x = normalize_obs(obs, obs_stats) if config.normalize_observations else obs
-            dist = network.apply({"params": params}, x, method=ActorCritic.policy)
-            action = dist.mode() if deterministic else dist.sample(k_act)
+            if memory is None:
+                dist = network.apply({"params": params}, x, method="policy")
+                action = dist.mode() if deterministic else dist.sample(k_act)
+            else:
+                hiddens, dist, _ = network.apply({"params": params}, memory.carry, x[:, None], memory.first[:, None],
+                                                 method=RecurrentActorCritic.unroll)
+                action = (dist.mode() if deterministic else dist.sample(k_act))[:, 0]
             obs, env_state, _, terminated, truncated, info = env.step(k_env, env_state, action)
             total = total + alive * info["raw_reward"]
-            alive = alive * (1.0 - jnp.logical_or(terminated, truncated).astype(jnp.float32))
-            return (obs, env_state, alive, total), None
+            done = jnp.logical_or(terminated, truncated)
+            alive = alive * (1.0 - done.astype(jnp.float32))
+            if memory is not None:
+                memory = Memory(jax.tree.map(lambda h: h[:, 0], hiddens), done)
+            return (obs, env_state, alive, total, memory), None
 
-        init = (obs, env_state, jnp.ones((num_episodes,)), jnp.zeros((num_episodes,)))
-        (_, _, _, total), _ = jax.lax.scan(step, init, jax.random.split(k_run, steps))
+        memory = None
+        if is_recurrent(network):
+            memory = Memory(network.initial_carry(num_episodes), jnp.ones((num_episodes,), bool))
+        init = (obs, env_state, jnp.ones((num_episodes,)), jnp.zeros((num_episodes,)), memory)
+        (_, _, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(k_run, steps))
         return total
 
     return evaluate

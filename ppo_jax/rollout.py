@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,32 @@ class Batch:
     advantage: jax.Array
     target: jax.Array
     mask: jax.Array | None = None
+    first: jax.Array | None = None
+    """Recurrent networks: rows are whole environment sequences ``[n, T, ...]`` and ``first[i, t]``
+    is true where step ``t`` starts an episode (the hidden state is zeroed there); None otherwise."""
+    carry: Any = None
+    """Recurrent networks: each sequence's hidden state before its first step (stored at the
+    start of the rollout)."""
+
+
+@struct.dataclass
+class Memory:
+    """What a recurrent policy carries between steps and rollouts: its hidden state ``carry`` (a
+    dict of ``[N, H]``, before any reset) and ``first`` ``[N]``, true where the next observation
+    starts an episode."""
+
+    carry: Any
+    first: jax.Array
+
+
+def _env_step(env: VecEnv, keys: jax.Array, env_state: VecEnvState, obs: jax.Array, action, log_prob):
+    """One step of every environment: ``(env_state, next_obs, transition)``."""
+    next_obs, env_state, reward, terminated, truncated, info = env.step_envs(keys, env_state, action)
+    done = jnp.logical_or(terminated, truncated)
+    reached = jnp.where(done[:, None], info["final_observation"], next_obs)
+    transition = Transition(obs, action, log_prob, reward, terminated, truncated, reached,
+                            info["episode_return"], info["episode_length"])
+    return env_state, next_obs, transition
 
 
 def rollout(
@@ -73,15 +99,43 @@ def rollout(
         env_state, obs = carry
         dist = policy_fn(obs)
         action = dist.sample(step_keys[0])
-        log_prob = dist.log_prob(action)
-        next_obs, env_state, reward, terminated, truncated, info = env.step_envs(step_keys[1:], env_state, action)
-        done = jnp.logical_or(terminated, truncated)
-        reached = jnp.where(done[:, None], info["final_observation"], next_obs)
-        transition = Transition(obs, action, log_prob, reward, terminated, truncated, reached,
-                                info["episode_return"], info["episode_length"])
+        env_state, next_obs, transition = _env_step(env, step_keys[1:], env_state, obs, action, dist.log_prob(action))
         return (env_state, next_obs), transition
 
     # Row t holds step t's keys: one for the action, one per environment.
     keys = jax.random.split(key, (num_steps, env.num_envs + 1))
     (env_state, obs), transitions = jax.lax.scan(step, (env_state, obs), keys)
     return env_state, obs, transitions
+
+
+@struct.dataclass
+class RecurrentExtras:
+    """What a recurrent rollout records besides the transitions, time-major ``[T, N, ...]``: the
+    value of each step (from the same hidden state the action saw), ``first`` (the resets), and
+    the hidden states after each step (to bootstrap from ``next_obs``)."""
+
+    value: jax.Array
+    first: jax.Array
+    hiddens: Any
+
+
+def recurrent_rollout(unroll_fn: Callable, env: VecEnv, env_state: VecEnvState, obs: jax.Array, memory: Memory,
+                      key: jax.Array, num_steps: int):
+    """:func:`rollout` for a recurrent policy: ``unroll_fn(carry, obs [N, 1, D], reset [N, 1]) ->
+    (hiddens, distribution, value)`` (:meth:`ppo_jax.networks.RecurrentActorCritic.unroll`, one
+    step). The hidden state is carried from step to step and zeroed where an episode starts.
+    Returns ``(env_state, obs, memory, transitions, extras)``."""
+
+    def step(carry, step_keys):
+        env_state, obs, memory = carry
+        hiddens, dist, value = unroll_fn(memory.carry, obs[:, None], memory.first[:, None])
+        action = dist.sample(step_keys[0])[:, 0]
+        log_prob = dist.log_prob(action[:, None])[:, 0]
+        env_state, next_obs, transition = _env_step(env, step_keys[1:], env_state, obs, action, log_prob)
+        after = jax.tree.map(lambda h: h[:, 0], hiddens)
+        extras = RecurrentExtras(value[:, 0], memory.first, after)
+        return (env_state, next_obs, Memory(after, transition.done)), (transition, extras)
+
+    keys = jax.random.split(key, (num_steps, env.num_envs + 1))
+    (env_state, obs, memory), (transitions, extras) = jax.lax.scan(step, (env_state, obs, memory), keys)
+    return env_state, obs, memory, transitions, extras

@@ -26,9 +26,10 @@ from ppo_jax.algorithms import UPDATES
 from ppo_jax.algorithms.reinforce import complete_episode_mask
 from ppo_jax.config import HParams, PPOConfig
 from ppo_jax.envs import EnvSpec, VecEnv, VecEnvState, env_spec, register_env
-from ppo_jax.networks import ActorCritic
-from ppo_jax.rollout import Batch, rollout
+from ppo_jax.networks import ActorCritic, RecurrentActorCritic, UserActorCritic, is_recurrent
+from ppo_jax.rollout import Batch, Memory, recurrent_rollout, rollout
 from ppo_jax.run.configure import configure
+from ppo_jax.user_network import is_user_network, register_network, user_network
 
 
 @struct.dataclass
@@ -39,6 +40,8 @@ class TrainState:
     obs: jax.Array
     key: jax.Array
     update: jax.Array
+    memory: Any = None
+    """A recurrent network's :class:`ppo_jax.rollout.Memory` (None for the others)."""
 
 
 @struct.dataclass
@@ -47,15 +50,25 @@ class TrainOutput:
     metrics: dict
 
 
-def make_network(config: PPOConfig, spec: EnvSpec | None = None) -> ActorCritic:
+def make_network(config: PPOConfig, spec: EnvSpec | None = None):
+    """The actor-critic module of ``config.network`` (:data:`ppo_jax.networks.NETWORKS`, or a user's module)."""
     spec = spec or env_spec(config.env)
+    if config.network == "gru":
+        return RecurrentActorCritic(action_dim=spec.action_dim, continuous=spec.continuous,
+                                    hidden_sizes=tuple(config.hidden_sizes), activation=config.activation,
+                                    shared_torso=config.shared_torso)
+    if is_user_network(config.network):
+        return UserActorCritic(user_network(config.network), spec.action_dim, spec.continuous, spec.obs_shape)
     return ActorCritic(action_dim=spec.action_dim, continuous=spec.continuous,
                        hidden_sizes=tuple(config.hidden_sizes), activation=config.activation,
                        shared_torso=config.shared_torso, obs_shape=spec.obs_shape if config.network == "cnn" else ())
 
 
-def init_params(network: ActorCritic, spec: EnvSpec, key: jax.Array):
-    return network.init(key, jnp.zeros((1, spec.obs_dim), jnp.float32))["params"]
+def init_params(network, spec: EnvSpec, key: jax.Array):
+    obs = jnp.zeros((1, spec.obs_dim), jnp.float32)
+    if is_recurrent(network):
+        return network.init(key, network.initial_carry(1), obs[:, None], jnp.ones((1, 1), bool))["params"]
+    return network.init(key, obs)["params"]
 
 
 def episode_return_stats(returns: jax.Array, done: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -95,6 +108,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
     config.warn_remainder()
     spec = env_spec(config.env)
     network = make_network(config, spec)
+    recurrent = is_recurrent(network)
     num_updates = config.num_updates
     shard = env_sharding or (lambda tree: tree)
 
@@ -108,9 +122,11 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
         key, k_init, k_reset = jax.random.split(key, 3)
         params = init_params(network, spec, k_init)
         obs, env_state = make_env(hp).reset(k_reset)
-        obs, env_state = shard((obs, env_state))
-        return TrainState(params, tx.init(params), env_state, obs, key,
-                          jnp.asarray(0, jnp.int32))
+        memory = None
+        if recurrent:
+            memory = Memory(network.initial_carry(config.num_envs), jnp.ones((config.num_envs,), bool))
+        obs, env_state, memory = shard((obs, env_state, memory))
+        return TrainState(params, tx.init(params), env_state, obs, key, jnp.asarray(0, jnp.int32), memory)
 
     def run(state: TrainState, num: int, hparams: HParams | None = None) -> TrainOutput:
         hp = config.hparams() if hparams is None else hparams
@@ -124,20 +140,32 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
 
         def update_step(state: TrainState, _):
             key, k_roll, k_update = jax.random.split(state.key, 3)
-            policy_fn = lambda o: network.apply({"params": state.params}, o, method=ActorCritic.policy)  # noqa: E731
-            env_state, obs = state.env_state, state.obs
+            policy_fn = lambda o: network.apply({"params": state.params}, o, method="policy")  # noqa: E731
+            env_state, obs, memory = state.env_state, state.obs, state.memory
             if config.whole_episodes:
                 # Every rollout starts fresh episodes, so each one that starts in it ends in it
                 # (num_steps >= the time limit): the reward-to-go needs whole episodes, and an episode cut
                 # at the rollout's end would only ever contribute its tail.
                 k_roll, k_restart = jax.random.split(k_roll)
                 obs, env_state = env.restart(k_restart, env_state)
-            env_state, obs, traj = rollout(policy_fn, env, env_state, obs, k_roll, config.num_steps)
-
-            value_fn = lambda o: network.apply({"params": state.params}, o, method=ActorCritic.value)  # noqa: E731
-            # Two passes: one critic pass over both concatenated was 25% slower in all (XLA:CPU).
-            values, next_values = value_fn(traj.obs), value_fn(traj.next_obs)
-            flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
+            if recurrent:
+                unroll_fn = lambda c, o, r: network.apply({"params": state.params}, c, o, r,  # noqa: E731
+                                                          method=RecurrentActorCritic.unroll)
+                env_state, obs, memory, traj, rec = recurrent_rollout(unroll_fn, env, env_state, obs, memory, k_roll,
+                                                                      config.num_steps)
+                values = rec.value
+                # V(next_obs[t]) right after step t's hidden state: the next step's value where the
+                # episode goes on, the final observation's where it was cut (a truncation bootstraps).
+                next_values = network.apply({"params": state.params}, rec.hiddens, traj.next_obs,
+                                            method=RecurrentActorCritic.continued_value)
+                # Rows are whole environment sequences [N, T, ...], recomputed from the stored carry.
+                flat = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+            else:
+                env_state, obs, traj = rollout(policy_fn, env, env_state, obs, k_roll, config.num_steps)
+                value_fn = lambda o: network.apply({"params": state.params}, o, method="value")  # noqa: E731
+                # Two passes: one critic pass over both concatenated was 25% slower in all (XLA:CPU).
+                values, next_values = value_fn(traj.obs), value_fn(traj.next_obs)
+                flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
             lr_scale = 1.0 - state.update / num_updates if config.anneal_lr else 1.0
             lrs = optim.group_lrs(hp.lr, hp.critic_lr, config.shared_torso, lr_scale)
             mask = None
@@ -154,6 +182,8 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
                     advantages = losses.normalize_advantages(advantages)
             batch = Batch(flat(traj.obs), flat(traj.action), flat(traj.log_prob), flat(values), flat(advantages),
                           flat(targets), mask)
+            if recurrent:
+                batch = batch.replace(first=flat(rec.first), carry=state.memory.carry)
             opt_state = optim.set_learning_rates(state.opt_state, lrs)  # this update's, for every rule
             params, opt_state, metrics = UPDATES[config.algo](network, tx, state.params, opt_state, batch, hp,
                                                               k_update, config, shard_rows=env_sharding)
@@ -167,8 +197,8 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
                 env_steps=(state.update + 1) * config.batch_size)
             if progress is not None:
                 jax.debug.callback(progress, state.update)
-            env_state, obs = shard((env_state, obs))
-            new_state = TrainState(params, opt_state, env_state, obs, key, state.update + 1)
+            env_state, obs, memory = shard((env_state, obs, memory))
+            new_state = TrainState(params, opt_state, env_state, obs, key, state.update + 1, memory)
             return new_state, metrics
 
         state, metrics = jax.lax.scan(update_step, state, None, num)
@@ -178,13 +208,15 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
 
 
 def make_train(config: PPOConfig, progress: Callable[[Any], None] | None = None,
-               env_sharding: Callable[[Any], Any] | None = None, env=None):
+               env_sharding: Callable[[Any], Any] | None = None, env=None, network=None):
     """Validates ``config`` (before any tracing) and returns the pure ``train(key, hparams=None)``:
     ``config.num_updates`` updates from a fresh state (arguments as :func:`make_train_fns`).
     ``env``, an object with gymnax's functional API (:data:`ppo_jax.envs.ENV_API`), replaces
-    ``config.env``."""
+    ``config.env``; ``network``, a Flax module (:mod:`ppo_jax.user_network`), ``config.network``."""
     if env is not None:
         config = dataclasses.replace(config, env=register_env(env))
+    if network is not None:
+        config = dataclasses.replace(config, network=register_network(network))
     fns = make_train_fns(config, progress, env_sharding)
 
     def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:

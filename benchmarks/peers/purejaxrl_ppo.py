@@ -88,9 +88,10 @@ def evaluate(network, params, env, env_params, keys, episodes: int):
     return jax.jit(jax.vmap(one_seed))(params, keys)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", required=True, help="root of a PureJaxRL checkout (holds purejaxrl/ppo.py)")
+def parse_args(doc: str, script: str) -> tuple[argparse.Namespace, str]:
+    """The arguments of a peer runner of PureJaxRL's ``purejaxrl/<script>`` and that script's path."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", required=True, help=f"root of a PureJaxRL checkout (holds purejaxrl/{script})")
     p.add_argument("--env", default="CartPole-v1", help="a gymnax id with discrete actions")
     p.add_argument("--total-timesteps", type=float, default=5e5)
     p.add_argument("--num-envs", type=int, default=4)
@@ -98,9 +99,14 @@ def main() -> None:
     p.add_argument("--seed0", type=int, default=0)
     p.add_argument("--runs", type=int, default=2, help="timed executions after the compile")
     args = p.parse_args()
-    source = os.path.join(args.src, "purejaxrl", "ppo.py")
+    source = os.path.join(args.src, "purejaxrl", script)
     if not os.path.exists(source):
         p.error(f"--src: {source} does not exist")
+    return args, source
+
+
+def main() -> None:
+    args, source = parse_args(__doc__, "ppo.py")
 
     import jax
     import numpy as np

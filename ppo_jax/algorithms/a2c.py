@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 
 from ppo_jax import losses, optim
+from ppo_jax.networks import forward
 from ppo_jax.rollout import Batch
 
 
 def a2c_loss(network, params, batch: Batch, hp) -> tuple[jax.Array, dict]:
-    dist, value = network.apply({"params": params}, batch.obs)
+    dist, value = forward(network, params, batch)
     logp = dist.log_prob(batch.action)
     policy_loss = -jnp.mean(logp * batch.advantage)
     value_loss = losses.value_loss(value, batch.target, batch.value, hp.value_clip_eps)

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 
 from ppo_jax import losses, optim
 from ppo_jax.minibatches import minibatch_epochs
-from ppo_jax.networks import ActorCritic
 
 
 def regress_critic(network, tx, params: dict, opt_state, obs: jax.Array, targets: jax.Array, old_values: jax.Array,
@@ -23,7 +22,7 @@ def regress_critic(network, tx, params: dict, opt_state, obs: jax.Array, targets
     of ``params`` (and its optimiser state). Returns the new ``params``, ``opt_state`` and the
     mean value loss."""
     def loss(critic, mb):
-        values = network.apply({"params": {**params, "critic": critic}}, mb["obs"], method=ActorCritic.value)
+        values = network.apply({"params": {**params, "critic": critic}}, mb["obs"], method="value")
         return losses.value_loss(values, mb["target"], mb["old_value"], hp.value_clip_eps, mb["mask"])
 
     def step(carry, mb):

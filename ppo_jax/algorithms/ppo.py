@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from ppo_jax import losses, optim
 from ppo_jax.minibatches import minibatch_epochs
+from ppo_jax.networks import forward
 from ppo_jax.rollout import Batch
 
 AUX_NAMES = ("total_loss", "policy_loss", "value_loss", "entropy", "approx_kl", "approx_kl_k1",
@@ -24,7 +25,7 @@ AUX_NAMES = ("total_loss", "policy_loss", "value_loss", "entropy", "approx_kl", 
 
 def ppo_loss(network, params, mb: Batch, hp, normalize_advantages: bool):
     """Total loss (docs/theory.md §9) on a minibatch, with diagnostics as auxiliary output."""
-    dist, value = network.apply({"params": params}, mb.obs)
+    dist, value = forward(network, params, mb)
     logp = dist.log_prob(mb.action)
     ratio = losses.importance_ratio(logp, mb.log_prob)
     adv = losses.normalize_advantages(mb.advantage) if normalize_advantages else mb.advantage

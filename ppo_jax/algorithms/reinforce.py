@@ -20,7 +20,6 @@ import jax.numpy as jnp
 
 from ppo_jax import losses, optim
 from ppo_jax.algorithms.critic import regress_critic
-from ppo_jax.networks import ActorCritic
 
 
 def complete_episode_mask(done: jax.Array) -> jax.Array:
@@ -35,11 +34,11 @@ def reinforce_update(network, tx, params, opt_state, obs, action, returns, mask,
     """One policy step on ``-mean_mask(log pi(a|s) (G - b(s)))`` (minus the entropy bonus), then,
     with a baseline, the critic's regression on ``G``. Inputs are flat ``[B, ...]``.
     Returns ``(params, opt_state, metrics)``."""
-    values = network.apply({"params": params}, obs, method=ActorCritic.value)
+    values = network.apply({"params": params}, obs, method="value")
     weight = returns - values if baseline else returns
 
     def policy_loss(actor):
-        dist = network.apply({"params": {**params, "actor": actor}}, obs, method=ActorCritic.policy)
+        dist = network.apply({"params": {**params, "actor": actor}}, obs, method="policy")
         pg = -losses.masked_mean(dist.log_prob(action) * weight, mask)
         entropy = losses.masked_mean(dist.entropy(), mask)
         return pg - hp.ent_coef * entropy, (pg, entropy)

@@ -93,14 +93,13 @@ def trpo_update(network, tx, params, opt_state, batch, hp, key, *, cg_iters: int
     regression on the GAE targets (``epochs x minibatches``). ``batch`` is a flat
     :class:`~ppo_jax.rollout.Batch`. Returns ``(params, opt_state, metrics)``."""
     from ppo_jax.algorithms.critic import regress_critic
-    from ppo_jax.networks import ActorCritic
 
     # The step is vector math (conjugate gradient, Fisher-vector products): the actor as one vector.
     theta, unravel = ravel_pytree(params["actor"])
-    old = jax.lax.stop_gradient(network.apply({"params": params}, batch.obs, method=ActorCritic.policy))
+    old = jax.lax.stop_gradient(network.apply({"params": params}, batch.obs, method="policy"))
 
     def dist(actor_vec):
-        return network.apply({"params": {**params, "actor": unravel(actor_vec)}}, batch.obs, method=ActorCritic.policy)
+        return network.apply({"params": {**params, "actor": unravel(actor_vec)}}, batch.obs, method="policy")
 
     def surrogate(actor_vec):  # the trust-region problem's objective
         return jnp.mean(jnp.exp(dist(actor_vec).log_prob(batch.action) - batch.log_prob) * batch.advantage)
@@ -113,7 +112,7 @@ def trpo_update(network, tx, params, opt_state, batch, hp, key, *, cg_iters: int
     new_params, opt_state, value_loss = regress_critic(
         network, tx, {**params, "actor": unravel(theta)}, opt_state, batch.obs,
         batch.target, batch.value, jnp.ones_like(batch.value), hp, key, epochs=epochs, minibatches=minibatches)
-    entropy = jnp.mean(network.apply({"params": new_params}, batch.obs, method=ActorCritic.policy).entropy())
+    entropy = jnp.mean(network.apply({"params": new_params}, batch.obs, method="policy").entropy())
     return new_params, opt_state, {**info, "value_loss": value_loss, "entropy": entropy}
 
 

@@ -153,6 +153,17 @@ def check_format(meta: dict, where, expected: int, payload: str) -> None:
                                     f"differently); load it with the version that wrote it")
 
 
+def _is_empty(x) -> bool:
+    """An array with a zero-length axis (MJX's state has some): orbax refuses to save those."""
+    return isinstance(x, (jax.Array, np.ndarray)) and x.size == 0
+
+
+def _stand_in_shape(x) -> tuple[int, ...]:
+    """What an empty array is saved as: its shape with every 0 made 1 (a leading seeds axis
+    keeps its length and so its sharding); it is restored as the live run's empty array."""
+    return tuple(max(d, 1) for d in x.shape)
+
+
 def tree_checksums(tree) -> list[int] | None:
     """CRC-32 of each leaf's bytes in tree order, or None when a leaf is not all on this
     process (a multi-process run: each process holds only its shards)."""
@@ -305,6 +316,7 @@ class RunCheckpoints:
         caller may change them); it is complete once :meth:`wait` or :meth:`latest` returns.
         Raises :class:`CheckpointWriteError` if this save, or the one before, failed."""
         tree = jax.tree.map(lambda x: x.copy() if isinstance(x, np.ndarray) else x, tree)
+        tree = jax.tree.map(lambda x: np.zeros(_stand_in_shape(x), x.dtype) if _is_empty(x) else x, tree)
         meta = {**(meta or {}), "format": self.format, "checksums": tree_checksums(tree)}
         args = {"tree": ocp.args.StandardSave(tree), "meta": ocp.args.JsonSave(meta)}
         with self._writing():
@@ -319,7 +331,8 @@ class RunCheckpoints:
         :class:`CheckpointError` if the checkpoint cannot be read or fails its checksums."""
         self.manager.wait_until_finished()
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x,
+            lambda x: jax.ShapeDtypeStruct(_stand_in_shape(x) if _is_empty(x) else x.shape, x.dtype,
+                                           sharding=x.sharding) if isinstance(x, jax.Array) else x,
             like)
         where = self.path(step)
         if not where.is_dir():
@@ -334,7 +347,7 @@ class RunCheckpoints:
             tree=ocp.args.StandardRestore(abstract))), where)
         verify_checksums(out["tree"], meta, where)
         meta.pop("checksums")
-        return out["tree"], meta
+        return jax.tree.map(lambda saved, x: x if _is_empty(x) else saved, out["tree"], like), meta
 
     def restore_latest(self, like, warn=None, set_aside: bool = True) -> tuple[int, object, dict] | None:
         """``(step, tree, meta)`` of the newest checkpoint that reads back intact, or None if

@@ -53,5 +53,5 @@ def test_cnn_on_observations_without_a_frame_is_refused():
     with pytest.raises(ValueError, match=r"^network: 'cnn' needs frames \(H, W, C\) of at least 3 x 3; "
                                          r"CartPole-v1's observations are \(4,\)$"):
         PPOConfig(env="CartPole-v1", network="cnn").validate()
-    with pytest.raises(ValueError, match="^network: must be one of mlp, cnn, got 'gru'"):
-        PPOConfig(network="gru").validate()
+    with pytest.raises(ValueError, match="^network: must be one of mlp, cnn, gru or module:function"):
+        PPOConfig(network="lstm").validate()

@@ -37,7 +37,7 @@ def test_remainder_warning():
 
 def test_presets_are_valid():
     for name in ["CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0", "Breakout-MinAtar",
-                 "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar"]:
+                 "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar", "pomdp:CartPole-v1"]:
         assert name in preset_names()
         preset(name).validate()
     for algo in ("ppo", "a2c", "trpo", "reinforce", "reinforce-baseline"):
@@ -60,14 +60,22 @@ def test_config_round_trips_through_dict():
 
 
 def test_preset_defaults_run_whole_updates_without_a_warning():
+    import importlib.util
     import warnings
 
     from ppo_jax.config import ALGORITHMS
 
     for name in preset_names():
+        library = {"brax": "brax", "playground": "mujoco_playground"}.get(name.partition(":")[0])
+        if library and importlib.util.find_spec(library) is None:
+            continue  # an optional extra that is not installed (its message: test_physics_adapter.py)
         for algo in ALGORITHMS:
             config = preset(name, algo)
             assert config.total_timesteps % config.batch_size == 0, (name, algo)
+            if config.network == "gru" and algo not in ("ppo", "a2c"):
+                with pytest.raises(ValueError, match="^network: 'gru' runs with ppo and a2c"):
+                    make_train(config)
+                continue
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a UserWarning here would fail the test
                 make_train(config)

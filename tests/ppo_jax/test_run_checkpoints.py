@@ -31,6 +31,21 @@ def test_each_payload_numbers_its_own_formats(tmp_path):
     assert (tmp_path / "ck" / "5").is_dir()  # refused, not set aside as damaged
 
 
+def test_arrays_with_a_zero_length_axis_are_kept(tmp_path):
+    """MJX's state (Brax, Playground) holds empty arrays, which orbax refuses to save."""
+    import jax
+    import jax.numpy as jnp
+
+    tree = {"w": jnp.arange(3.0), "act": jnp.zeros((4, 0), jnp.float32), "n": jnp.zeros((0,), jnp.int32)}
+    writer = RunCheckpoints(tmp_path / "ck", format=1, payload="toy state")
+    writer.save(1, tree, {"update": 1})
+    writer.wait()
+    _, back, _ = RunCheckpoints(tmp_path / "ck", format=1, payload="toy state").restore_latest(tree)
+    assert jax.tree.map(jnp.shape, back) == jax.tree.map(jnp.shape, tree)
+    assert back["act"].dtype == jnp.float32 and back["n"].dtype == jnp.int32
+    np.testing.assert_array_equal(back["w"], tree["w"])
+
+
 @contextmanager
 def _file_size_limit(limit: int):
     """Writes of more than ``limit`` bytes to a file fail (EFBIG, as a full disk fails them)."""
