@@ -25,21 +25,20 @@ def main() -> None:
         raise SystemExit(2) from None
     from ppo_jax.cli import main as cli_main
 
-    # A process started by another one (a local process of a multi-process run): if it fails, it
-    # leaves at once. A normal exit would first wait for the others at JAX's shutdown barrier,
-    # which they never reach while they wait for this one (5 minutes, then an abort).
+    # A process started by another one (a local process of a multi-process run): if it fails
+    # unexpectedly, it leaves at once. A normal exit would first wait for the others at JAX's
+    # shutdown barrier, which they never reach while they wait for this one (5 minutes, then an
+    # abort).
     started_by_another = local is None and os.environ.get("JAX_PROCESS_ID", "0") != "0"
     try:
         cli_main(local.argv if local is not None else argv)
     except SystemExit as end:
         # 130/143: Ctrl-C or SIGTERM stopped every process at one chunk (they agree on it), and
         # they are leaving too; stopping them now would leave this one waiting for them at exit.
-        if end.code not in (0, None, 130, 143):
-            if local is not None:
-                local.stop()
-            if started_by_another:
-                sys.stderr.flush()
-                os._exit(end.code if isinstance(end.code, int) else 1)
+        # A SystemExit is a checked error (bad input) that every process meets alike, so the
+        # others leave too; this one leaves normally, as process 0 expects.
+        if local is not None and end.code not in (0, None, 130, 143):
+            local.stop()
         raise
     except BaseException:
         if local is not None:
