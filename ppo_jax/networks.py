@@ -224,15 +224,17 @@ class RecurrentTorso(nn.Module):
     def __call__(self, h, obs, reset):
         """``h`` ``[N, H]`` before the first step, ``obs`` ``[N, T, D]``, ``reset`` ``[N, T]`` ->
         (the hidden state after each step ``[N, T, H]``, features ``[N, T, F]``)."""
-        x = ACTIVATIONS[self.activation](self.embed(obs))
-        hs = self.gru(h, x, reset)
+        hs = self.gru(h, self._embedded(obs), reset)
         return hs, self.mlp(hs)
+
+    def _embedded(self, obs):
+        return ACTIVATIONS[self.activation](self.embed(obs))
 
     def continued(self, hs, obs):
         """Features of each ``obs[...]`` seen right after the state ``hs[...]`` (any equal leading
         axes), with no reset: the final observation of an episode cut there continues that
         episode's memory (bootstrapping a truncation)."""
-        x = ACTIVATIONS[self.activation](self.embed(obs))
+        x = self._embedded(obs)
         flat = hs.reshape((-1, hs.shape[-1]))
         h = self.gru(flat, x.reshape((flat.shape[0], 1, -1)), jnp.zeros((flat.shape[0], 1), bool))
         return self.mlp(h.reshape(hs.shape))
