@@ -60,18 +60,49 @@ def step(tx, params, opt_state, grads):
     return optax.apply_updates(params, updates), opt_state
 
 
-def gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = False):
+def gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = False, partition=None):
     """``update(params, opt_state, *args) -> (params, opt_state, loss, aux)``: the gradient of
     ``loss_fn(params, *args)`` (``(loss, aux)`` with ``has_aux``, else the loss and ``aux``
     None) and one step of ``tx``. Not jitted: the caller jits it, or calls it inside a scan.
-    Every supervised and RLHF update takes its step through this one function."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+    Every supervised and RLHF update takes its step through this one function.
+
+    ``partition`` (``(split, join)``: ``split(params) -> (trainable, frozen)``) trains the
+    first part alone: the gradient is taken with respect to it only, so the frozen part's
+    gradient is never computed (not computed and then masked), and ``opt_state`` is ``tx``'s
+    state of the trainable part (``tx.init(split(params)[0])``)."""
+    grad_fn = jax.value_and_grad(lambda trainable, frozen, *args: loss_fn(join(trainable, frozen), *args),
+                                 has_aux=has_aux)
+    split, join = partition or (lambda params: (params, None), lambda trainable, _: trainable)
 
     def update(params, opt_state, *args):
-        value, grads = grad_fn(params, *args)
+        trainable, frozen = split(params)
+        value, grads = grad_fn(trainable, frozen, *args)
         loss, aux = value if has_aux else (value, None)
-        params, opt_state = step(tx, params, opt_state, grads)
-        return params, opt_state, loss, aux
+        trainable, opt_state = step(tx, trainable, opt_state, grads)
+        return join(trainable, frozen), opt_state, loss, aux
+
+    return update
+
+
+def jit_gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = False, partition=None):
+    """``jax.jit`` of :func:`gradient_step` for a caller that steps from Python. With a
+    ``partition`` the frozen part is an input of the compiled step and never an output: a
+    jitted function copies every array it returns, even one it was given, and a frozen
+    pretrained model copied at every step doubles its memory."""
+    if partition is None:
+        return jax.jit(gradient_step(loss_fn, tx, has_aux=has_aux))
+    split, join = partition
+    inner = gradient_step(loss_fn, tx, has_aux=has_aux, partition=partition)
+
+    @jax.jit
+    def trainable_step(trainable, frozen, opt_state, *args):
+        params, opt_state, loss, aux = inner(join(trainable, frozen), opt_state, *args)
+        return split(params)[0], opt_state, loss, aux
+
+    def update(params, opt_state, *args):
+        trainable, frozen = split(params)
+        trainable, opt_state, loss, aux = trainable_step(trainable, frozen, opt_state, *args)
+        return join(trainable, frozen), opt_state, loss, aux
 
     return update
 

@@ -211,13 +211,16 @@ class ExportArgs:
     """A new or empty folder for config.json, model.safetensors and the tokenizer files."""
     kind: str | None = None
     """model_type to write: gpt2 for arch gpt2; llama (default), qwen2 or mistral for arch llama."""
+    adapter: bool = False
+    """A LoRA model (trained on a Hugging Face folder): write its adapters as a PEFT adapter folder
+    (adapter_config.json, adapter_model.safetensors) instead of the merged model."""
 
 
 def run_export(args: ExportArgs) -> None:
     from rlhf_jax.experiment import export_run
 
-    folder, kind = export_run(args.checkpoint, args.out, args.kind)
-    print(f"wrote a ...{kind} folder: {folder}")
+    folder, kind = export_run(args.checkpoint, args.out, args.kind, args.adapter)
+    print(f"wrote a {kind if args.adapter else '...' + kind} folder: {folder}")
 
 
 def run_sft(args: SFTArgs) -> dict:

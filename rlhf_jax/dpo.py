@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ppo_jax.optim import gradient_step
+from ppo_jax.optim import jit_gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive, validate_part
+from rlhf_jax import lora
 from rlhf_jax.data import in_fixed_batches
+from rlhf_jax.lora import LoRAConfig
 from rlhf_jax.sft import SFTBatch, encode_examples
 from rlhf_jax.supervised import (
     adamw_warmup_cosine,
@@ -46,6 +48,8 @@ class DPOConfig(DictConfig):
 
     model: TransformerConfig = field(default_factory=lambda: TransformerConfig(num_layers=2, d_model=128, max_len=64))
     """The transformer's shape when the policy is trained from scratch first (a task's SFT)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Low-rank adapters (rank > 0): only they train; the reference is the model without them."""
     beta: float = 0.1
     """Strength of the implicit KL penalty: the reward is beta log(pi / pi_ref)."""
     label_smoothing: float = 0.0
@@ -73,6 +77,7 @@ class DPOConfig(DictConfig):
     def validate(self) -> None:
         require_finite(self)
         validate_part(self.model, "model")
+        lora.check(self.lora, self.model.arch)
         require_positive(self, "epochs", "batch_size", "max_length")
         if not self.beta > 0:
             raise ValueError(f"beta: must be positive, got {self.beta}")
@@ -179,14 +184,20 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
     epoch. With ``checkpoints`` it saves periodically and resumes (:func:`rlhf_jax.supervised.fit`).
     """
     data, skipped = check_dpo_pairs(config, tokenizer, pairs, where, model.config)
+    lora.check(config.lora, model.config.arch)
     rng, heldout, train = holdout_split(len(data), config.heldout_fraction, config.seed, at_least_one=True)
     require_batches(config.batch_size, len(train), "pairs")
 
-    seq_logp = jax.jit(lambda p, rows: sequence_log_probs(model, p, rows))
+    ref_logp = jax.jit(lambda p, rows: sequence_log_probs(model, p, rows))
     # The reference's log-probs, once for every pair (the reference never changes).
-    ref = {side: in_fixed_batches(lambda idx, rows=getattr(data, side): seq_logp(params, rows[idx]), len(data),
+    ref = {side: in_fixed_batches(lambda idx, rows=getattr(data, side): ref_logp(params, rows[idx]), len(data),
                                   config.batch_size)
            for side in ("chosen", "rejected")}
+    # With LoRA the policy is the reference plus adapters: the base weights are not copied.
+    model = TransformerLM(model.config, model.lm_head, model.scalar_head, lora=config.lora)
+    params = lora.with_adapters(params, config.lora, model.config.arch, jax.random.PRNGKey(config.seed))
+    part = lora.partition(config.lora)
+    seq_logp = jax.jit(lambda p, rows: sequence_log_probs(model, p, rows)) if config.lora.active else ref_logp
     steps_per_epoch = len(train) // config.batch_size
     total = steps_per_epoch * config.epochs
     tx = adamw_warmup_cosine(config.lr, max(1, total // 20), total, config.weight_decay, config.max_grad_norm)
@@ -210,10 +221,11 @@ def train_dpo(config: DPOConfig, tokenizer: Tokenizer, pairs: Sequence[dict], *,
     t0 = time.perf_counter()
     batches = ((data[idx], ref["chosen"][idx], ref["rejected"][idx])
                for idx in epoch_batches(rng, train, config.batch_size, config.epochs))
-    params, _, history = fit(jax.jit(gradient_step(loss_fn, tx, has_aux=True)), params, tx.init(params), batches,
+    params, _, history = fit(jit_gradient_step(loss_fn, tx, has_aux=True, partition=part), params,
+                             tx.init(part.split(params)[0]), batches,
                              total, evaluate_at=lambda s: s % steps_per_epoch == 0,
                              evaluate=lambda s, p, losses, auxes: {**epoch_row(s // steps_per_epoch, losses, auxes),
                                                                    **evaluate(p)},
-                             progress=progress, checkpoints=checkpoints, on_status=on_status)
+                             progress=progress, checkpoints=checkpoints, on_status=on_status, partition=part)
     history = [before, *history]
     return DPOResult(params, history, time.perf_counter() - t0, skipped)

@@ -23,7 +23,7 @@ from ppo_jax.run.validation import require_finite, require_positive
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.data import load_preferences, load_sft
 from rlhf_jax.dpo import DPOConfig, check_dpo_pairs
-from rlhf_jax.hf import load_pretrained, save_pretrained
+from rlhf_jax.hf import load_pretrained, save_peft_adapter, save_pretrained
 from rlhf_jax.preferences import bayes_accuracy, longest_prompt, new_token_room, sample_responses
 from rlhf_jax.reward_model import RMConfig, calibration_bins, check_rm_pairs
 from rlhf_jax.sampling import SamplingConfig
@@ -77,7 +77,7 @@ def sft_run(config: SFTConfig, *, task: str = "reviews", data: str | None = None
                                                  "num_samples": num_samples, **(provenance or {})}, resume=resume)
     with _resumable(run_dir, command):
         sft, _ = sft_stage(config, tokenizer, prompts, responses, run_dir, params=init_params,
-                           show_progress=progress, resume=resume)
+                           base=(provenance or {}).get("pretrained"), show_progress=progress, resume=resume)
 
     sample_prompts = list(prompts[:num_samples]) if task_ is None else task_.prompts(num_samples, seed=1)
     max_new = max(1, new_token_room(tokenizer, sample_prompts, config.model.max_len, 48))
@@ -169,11 +169,19 @@ def check_generate(prompts: list[str], num_samples: int) -> None:
         raise ValueError(f"num_samples: must be a positive integer, got {num_samples}")
 
 
-def export_run(checkpoint: str, out: str, kind: str | None = None) -> tuple[Path, str]:
+def export_run(checkpoint: str, out: str, kind: str | None = None, adapter: bool = False) -> tuple[Path, str]:
     """Writes the model checkpoint ``checkpoint`` as a Hugging Face folder ``out`` (a new or
-    empty folder) that transformers loads; returns ``(folder, "ForCausalLM" or
-    "ForSequenceClassification")``."""
+    empty folder) that transformers loads, a LoRA model's adapters folded into its weights;
+    returns ``(folder, "ForCausalLM" or "ForSequenceClassification")``. With ``adapter``, a LoRA
+    model's adapters alone as a PEFT adapter folder on its Hugging Face base instead."""
     check_run_dir(out, "rlhf-jax export")
+    if adapter:
+        base = ckpt.base_of(checkpoint)
+        if base is None or not (Path(base) / "config.json").exists():
+            raise ValueError(f"adapter: a PEFT adapter needs LoRA adapters trained on a Hugging Face model folder; "
+                             f"{checkpoint}'s base is {base or 'not recorded (no LoRA, or saved whole)'}")
+        model, params, _ = ckpt.load(checkpoint, adapters=True)
+        return save_peft_adapter(out, model, params, base=base, kind=kind), "PEFT LoRA adapter"
     model, params, tokenizer = ckpt.load(checkpoint)
     folder = save_pretrained(out, model, params, tokenizer, kind=kind)
     return folder, "ForCausalLM" if model.lm_head else "ForSequenceClassification"
@@ -211,6 +219,11 @@ class PairSource:
         require_positive(self, "sft_steps", integer=True)
 
 
+def _policy_source(provenance: dict | None) -> str | None:
+    """The folder the starting policy was loaded from (``--model`` or ``--init``), if any."""
+    return (provenance or {}).get("pretrained") or (provenance or {}).get("init")
+
+
 def _policy_and_pairs(command: str, name: str, config, source: PairSource, policy: tuple | None, tokenizer,
                       out: str | None, progress: bool, provenance: dict | None, check: Callable, resume: bool):
     """The part ``rm_run`` and ``dpo_run`` share: the checks, a data file's pairs (errors name
@@ -243,7 +256,7 @@ def _policy_and_pairs(command: str, name: str, config, source: PairSource, polic
                                       pairs_folder=run_dir,
                                       sampling=PairSampling(source.num_pairs, source.tau, source.flip_prob, 40),
                                       seed=config.seed, policy=policy, file_pairs=file_pairs, show_progress=progress,
-                                      resume=resume)
+                                      resume=resume, policy_source=_policy_source(provenance))
     summary = {} if task is None else {"bayes_accuracy": prefs.bayes_accuracy}
     return run_dir, clock, task, sft, prefs, summary
 
@@ -264,7 +277,8 @@ def rm_run(config: RMConfig, source: PairSource = PairSource(), *, policy: tuple
     with _resumable(run_dir, RM):
         rm = clock("reward_model", lambda: reward_model_stage(
             config, tokenizer, prefs, run_dir, init_params=sft.params if sft else None,
-            model_config=sft.lm.config if sft else None, show_progress=progress, resume=resume))
+            model_config=sft.lm.config if sft else None, base=sft.source if sft else None, show_progress=progress,
+            resume=resume))
     result = rm.result
     if result.truncated:
         log(f"rm: {result.truncated} of {2 * len(prefs.pairs)} sequences were longer than "
@@ -308,6 +322,7 @@ def dpo_run(config: DPOConfig, source: PairSource = PairSource(), *, policy: tup
                                                                   out, progress, provenance, check_dpo_pairs, resume)
     with _resumable(run_dir, DPO):
         dpo = clock("dpo", lambda: dpo_stage(config, tokenizer, prefs, run_dir, lm=sft.lm, params=sft.params,
+                                             base=sft.source,
                                              show_progress=progress, resume=resume))
     if dpo.skipped:
         log(f"dpo: {dpo.skipped} of {len(prefs.pairs)} pairs had a response longer than max_length="

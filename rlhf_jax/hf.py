@@ -258,12 +258,16 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32", *, lm_head:
     """``(model, params, tokenizer)`` from a local Hugging Face folder. ``scalar_head``
     reads the ``score`` head of a ``...ForSequenceClassification`` checkpoint; ``dtype``
     (``"float32"`` or ``"bfloat16"``) is the parameters' dtype (bfloat16 halves the memory of
-    frozen reference and reward models). ``~`` in ``path`` is the user's home, as in a shell."""
+    frozen reference and reward models). ``~`` in ``path`` is the user's home, as in a shell.
+    A PEFT LoRA adapter folder (``adapter_config.json``) loads as its base model (a local
+    folder) with the adapters folded into the weights (:func:`load_peft_adapter`)."""
     folder = Path(path).expanduser()
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype: must be 'float32' or 'bfloat16', got {dtype!r}")
     if not folder.is_dir():
         raise HFFormatError(f"model: {folder} is not a folder")
+    if (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+        return load_peft_adapter(folder, dtype, lm_head=lm_head, scalar_head=scalar_head)
     hf = _read_json(folder / "config.json")
     cfg = config_from_hf(hf, folder / "config.json")
     kind = hf["model_type"]
@@ -345,3 +349,110 @@ def save_pretrained(path: str | os.PathLike, model: TransformerLM, params: dict,
     write_json(folder / "config.json", hf)
     tokenizer.save_hf(folder)
     return folder
+
+
+PEFT_PREFIX = "base_model.model."
+"""PEFT's prefix of every tensor name in an adapter file (the wrapped model's own names follow)."""
+
+
+def _adapted_modules(cfg: TransformerConfig, kind: str, layers: tuple[str, ...]) -> dict[tuple, str]:
+    """Our kernel path -> the full name of its Hugging Face module, for the Dense layers ``layers``."""
+    return {path: BODY[kind] + name.removesuffix(".weight") for path, (name, _) in _name_map(cfg, kind).items()
+            if path[-1] == "kernel" and path[-2] in layers}
+
+
+def save_peft_adapter(path: str | os.PathLike, model: TransformerLM, params: dict, *, base: str,
+                      kind: str | None = None) -> Path:
+    """Writes ``model``'s LoRA adapters as a PEFT adapter folder (``adapter_config.json``,
+    ``adapter_model.safetensors``) that ``peft.PeftModel.from_pretrained`` puts on the Hugging
+    Face model at ``base``: ``lora_A.weight = A^T [r, in]``, ``lora_B.weight = B^T [out, r]``,
+    the same ``alpha / r`` scale; a reward model's score head as a module saved whole."""
+    from safetensors.numpy import save_file
+
+    cfg, adapters = model.config, model.lora
+    if not adapters.active:
+        raise ValueError("model: it has no LoRA adapters to export as a PEFT adapter (export it merged)")
+    kind = kind or ("gpt2" if cfg.arch == "gpt2" else "llama")
+    modules = _adapted_modules(cfg, kind, adapters.adapted_layers(cfg.arch))
+    host = jax.device_get(params)
+    tensors = {}
+    for ours, module in modules.items():
+        node = host
+        for key in ours[:-1]:
+            node = node[key]
+        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(np.asarray(node["lora_a"], np.float32).T)
+        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(np.asarray(node["lora_b"], np.float32).T)
+    saved_whole = None
+    if model.scalar_head:
+        saved_whole = ["score"]
+        tensors[f"{PEFT_PREFIX}score.weight"] = np.ascontiguousarray(
+            np.asarray(host["scalar_head"]["kernel"], np.float32).T)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM" if model.lm_head else "SEQ_CLS",
+              "base_model_name_or_path": str(base), "r": adapters.rank, "lora_alpha": adapters.alpha,
+              "lora_dropout": adapters.dropout, "target_modules": sorted(modules.values()), "bias": "none",
+              "fan_in_fan_out": kind == "gpt2", "modules_to_save": saved_whole, "inference_mode": True,
+              "use_rslora": False, "use_dora": False, "init_lora_weights": True, "layers_to_transform": None,
+              "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}}
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "adapter_model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_json(folder / "adapter_config.json", config)
+    return folder
+
+
+def load_peft_adapter(folder: Path, dtype: str = "float32", *, lm_head: bool = True,
+                      scalar_head: bool = False) -> tuple[TransformerLM, dict, JsonTokenizer]:
+    """A PEFT LoRA adapter folder as ``(model, params, tokenizer)``: its base (the local folder
+    ``base_model_name_or_path``) with ``W + (lora_alpha / r) A B`` for each adapted layer."""
+    where = folder / "adapter_config.json"
+    conf = _read_json(where)
+    for key, want in (("peft_type", "LORA"), ("use_rslora", False), ("use_dora", False)):
+        if conf.get(key, want) != want:
+            raise HFFormatError(f"{where}: {key} {conf.get(key)!r} is not supported (LoRA: {key} {want!r})")
+    for key in ("r", "lora_alpha", "base_model_name_or_path"):
+        if key not in conf:
+            raise HFFormatError(f"{where}: missing key {key!r}")
+    if conf.get("rank_pattern") or conf.get("alpha_pattern"):
+        raise HFFormatError(f"{where}: rank_pattern / alpha_pattern (per-layer ranks) are not supported")
+    base = Path(str(conf["base_model_name_or_path"])).expanduser()
+    if not base.is_absolute():
+        base = (folder / base) if (folder / base).is_dir() else base
+    if not (base / "config.json").exists():
+        raise HFFormatError(f"{where}: base_model_name_or_path {str(base)!r} is not a local Hugging Face folder "
+                            f"(nothing is downloaded)")
+    model, params, tokenizer = load_pretrained(base, dtype, lm_head=lm_head, scalar_head=scalar_head)
+    kind = _read_json(base / "config.json")["model_type"]
+    weights_file = folder / "adapter_model.safetensors"
+    if not weights_file.exists():
+        raise HFFormatError(f"{folder}: no adapter_model.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(weights_file), framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    scale = float(conf["lora_alpha"]) / float(conf["r"])
+    used = set()
+    for ours, module in _adapted_modules(model.config, kind, tuple({p[-2] for p in _name_map(model.config, kind)
+                                                                    if p[-1] == "kernel"})).items():
+        a_key, b_key = f"{PEFT_PREFIX}{module}.lora_A.weight", f"{PEFT_PREFIX}{module}.lora_B.weight"
+        if a_key not in tensors:
+            continue
+        if b_key not in tensors:
+            raise HFFormatError(f"{weights_file}: {a_key} has no {b_key}")
+        delta = scale * (tensors[a_key].astype(np.float32).T @ tensors[b_key].astype(np.float32).T)
+        node = params
+        for key in ours[:-1]:
+            node = node[key]
+        if delta.shape != node["kernel"].shape:
+            raise HFFormatError(f"{weights_file}: {a_key} and {b_key} make a {delta.shape} change of a "
+                                f"{tuple(node['kernel'].shape)} weight")
+        node["kernel"] = (node["kernel"].astype(jnp.float32) + delta).astype(node["kernel"].dtype)
+        used |= {a_key, b_key}
+    if scalar_head and f"{PEFT_PREFIX}score.weight" in tensors:
+        params["scalar_head"]["kernel"] = jnp.asarray(tensors[f"{PEFT_PREFIX}score.weight"].T, params[
+            "scalar_head"]["kernel"].dtype)
+        used.add(f"{PEFT_PREFIX}score.weight")
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise HFFormatError(f"{weights_file}: {len(unused)} tensors fit no layer of the base model, e.g. {unused[0]}")
+    return model, params, tokenizer

@@ -275,12 +275,12 @@ def _preferences(run: _Run, task, data: dict, sft_config: SFTConfig, pretrained_
         run.clock, task, run.tok, sft_config=sft_config, sft_folder=run.run_dir / "sft", pairs_folder=rm_dir,
         sampling=PairSampling(config.num_pairs, config.tau, config.flip_prob, config.ppo.max_new_tokens),
         seed=config.seed, init_params=pretrained_params, sft_data=data["sft"], sft_examples=config.sft_examples,
-        file_pairs=file_pairs, show_progress=run.show_progress, resume=run.resume)
+        file_pairs=file_pairs, show_progress=run.show_progress, resume=run.resume, policy_source=config.model)
     run.summary["sft_heldout_loss"] = sft.eval_loss[-1] if sft.eval_loss else float("nan")
     run.log(f"sft: held-out loss {run.summary['sft_heldout_loss']:.3f} nats/token ({run.took('sft')})")
     rm = run.clock("reward_model", lambda: reward_model_stage(
         seeded(config.rm, config.seed), run.tok, prefs, rm_dir, init_params=sft.params, model_config=sft.lm.config,
-        show_progress=run.show_progress, resume=run.resume))
+        base=sft.source, show_progress=run.show_progress, resume=run.resume))
     run.summary.update(rm_heldout_accuracy=rm.history[-1]["heldout_accuracy"], bayes_accuracy=rm.bayes_accuracy,
                        rm_heldout_expected_accuracy=rm.history[-1].get("heldout_expected_accuracy"))
     ceiling = f"Bayes ceiling {rm.bayes_accuracy:.3f}; " if rm.bayes_accuracy is not None else ""
@@ -329,7 +329,8 @@ def _dpo(run: _Run, setup: RLSetup, sft, prefs, rm, eval_key) -> None:
     config = run.config
     dpo_config = dataclasses.replace(seeded(config.dpo, config.seed), model=sft.lm.config)
     dpo = run.clock("dpo", lambda: dpo_stage(dpo_config, run.tok, prefs, run.run_dir / "dpo", lm=sft.lm,
-                                             params=sft.params, show_progress=run.show_progress, resume=run.resume))
+                                             params=sft.params, base=sft.source, show_progress=run.show_progress,
+                                             resume=run.resume))
     # A policy without a value head: evaluated by programs whose policy has none either.
     after = setup.evaluator("ppo" if setup.config.value_model == "critic" else "rloo", rm)(dpo.params, eval_key)
     write_json(run.run_dir / "dpo" / "samples.json", after.pop("samples"))

@@ -18,16 +18,17 @@ from ppo_jax import gae as gae_lib
 from ppo_jax import losses
 from ppo_jax.minibatches import minibatch_epochs
 from ppo_jax.optim import gradient_step
+from rlhf_jax import lora
 from rlhf_jax.reward_model import last_token_index
-from rlhf_jax.transformer import response_positions, token_log_probs, token_policy
+from rlhf_jax.transformer import response_logits, response_positions, token_log_probs, token_policy
 
 
 def response_log_probs(model, params, sequences: jax.Array, attention_mask: jax.Array, prompt_len: int,
                        temperature: float = 1.0) -> jax.Array:
     """``log pi(y_t | x, y_<t)`` of each response token, from the logits one position earlier
     (the shift by one), with the sampling temperature applied (as when sampling). ``[B, N]``."""
-    logits = model.apply({"params": params}, sequences, attention_mask).logits
-    return token_log_probs(response_positions(logits, prompt_len), sequences[:, prompt_len:], temperature)
+    _, logits = response_logits(model, params, sequences, attention_mask, prompt_len)
+    return token_log_probs(logits, sequences[:, prompt_len:], temperature)
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k1") -> jax.Array:
@@ -100,8 +101,8 @@ def sequence_kl(policy, policy_params, reference, ref_params, sequences: jax.Arr
                 response_mask: jax.Array, prompt_len: int, temperature: float = 1.0) -> jax.Array:
     """Exact ``KL(pi || pi_ref)`` per sequence (nats): :func:`exact_kl` at each response position
     of sampled ``sequences``, summed over the response. ``[B]``."""
-    logits = response_positions(policy.apply({"params": policy_params}, sequences, attention_mask).logits, prompt_len)
-    ref = response_positions(reference.apply({"params": ref_params}, sequences, attention_mask).logits, prompt_len)
+    _, logits = response_logits(policy, policy_params, sequences, attention_mask, prompt_len)
+    _, ref = response_logits(reference, ref_params, sequences, attention_mask, prompt_len)
     return (exact_kl(logits, ref, temperature) * response_mask).sum(axis=1)
 
 
@@ -156,14 +157,15 @@ def clipped_policy_terms(logits: jax.Array, mb, prompt_len: int, temperature: fl
                          weights: jax.Array, *, clip_eps_high=None, ratio_level: str = "token",
                          surrogate: str = "clip") -> tuple[jax.Array, dict, jax.Array]:
     """The clipped surrogate (``ppo_jax.losses``) minus the entropy bonus over the response
-    tokens of ``mb`` (``sequences``, ``response_mask``, ``old_logp``, ``advantages``), each
+    tokens of ``mb`` (``sequences``, ``response_mask``, ``old_logp``, ``advantages``), from the
+    ``logits [B, N, V]`` at the positions that predict them (:func:`response_logits`), each
     token weighted by ``weights`` ``[B, N]`` (the response mask: a token mean), with
     scalar diagnostics. Returns ``(loss, aux, logp)``, ``logp`` the tokens' new log-probs.
 
     The GRPO family's options (docs/theory.md §12): ``clip_eps_high`` the upper clip apart
     from the lower (DAPO); ``ratio_level="sequence"`` one ratio per response
     (:func:`sequence_ratio`, GSPO); ``surrogate="cispo"`` (:func:`cispo_loss`)."""
-    dist = token_policy(response_positions(logits, prompt_len), temperature)
+    dist = token_policy(logits, temperature)
     logp = dist.log_prob(mb.sequences[:, prompt_len:])
     ratio = (sequence_ratio(logp, mb.old_logp, mb.response_mask) if ratio_level == "sequence"
              else losses.importance_ratio(logp, mb.old_logp))
@@ -208,26 +210,31 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
         return losses.value_loss(values, mb.returns, mb.old_values, value_clip_eps, mb.response_mask)
 
     def policy_loss(params, mb, clip_eps, ent_coef):
-        return policy_terms(policy.apply({"params": params}, mb.sequences, mb.attention_mask).logits, mb, clip_eps,
-                            ent_coef)
+        return policy_terms(response_logits(policy, params, mb.sequences, mb.attention_mask, prompt_len)[1], mb,
+                            clip_eps, ent_coef)
 
     def value_loss(params, mb, value_clip_eps):
         return value_term(critic.apply({"params": params}, mb.sequences, mb.attention_mask).scalar, mb,
                           value_clip_eps)
 
     def joint_loss(params, mb, clip_eps, value_clip_eps, ent_coef, vf_coef):
-        out = policy.apply({"params": params}, mb.sequences, mb.attention_mask)
-        loss, aux = policy_terms(out.logits, mb, clip_eps, ent_coef)
+        out, logits = response_logits(policy, params, mb.sequences, mb.attention_mask, prompt_len)
+        loss, aux = policy_terms(logits, mb, clip_eps, ent_coef)
         vl = value_term(out.scalar, mb, value_clip_eps)
         return loss + vf_coef * vl, {**aux, "value_loss": vl}
 
-    joint_step = gradient_step(joint_loss, policy_tx, has_aux=True)
-    policy_step = gradient_step(policy_loss, policy_tx, has_aux=True)
+    part = lora.partition(policy.lora)
     value_step = gradient_step(value_loss, critic_tx)
 
     @jax.jit
     def update(policy_params, critic_params, policy_opt, critic_opt, batch: TokenBatch, key, clip_eps,
                value_clip_eps, ent_coef, vf_coef=0.5):
+        # With LoRA the adapters (and a value head) train alone; the frozen weights stay out of
+        # the loop's carry, so they pass through the update without a copy.
+        policy_params, frozen = part.split(policy_params)
+        joint_step = gradient_step(lambda p, *a: joint_loss(part.join(p, frozen), *a), policy_tx, has_aux=True)
+        policy_step = gradient_step(lambda p, *a: policy_loss(part.join(p, frozen), *a), policy_tx, has_aux=True)
+
         def minibatch(carry, mb):
             pp, cp, po, co = carry
             if shared:
@@ -237,12 +244,12 @@ def make_ppo_update(policy, critic, policy_tx: optax.GradientTransformation, cri
             cp, co, vl, _ = value_step(cp, co, mb, value_clip_eps)
             return (pp, cp, po, co), {**aux, "value_loss": vl}
 
-        carry, aux = minibatch_epochs(minibatch, (policy_params, critic_params, policy_opt, critic_opt), batch, key,
-                                      epochs=epochs, minibatches=minibatches)
+        (pp, *rest), aux = minibatch_epochs(minibatch, (policy_params, critic_params, policy_opt, critic_opt), batch,
+                                            key, epochs=epochs, minibatches=minibatches)
         metrics = {k: v.mean() for k, v in aux.items() if k != "max_ratio_deviation"}
         metrics["first_minibatch_ratio_deviation"] = aux["max_ratio_deviation"][0, 0]
         metrics["first_minibatch_approx_kl"] = aux["approx_kl"][0, 0]
-        return (*carry, metrics)
+        return (part.join(pp, frozen), *rest, metrics)
 
     return update
 
@@ -302,7 +309,7 @@ def make_group_update(policy, policy_tx: optax.GradientTransformation, *, prompt
         raise ValueError(f"surrogate: must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
 
     def loss(params, mb: GroupBatch, clip_eps, ent_coef, kl_coef, clip_eps_high):
-        logits = policy.apply({"params": params}, mb.sequences, mb.attention_mask).logits
+        _, logits = response_logits(policy, params, mb.sequences, mb.attention_mask, prompt_len)
         weights = loss_weights(mb.response_mask, aggregation)
         policy_loss, aux, logp = clipped_policy_terms(logits, mb, prompt_len, temperature, clip_eps, ent_coef,
                                                       weights, clip_eps_high=clip_eps_high, ratio_level=ratio_level,
@@ -310,10 +317,14 @@ def make_group_update(policy, policy_tx: optax.GradientTransformation, *, prompt
         kl = losses.masked_mean(kl_penalty(logp, mb.ref_logp, "k3"), weights)
         return policy_loss + kl_coef * kl, {**aux, "kl_loss": kl}
 
-    step = gradient_step(loss, policy_tx, has_aux=True)
+    part = lora.partition(policy.lora)
 
     @jax.jit
     def update(policy_params, policy_opt, batch: GroupBatch, key, clip_eps, ent_coef, kl_coef, clip_eps_high=None):
+        # With LoRA the adapters train alone; the frozen weights stay out of the loop's carry.
+        policy_params, frozen = part.split(policy_params)
+        step = gradient_step(lambda p, *a: loss(part.join(p, frozen), *a), policy_tx, has_aux=True)
+
         def minibatch(carry, mb):
             params, opt, _, aux = step(*carry, mb, clip_eps, ent_coef, kl_coef, clip_eps_high)
             return (params, opt), aux
@@ -323,6 +334,6 @@ def make_group_update(policy, policy_tx: optax.GradientTransformation, *, prompt
         metrics = {k: v.mean() for k, v in aux.items() if k != "max_ratio_deviation"}
         metrics["first_minibatch_ratio_deviation"] = aux["max_ratio_deviation"][0, 0]
         metrics["first_minibatch_approx_kl"] = aux["approx_kl"][0, 0]
-        return params, opt, metrics
+        return part.join(params, frozen), opt, metrics
 
     return update

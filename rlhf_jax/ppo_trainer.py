@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -38,8 +38,10 @@ from jax.sharding import Mesh
 from ppo_jax import losses
 from ppo_jax.run.checkpoints import RunCheckpoints
 from ppo_jax.run.interrupt import stop_if_requested, stoppable
-from ppo_jax.run.validation import DictConfig, require_finite, require_positive
+from ppo_jax.run.validation import DictConfig, require_finite, require_positive, validate_part
+from rlhf_jax import lora
 from rlhf_jax.evaluation import PromptSource, decode_responses, evaluate_samples
+from rlhf_jax.lora import LoRAConfig
 from rlhf_jax.ppo import (
     AGGREGATIONS,
     RATIO_LEVELS,
@@ -52,7 +54,7 @@ from rlhf_jax.reward_model import pool_last
 from rlhf_jax.sampling import Generation, SamplingConfig, ended_with_eos, make_generate
 from rlhf_jax.sharding import constrain_batch, constrain_params, data_mesh, put_batch, put_params
 from rlhf_jax.tokenizer import Tokenizer
-from rlhf_jax.transformer import TransformerLM, response_positions, token_log_probs, token_policy
+from rlhf_jax.transformer import TransformerLM, response_logits, token_log_probs, token_policy
 from rlhf_jax.updates import UPDATES
 
 VALUE_MODELS = ("critic", "policy-head")
@@ -152,9 +154,13 @@ class RLHFConfig(DictConfig):
     frozen_dtype: str = "float32"
     """Parameters of the frozen reference and reward models: 'float32', or 'bfloat16' (half the
     memory; upcast to float32 in each matmul, activations and log-probs stay float32)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Low-rank adapters on the policy (rank > 0): only they (and a policy's value head) train,
+    and the reference is the policy without them (no copy of its weights). A critic trains whole."""
 
     def validate(self) -> None:
         require_finite(self)
+        validate_part(self.lora, "lora")
         if self.frozen_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"frozen_dtype: must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}")
         require_positive(self, "iterations", "batch_size", "max_new_tokens", "epochs", "minibatches", integer=True)
@@ -263,7 +269,8 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
     mesh = data_mesh(config.devices)
     group = config.critic_free
     shared = not group and config.value_model == "policy-head"
-    policy = TransformerLM(policy_config, lm_head=True, scalar_head=shared)
+    lora.check(config.lora, policy_config.arch)
+    policy = TransformerLM(policy_config, lm_head=True, scalar_head=shared, lora=config.lora)
     reference = TransformerLM(policy_config)
     critic = None if shared or group else rm_model
     if critic is None and not shared and not group:
@@ -281,17 +288,16 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         return (raw - norm_mean) / norm_std - config.no_eos_penalty * (1.0 - _ended(gen, eos_id))
 
     def kl(policy_params, ref_params, gen: Generation):
-        return sequence_kl(policy, policy_params, reference, ref_params, gen.sequences, gen.attention_mask,
-                           gen.response_mask, p, t)
+        return sequence_kl(policy, policy_params, reference, reference_params(ref_params, policy_params),
+                           gen.sequences, gen.attention_mask, gen.response_mask, p, t)
 
     def learn(state: RLHFState, ref_params, gen: Generation, score, key):
         gen, score = constrain_batch((gen, score), mesh)
         seq, am, mask = gen.sequences, gen.attention_mask, gen.response_mask
         maskf = mask.astype(jnp.float32)
         tokens = seq[:, p:]
-        out = policy.apply({"params": state.policy_params}, seq, am)
-        logits = response_positions(out.logits, p)
-        ref_logits = response_positions(reference.apply({"params": ref_params}, seq, am).logits, p)
+        out, logits = response_logits(policy, state.policy_params, seq, am, p)
+        _, ref_logits = response_logits(reference, reference_params(ref_params, state.policy_params), seq, am, p)
         logp = token_log_probs(logits, tokens, t)
         ref_logp = token_log_probs(ref_logits, tokens, t)
         models, kl_tok, own_metrics = rule(state, gen, score, key, out, logp, ref_logp)
@@ -315,8 +321,34 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         new_state, metrics = learn(state, ref_params, gen, score(rm_params, gen, norm_mean, norm_std), k_learn)
         return new_state, gen, metrics
 
-    return RLHFPrograms(generate, jax.jit(score), jax.jit(learn), jax.jit(iteration), jax.jit(kl), policy, critic,
-                        policy_tx, critic_tx, mesh, config.fsdp)
+    return RLHFPrograms(generate, jax.jit(score), _frozen_apart(learn, lora.partition(config.lora)),
+                        jax.jit(iteration), jax.jit(kl), policy, critic, policy_tx, critic_tx, mesh, config.fsdp)
+
+
+def _frozen_apart(learn: Callable, part: lora.Partition) -> Callable:
+    """``learn`` compiled with the policy's frozen weights (LoRA) an input only, never an
+    output: a jitted function copies every array it returns, and copying a frozen model at
+    every iteration doubles its memory. Without LoRA nothing is frozen: ``jax.jit(learn)``."""
+    def trainable_learn(state, frozen, *args):
+        new, metrics = learn(state.replace(policy_params=part.join(state.policy_params, frozen)), *args)
+        return new.replace(policy_params=part.split(new.policy_params)[0]), metrics
+
+    compiled = jax.jit(trainable_learn)
+
+    def call(state: RLHFState, *args):
+        trainable, frozen = part.split(state.policy_params)
+        new, metrics = compiled(state.replace(policy_params=trainable), frozen, *args)
+        return new.replace(policy_params=part.join(new.policy_params, frozen)), metrics
+
+    return call
+
+
+def reference_params(ref_params, policy_params):
+    """The reference policy's parameters: ``ref_params``, or when None (a LoRA policy) the
+    policy's own frozen weights without its adapters and value head (the same arrays)."""
+    if ref_params is not None:
+        return ref_params
+    return {k: v for k, v in lora.without_adapters(policy_params).items() if k != "scalar_head"}
 
 
 def _ended(gen: Generation, eos_id: int) -> jax.Array:
@@ -324,23 +356,35 @@ def _ended(gen: Generation, eos_id: int) -> jax.Array:
     return ended_with_eos(gen.response, gen.response_mask, eos_id).astype(jnp.float32)
 
 
-def with_value_head(programs: RLHFPrograms, params) -> dict:
+def with_value_head(programs: RLHFPrograms, params, seed: int = 0) -> dict:
     """``params`` as the programs' policy takes them: with PPO's policy-head, a zero-initialised
-    value head (its first values are 0; one that ``params`` brings is replaced)."""
-    if not programs.policy.scalar_head:
-        return dict(params)
-    d = programs.policy.config.d_model
-    return {**params, "scalar_head": {"kernel": jnp.zeros((d, 1)), "bias": jnp.zeros((1,))}}
+    value head (its first values are 0; one that ``params`` brings is replaced); with LoRA,
+    fresh adapters (the policy then equals ``params``'s)."""
+    policy = programs.policy
+    if policy.scalar_head:
+        d = policy.config.d_model
+        params = {**params, "scalar_head": {"kernel": jnp.zeros((d, 1)), "bias": jnp.zeros((1,))}}
+    return lora.with_adapters(dict(params), policy.lora, policy.config.arch,
+                              jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+
+
+def as_policy_params(programs: RLHFPrograms, params) -> dict:
+    """``params`` as the programs' sampler takes them: a policy without adapters (the SFT
+    policy, a DPO result) gets adapters that change nothing when the programs' policy has LoRA."""
+    policy = programs.policy
+    if not policy.lora.active or lora.has_adapters(params):
+        return params
+    return lora.with_adapters(dict(params), policy.lora, policy.config.arch, jax.random.PRNGKey(0))
 
 
 def init_state(config: RLHFConfig, programs: RLHFPrograms, sft_params, rm_params=None) -> RLHFState:
     """The policy starts at the SFT parameters; the critic at the reward model's
     (or, with a policy head, a zero-initialised head: its first values are 0)."""
-    policy_params = with_value_head(programs, sft_params)
+    policy_params = jax.tree.map(jnp.asarray, with_value_head(programs, sft_params, config.seed))
     critic_params = {} if config.critic_free or config.value_model == "policy-head" else rm_params
-    policy_params = jax.tree.map(jnp.asarray, policy_params)
     critic_params = jax.tree.map(jnp.asarray, critic_params)
-    state = RLHFState(policy_params, critic_params, programs.policy_tx.init(policy_params),
+    trainable = lora.partition(config.lora).split(policy_params)[0]
+    state = RLHFState(policy_params, critic_params, programs.policy_tx.init(trainable),
                       programs.critic_tx.init(critic_params), jnp.asarray(config.kl_coef, jnp.float32))
     if programs.mesh is None:
         # Every leaf committed to the device, as learn's outputs are: a state of mixed
@@ -402,20 +446,28 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
         raise ValueError("reward: 'functions' needs a scorer")
     norm = rm_norm or {"mean": 0.0, "std": 1.0}
     mesh = programs.mesh
+    if programs.policy.lora.active:
+        ref_params = None  # the policy's base weights are the reference (reference_params)
     ref_params, rm_params = put_params(frozen_params(config, (ref_params, rm_params)), mesh, programs.fsdp)
     if scorer is None:
         scorer = _model_or_gold_scorer(programs, tokenizer, prompts, rm_params, norm, reward, gold_reward)
     history, start = [], 0
-    found = checkpoints.restore_latest(state, warn=lambda m: print(m, file=sys.stderr)) if checkpoints else None
+    part = lora.partition(programs.policy.lora)
+    frozen = part.split(state.policy_params)[1]
+    saved = lambda st: st.replace(policy_params=part.split(st.policy_params)[0])  # noqa: E731 (LoRA: adapters alone)
+    found = (checkpoints.restore_latest(saved(state), warn=lambda m: print(m, file=sys.stderr)) if checkpoints
+             else None)
     if found is not None:
         start, state, meta = found
+        state = state.replace(policy_params=part.join(state.policy_params, frozen))
         history = meta["history"]
     t_start = time.perf_counter()
     request = lambda: print("stopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr)  # noqa: E731
     with stoppable(checkpoints, on_request=request) as stop:
         state, history = _iterations(config, programs, state, history, start, ref_params=ref_params,
                                      prompts=prompts, scorer=scorer, progress=progress,
-                                     checkpoints=checkpoints, checkpoint_every=checkpoint_every, stop=stop)
+                                     checkpoints=checkpoints, checkpoint_every=checkpoint_every, stop=stop,
+                                     saved=saved)
     if checkpoints is not None:
         checkpoints.wait()
     return RLHFResult(state, history, time.perf_counter() - t_start)
@@ -479,7 +531,7 @@ def _sample_batch(config, programs, state, prompts, scorer, rng, key):
 
 
 def _iterations(config, programs, state, history, start, *, ref_params, prompts, scorer, progress, checkpoints,
-                checkpoint_every, stop):
+                checkpoint_every, stop, saved):
     """Iterations ``start..config.iterations`` of :func:`train_rlhf`; returns ``(state, history)``."""
     mesh = programs.mesh
     for it in range(start, config.iterations):
@@ -504,7 +556,7 @@ def _iterations(config, programs, state, history, start, *, ref_params, prompts,
         done = it + 1
         if checkpoints is not None and (stop.requested or checkpoint_every > 0 and (
                 done % checkpoint_every == 0 or done == config.iterations)):
-            checkpoints.save(done, state, {"history": list(history)})
+            checkpoints.save(done, saved(state), {"history": list(history)})
         if progress is not None:
             progress(it, row)
         stop_if_requested(stop, checkpoints, done, config.iterations)
@@ -519,6 +571,7 @@ def evaluate_policy(programs: RLHFPrograms, policy_params, *, ref_params, tokeni
     norm = rm_norm or {"mean": 0.0, "std": 1.0}
     score = (None if rm_params is None
              else lambda gen: programs.score(rm_params, gen, norm["mean"], norm["std"]))
-    return evaluate_samples(programs.generate, programs.kl, policy_params, ref_params=ref_params, tokenizer=tokenizer,
+    return evaluate_samples(programs.generate, programs.kl, as_policy_params(programs, policy_params),
+                            ref_params=ref_params, tokenizer=tokenizer,
                             prompts=prompts, eval_prompts=eval_prompts, key=key, batch_size=batch_size, score=score,
                             gold_reward=gold_reward)

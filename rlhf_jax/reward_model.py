@@ -19,9 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ppo_jax.optim import gradient_step
+from ppo_jax.optim import jit_gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive, validate_part
+from rlhf_jax import lora
 from rlhf_jax.data import in_fixed_batches
+from rlhf_jax.lora import LoRAConfig
 from rlhf_jax.preferences import expected_accuracy
 from rlhf_jax.supervised import (
     adamw_warmup_cosine,
@@ -58,8 +60,8 @@ def preference_metrics(r_chosen: jax.Array, r_rejected: jax.Array) -> dict:
     return {"accuracy": jnp.mean((gap > 0).astype(jnp.float32)), "reward_gap": jnp.mean(gap)}
 
 
-def reward_model(config: TransformerConfig) -> TransformerLM:
-    return TransformerLM(config, lm_head=False, scalar_head=True)
+def reward_model(config: TransformerConfig, adapters: LoRAConfig = lora.OFF) -> TransformerLM:
+    return TransformerLM(config, lm_head=False, scalar_head=True, lora=adapters)
 
 
 def init_from_lm(model: TransformerLM, lm_params: dict, key: jax.Array) -> dict:
@@ -146,6 +148,8 @@ class RMConfig(DictConfig):
 
     model: TransformerConfig = field(default_factory=lambda: TransformerConfig(num_layers=2, d_model=128, max_len=64))
     """Transformer shape (ignored when initialising from an SFT checkpoint, which brings its own)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Low-rank adapters (rank > 0): only they and the scalar head train, the body stays frozen."""
     epochs: int = 3
     """Passes over the training pairs."""
     batch_size: int = 32
@@ -172,6 +176,7 @@ class RMConfig(DictConfig):
     def validate(self) -> None:
         require_finite(self)
         validate_part(self.model, "model")
+        lora.check(self.lora, self.model.arch)
         require_positive(self, "epochs", "batch_size", "max_length")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
@@ -222,7 +227,8 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
     ``progress(step, total_steps, loss)`` is called after each step. With ``checkpoints`` it
     saves periodically and resumes (:func:`rlhf_jax.supervised.fit`).
     """
-    model = reward_model(model_config or config.model)
+    model = reward_model(model_config or config.model, config.lora)
+    lora.check(config.lora, model.config.arch)
     data, truncated = check_rm_pairs(config, tokenizer, pairs, where, model.config)
     if not config.use_margin:
         data = data.replace(margin=np.zeros_like(data.margin))
@@ -233,7 +239,10 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
                           if all("label_prob" in p for p in pairs) else None)
     require_batches(config.batch_size, len(train), "pairs")
     key = jax.random.PRNGKey(config.seed)
-    params = init_params(model, key) if init_params_from is None else init_from_lm(model, init_params_from, key)
+    body = reward_model(model.config)
+    params = init_params(body, key) if init_params_from is None else init_from_lm(body, init_params_from, key)
+    params = lora.with_adapters(params, config.lora, model.config.arch, jax.random.fold_in(key, 1))
+    part = lora.partition(config.lora)
     steps_per_epoch = len(train) // config.batch_size
     total = steps_per_epoch * config.epochs
     tx = adamw_warmup_cosine(config.lr, max(1, total // 20), total, config.weight_decay, config.max_grad_norm)
@@ -263,10 +272,11 @@ def train_reward_model(config: RMConfig, tokenizer: Tokenizer, pairs: Sequence[d
         return row
 
     t0 = time.perf_counter()
-    params, _, history = fit(jax.jit(gradient_step(loss_fn, tx, has_aux=True)), params, tx.init(params),
+    params, _, history = fit(jit_gradient_step(loss_fn, tx, has_aux=True, partition=part), params,
+                             tx.init(part.split(params)[0]),
                              ((data[idx],) for idx in epoch_batches(rng, train_rows, config.batch_size, config.epochs)),
                              total, evaluate_at=lambda s: s % steps_per_epoch == 0, evaluate=evaluate,
-                             progress=progress, checkpoints=checkpoints, on_status=on_status)
+                             progress=progress, checkpoints=checkpoints, on_status=on_status, partition=part)
     norm = {"mean": 0.0, "std": 1.0}
     if config.normalize:
         all_scores = np.concatenate([score_batches(score, params, train.chosen, train.chosen_mask, config.batch_size),

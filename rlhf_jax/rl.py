@@ -33,6 +33,7 @@ from ppo_jax.run.progress import progress_bar
 from ppo_jax.run.rundir import check_run_dir, open_run_dir, resumable_config
 from ppo_jax.run.validation import DictConfig, require_finite
 from rlhf_jax import checkpoint as ckpt
+from rlhf_jax import lora
 from rlhf_jax.compute_dtype import DTYPES
 from rlhf_jax.data import load_prompt_rows, padded_chunks
 from rlhf_jax.evaluation import PromptSource, decode_responses
@@ -149,8 +150,10 @@ def load_reward_model(path: str) -> tuple[TransformerLM, dict, dict]:
 
 
 def _is_hf(folder: Path) -> bool:
-    """Whether ``folder`` is a Hugging Face model folder (its config.json names a model_type);
-    our run folders have a config.json of another kind."""
+    """Whether ``folder`` is a Hugging Face model folder (its config.json names a model_type) or
+    a PEFT adapter folder; our run folders have a config.json of another kind."""
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").exists():
+        return True
     config = folder / "config.json"
     if not config.is_file():
         return False
@@ -388,12 +391,15 @@ def _train_and_report(setup: _Setup, source: RLSource, params, lm, run_dir: Path
     write_json(run_dir / "final.json", final)
     _plot(run_dir / "curves.png", history, config.algo)
     plain = {k: v for k, v in final_params.items() if k != "scalar_head"}  # PPO's value head is not the policy's
-    policy_lm = TransformerLM(lm.config)
+    adapters = programs.policy.lora
+    policy_lm = TransformerLM(lm.config, lora=adapters)
     for folder in (run_dir / "checkpoint", run_dir / "hf"):  # what a run killed while writing them left
         shutil.rmtree(folder, ignore_errors=True)
-    ckpt.save(run_dir / "checkpoint", plain, policy_lm, setup.tokenizer)
+    # With LoRA the checkpoint holds the adapters and points to the starting model's folder.
+    ckpt.save(run_dir / "checkpoint", plain, policy_lm, setup.tokenizer, base=source.model)
     if has_tokenizers():
-        save_pretrained(run_dir / "hf", policy_lm, plain, setup.tokenizer)
+        save_pretrained(run_dir / "hf", TransformerLM(lm.config), lora.merged(plain, adapters) if adapters.active
+                        else plain, setup.tokenizer)
     else:  # the byte tokenizer's tokenizer.json is written with the optional tokenizers package
         log(f"rl: no hf/ folder (pip install tokenizers, then rlhf-jax export --checkpoint {run_dir} --out DIR)")
     summary = {"algo": config.algo, "iterations": config.iterations, "before": before,

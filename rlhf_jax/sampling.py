@@ -124,8 +124,9 @@ def make_generate(model: TransformerLM, config: SamplingConfig, *, eos_id: int, 
         if p + n > model.config.max_len:
             raise ValueError(f"max_new_tokens: prompt length {p} + {n} new tokens exceeds max_len "
                              f"{model.config.max_len}")
-        apply = lambda ids, mask, cache: model.apply({"params": params}, ids, mask, cache=cache)  # noqa: E731
-        out = apply(prompt_ids, prompt_mask, KVCache.create(model.config, b, p + n))
+        apply = lambda ids, mask, cache, **kw: model.apply({"params": params}, ids, mask, cache=cache, **kw)  # noqa: E731
+        # The prompt's pass needs the next-token logits of its last position only.
+        out = apply(prompt_ids, prompt_mask, KVCache.create(model.config, b, p + n), logits_from=p - 1)
         keys = jax.random.split(key, n)
         done = jnp.zeros((b,), jnp.bool_)
 

@@ -20,8 +20,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppo_jax.optim import gradient_step
+from ppo_jax.optim import jit_gradient_step
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive, validate_part
+from rlhf_jax import lora
+from rlhf_jax.lora import LoRAConfig
 from rlhf_jax.supervised import (
     adamw_warmup_cosine,
     fit,
@@ -40,6 +42,8 @@ class SFTConfig(DictConfig):
 
     model: TransformerConfig = field(default_factory=lambda: TransformerConfig(num_layers=2, d_model=128, max_len=64))
     """The transformer trained from scratch."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Low-rank adapters (rank > 0): only they train, the model's weights stay frozen."""
     steps: int = 600
     """Optimiser steps."""
     batch_size: int = 32
@@ -64,6 +68,7 @@ class SFTConfig(DictConfig):
     def validate(self) -> None:
         require_finite(self)
         validate_part(self.model, "model")
+        lora.check(self.lora, self.model.arch)
         require_positive(self, "steps", "batch_size", "max_length", "eval_every")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
@@ -139,7 +144,8 @@ def make_steps(model: TransformerLM, tx: optax.GradientTransformation) -> tuple[
                           rngs=None if deterministic else {"dropout": key})
         return sft_loss(out.logits, batch.input_ids, batch.loss_mask)
 
-    train_step = jax.jit(gradient_step(lambda params, batch, key: loss_fn(params, batch, key, False), tx))
+    train_step = jit_gradient_step(lambda params, batch, key: loss_fn(params, batch, key, False), tx,
+                                   partition=lora.partition(model.lora))
     eval_loss = jax.jit(lambda params, batch: loss_fn(params, batch, None, True))
     return train_step, eval_loss
 
@@ -196,11 +202,13 @@ def train_sft(config: SFTConfig, tokenizer: Tokenizer, prompts: Sequence[str], r
     eval_data, train_data = data[held], data[train]
     require_batches(config.batch_size, len(train_data), "examples")
 
-    model = TransformerLM(config.model)
+    model = TransformerLM(config.model, lora=config.lora)
     key = jax.random.PRNGKey(config.seed)
     key, k_init = jax.random.split(key)
     if params is None:
-        params = init_params(model, k_init)
+        params = init_params(TransformerLM(config.model), k_init)
+    params = lora.with_adapters(params, config.lora, config.model.arch, jax.random.fold_in(k_init, 1))
+    part = lora.partition(config.lora)
     tx = make_optimizer(config)
     train_step, eval_loss = make_steps(model, tx)
 
@@ -212,7 +220,7 @@ def train_sft(config: SFTConfig, tokenizer: Tokenizer, prompts: Sequence[str], r
 
     t0 = time.perf_counter()
     params, losses, history = fit(
-        train_step, params, tx.init(params), batches(), config.steps,
+        train_step, params, tx.init(part.split(params)[0]), batches(), config.steps, partition=part,
         evaluate_at=lambda s: s % config.eval_every == 0 or s == config.steps,
         evaluate=lambda s, p, *_: {"step": s, "loss": evaluate(eval_loss, p, eval_data, config.batch_size)},
         progress=None if progress is None else lambda s, _, loss: progress(s - 1, loss), checkpoints=checkpoints,

@@ -25,12 +25,14 @@ from ppo_jax.run.checkpoints import RunCheckpoints
 from ppo_jax.run.outputs import plot_lines, read_json, write_json
 from ppo_jax.run.progress import progress_bar
 from rlhf_jax import checkpoint as ckpt
+from rlhf_jax import lora
 from rlhf_jax.best_of_n import best_of_n_curve
 from rlhf_jax.data import padded_chunks, write_preferences
 from rlhf_jax.dpo import DPOConfig, train_dpo
 from rlhf_jax.evaluation import PromptSource, decode_responses, evaluate_policy_samples
 from rlhf_jax.ppo_trainer import (
     RLHFConfig,
+    as_policy_params,
     evaluate_policy,
     frozen_params,
     init_state,
@@ -113,6 +115,16 @@ class SFTStage:
     wall_s: float = 0.0
     train_loss: np.ndarray | None = None
     """Per optimiser step; None when loaded."""
+    source: str | None = None
+    """A folder the policy loads from (our checkpoint or a Hugging Face folder): the base a
+    later stage's LoRA checkpoint points to; None when unknown (such a checkpoint is saved whole)."""
+
+
+def merged_model(model: TransformerLM, params) -> tuple[TransformerLM, dict]:
+    """``(model, params)`` without LoRA: the adapters folded into the weights (unchanged without)."""
+    if not model.lora.active:
+        return model, params
+    return TransformerLM(model.config, model.lm_head, model.scalar_head), lora.merged(params, model.lora)
 
 
 def _say(bar) -> Callable[[str], None]:
@@ -126,11 +138,13 @@ def supervised_checkpoints(folder: Path) -> RunCheckpoints:
 
 
 def sft_stage(config: SFTConfig, tokenizer, prompts: Sequence[str], responses: Sequence[str], folder: Path, *,
-              params=None, show_progress: bool = True, resume: bool = False) -> tuple[SFTStage, bool]:
+              params=None, base: str | None = None, show_progress: bool = True,
+              resume: bool = False) -> tuple[SFTStage, bool]:
     """Supervised fine-tuning (from ``params``, else from scratch) into ``folder``:
     ``checkpoint/``, ``loss.png`` and ``metrics.json`` (the marker); while it runs, periodic
     checkpoints in ``progress/``, which a resumed run continues from (bit-identical). Returns
-    the stage and whether it was loaded."""
+    the stage (with LoRA, its adapters folded in) and whether it was loaded. ``base`` is where
+    ``params`` came from (the pointer a LoRA checkpoint keeps instead of the weights)."""
     def run() -> SFTStage:
         bar = progress_bar("sft", not show_progress, LOSS)
         progress = supervised_checkpoints(folder)
@@ -139,20 +153,22 @@ def sft_stage(config: SFTConfig, tokenizer, prompts: Sequence[str], responses: S
             result = train_sft(config, tokenizer, prompts, responses, params=params, checkpoints=progress,
                                progress=lambda s, loss: bar.update(job, completed=s + 1, loss=f"{loss:.3f}"),
                                on_status=_say(bar))
-        lm = TransformerLM(config.model)
+        lm = TransformerLM(config.model, lora=config.lora)
         _clear(folder / "checkpoint")
-        ckpt.save(folder / "checkpoint", result.params, lm, tokenizer)
+        ckpt.save(folder / "checkpoint", result.params, lm, tokenizer, base=base)
         _clear(folder / "progress")  # the stage's checkpoint replaces them
         plot_lines(folder / "loss.png", {"train (per step)": (np.arange(1, config.steps + 1), result.train_loss),
                                          "held-out": (result.eval_steps, result.eval_loss)},
                    xlabel="optimiser step", ylabel="cross-entropy per response token (nats)", title="SFT")
         write_json(folder / "metrics.json", {"train_loss": result.train_loss, "eval_step": result.eval_steps,
                                              "eval_loss": result.eval_loss})
-        return SFTStage(lm, result.params, result.eval_loss, result.wall_s, result.train_loss)
+        plain, params_ = merged_model(lm, result.params)
+        return SFTStage(plain, params_, result.eval_loss, result.wall_s, result.train_loss,
+                        str(folder / "checkpoint"))
 
     def load() -> SFTStage:
         lm, loaded, _ = ckpt.load(folder / "checkpoint")
-        return SFTStage(lm, loaded, read_json(folder / "metrics.json")["eval_loss"])
+        return SFTStage(lm, loaded, read_json(folder / "metrics.json")["eval_loss"], source=str(folder / "checkpoint"))
 
     return load_or_run(folder / "metrics.json", load, run, resume)
 
@@ -229,25 +245,27 @@ class StageClock:
 
 def policy_and_pairs(clock: StageClock, task, tokenizer, *, sft_config: SFTConfig | None, sft_folder: Path,
                      pairs_folder: Path, sampling: PairSampling, seed: int, policy: tuple | None = None,
+                     policy_source: str | None = None,
                      init_params=None, sft_data: tuple | None = None, sft_examples: int = 4096,
                      file_pairs: Preferences | None = None, show_progress: bool = True,
                      resume: bool = False) -> tuple[SFTStage | None, Preferences]:
     """The prefix every preference method starts with (the pipeline, the over-optimisation
     study, ``rlhf-jax rm`` and ``dpo``): a policy, then preference pairs.
 
-    The policy is ``policy`` (``(lm, params)``) when given; else, with ``sft_config``, SFT (from
-    ``init_params``) on ``sft_data`` (``(prompts, responses)``) or ``sft_examples`` examples of the
+    The policy is ``policy`` (``(lm, params)``, loaded from ``policy_source``) when given; else,
+    with ``sft_config``, SFT (from ``init_params``) on ``sft_data`` (``(prompts, responses)``) or ``sft_examples`` examples of the
     task's corpus, into ``sft_folder`` (stage ``sft``); else there is none (None is returned:
     a reward model then trains from scratch). The pairs are ``file_pairs``, copied to
     ``pairs_folder/pairs.jsonl``, or pairs the policy samples on the task's prompts (stage
     ``pairs``, seeded by ``seed``). Returns ``(policy, pairs)``."""
     sft = None
     if policy is not None:
-        sft = SFTStage(policy[0], policy[1], [])
+        sft = SFTStage(policy[0], policy[1], [], source=policy_source)
     elif sft_config is not None:
         prompts, responses = sft_data or task.sft_corpus(sft_examples, seed=sft_config.seed)
         sft = clock("sft", lambda: sft_stage(sft_config, tokenizer, prompts, responses, sft_folder,
-                                             params=init_params, show_progress=show_progress, resume=resume))
+                                             params=init_params, base=policy_source, show_progress=show_progress,
+                                             resume=resume))
     if file_pairs is not None:
         write_preferences(pairs_folder / "pairs.jsonl", file_pairs.pairs)
         return sft, file_pairs
@@ -272,11 +290,11 @@ class RewardModelStage:
 
 
 def reward_model_stage(config: RMConfig, tokenizer, prefs: Preferences, folder: Path, *, init_params=None,
-                       model_config=None, show_progress: bool = True,
+                       model_config=None, base: str | None = None, show_progress: bool = True,
                        resume: bool = False) -> tuple[RewardModelStage, bool]:
-    """The Bradley-Terry reward model (from ``init_params``, an LM's, when given) into
-    ``folder``: ``checkpoint/``, ``accuracy.png``, ``calibration.png`` and ``metrics.json``
-    (the marker)."""
+    """The Bradley-Terry reward model (from ``init_params``, an LM's loaded from ``base``, when
+    given) into ``folder``: ``checkpoint/``, ``accuracy.png``, ``calibration.png`` and
+    ``metrics.json`` (the marker). With LoRA the stage returns the adapters folded in."""
     def run() -> RewardModelStage:
         bar = progress_bar("reward model", not show_progress, LOSS)
         with bar:
@@ -289,7 +307,7 @@ def reward_model_stage(config: RMConfig, tokenizer, prefs: Preferences, folder: 
         _clear(folder / "checkpoint")
         ckpt.save(folder / "checkpoint", result.params, result.model, tokenizer,
                   extra={"reward_norm": result.norm, "max_length": config.max_length,
-                         "bayes_accuracy": prefs.bayes_accuracy})
+                         "bayes_accuracy": prefs.bayes_accuracy}, base=base)
         _clear(folder / "progress")  # the stage's checkpoint replaces them
         epochs = [h["epoch"] for h in result.history]
         plot_lines(folder / "accuracy.png", {"train": (epochs, [h["train_accuracy"] for h in result.history]),
@@ -300,8 +318,8 @@ def reward_model_stage(config: RMConfig, tokenizer, prefs: Preferences, folder: 
                                                 "perfect": ([0, 1], [0, 1])},
                    xlabel="predicted P(first preferred)", ylabel="empirical frequency", title="Held-out calibration")
         write_json(folder / "metrics.json", result.history)
-        return RewardModelStage(result.model, result.params, result.norm, result.history, prefs.bayes_accuracy,
-                                result)
+        model, params = merged_model(result.model, result.params)
+        return RewardModelStage(model, params, result.norm, result.history, prefs.bayes_accuracy, result)
 
     def load() -> RewardModelStage:
         model, params, _ = ckpt.load(folder / "checkpoint")
@@ -318,6 +336,7 @@ def best_of_n_stage(setup: "RLSetup", ns: Sequence[int], rm: RewardModelStage, k
     the proxy's pick scored by the gold reward, into ``folder/curve.json`` (the marker)."""
     def run() -> list[dict]:
         programs, tokenizer, batch_size = setup.programs("ppo"), setup.tokenizer, setup.config.batch_size
+        sft_params = as_policy_params(programs, setup.sft.params)
         n_max = max(ns)
         proxy = np.zeros((len(setup.eval_prompts), n_max))
         gold = np.zeros((len(setup.eval_prompts), n_max))
@@ -327,7 +346,7 @@ def best_of_n_stage(setup: "RLSetup", ns: Sequence[int], rm: RewardModelStage, k
                 start = i * batch_size
                 ids, mask = setup.source.encode(chunk)
                 k, k_gen = jax.random.split(k)
-                gen = programs.generate(setup.sft.params, ids, mask, k_gen)
+                gen = programs.generate(sft_params, ids, mask, k_gen)
                 proxy[start:start + real, j] = np.asarray(programs.score(rm.params, gen, rm.norm["mean"],
                                                                          rm.norm["std"]))[:real]
                 texts, ended = decode_responses(tokenizer, gen)
@@ -412,7 +431,8 @@ def ppo_stage(algo: str, setup: RLSetup, rm: RewardModelStage, folder: Path, *, 
                                 checkpoints=checkpoints, checkpoint_every=checkpoint_every)
         final = evaluate(result.state.policy_params, eval_key)
         _clear(folder / "checkpoint")
-        ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, setup.tokenizer)
+        ckpt.save(folder / "checkpoint", result.state.policy_params, programs.policy, setup.tokenizer,
+                  base=setup.sft.source)
         write_json(folder / "samples.json", final.pop("samples"))
         write_json(folder / "metrics.json", result.history)
         write_json(folder / "final.json", final)
@@ -449,10 +469,10 @@ class DPOStage:
 
 
 def dpo_stage(config: DPOConfig, tokenizer, prefs: Preferences, folder: Path, *, lm: TransformerLM, params,
-              show_progress: bool = True, resume: bool = False) -> tuple[DPOStage, bool]:
-    """DPO of the policy ``(lm, params)`` (also the reference) on ``prefs`` into ``folder``:
-    ``checkpoint/``, ``accuracy.png`` (the implicit reward's held-out accuracy by epoch) and
-    ``metrics.json`` (the marker)."""
+              base: str | None = None, show_progress: bool = True, resume: bool = False) -> tuple[DPOStage, bool]:
+    """DPO of the policy ``(lm, params)`` (also the reference; loaded from ``base``) on ``prefs``
+    into ``folder``: ``checkpoint/``, ``accuracy.png`` (the implicit reward's held-out accuracy
+    by epoch) and ``metrics.json`` (the marker). With LoRA the stage returns the adapters folded in."""
     def run() -> DPOStage:
         bar = progress_bar("dpo", not show_progress, LOSS)
         with bar:
@@ -461,13 +481,14 @@ def dpo_stage(config: DPOConfig, tokenizer, prefs: Preferences, folder: Path, *,
                                progress=lambda s, n, loss: bar.update(job, completed=s, total=n, loss=f"{loss:.3f}"),
                                checkpoints=supervised_checkpoints(folder), on_status=_say(bar))
         _clear(folder / "checkpoint")
-        ckpt.save(folder / "checkpoint", result.params, lm, tokenizer)
+        adapted = TransformerLM(lm.config, lm.lm_head, lm.scalar_head, lora=config.lora)
+        ckpt.save(folder / "checkpoint", result.params, adapted, tokenizer, base=base)
         _clear(folder / "progress")  # the stage's checkpoint replaces them
         epochs = [h["epoch"] for h in result.history]
         plot_lines(folder / "accuracy.png", {"held-out": (epochs, [h["heldout_accuracy"] for h in result.history])},
                    xlabel="epoch", ylabel="implicit-reward accuracy", title="DPO")
         write_json(folder / "metrics.json", result.history)
-        return DPOStage(lm, result.params, result.history, result.skipped)
+        return DPOStage(lm, merged_model(adapted, result.params)[1], result.history, result.skipped)
 
     def load() -> DPOStage:
         loaded_lm, loaded, _ = ckpt.load(folder / "checkpoint")

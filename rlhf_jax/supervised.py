@@ -81,7 +81,7 @@ def epoch_row(epoch: int, losses: list, auxes: list) -> dict:
 def fit(step: Callable, params, opt_state, batches: Iterable[tuple], total: int, *,
         evaluate_at: Callable[[int], bool], evaluate: Callable[[int, Any, list, list], dict],
         progress: Callable[[int, int, float], None] | None = None, checkpoints=None,
-        on_status: Callable[[str], None] | None = None) -> tuple[Any, list, list[dict]]:
+        on_status: Callable[[str], None] | None = None, partition=None) -> tuple[Any, list, list[dict]]:
     """Runs ``step(params, opt_state, *args) -> (params, opt_state, loss, aux)`` on each ``args``
     of ``batches``. After step ``s`` (from 1) with ``evaluate_at(s)`` it appends
     ``evaluate(s, params, losses, auxes)`` to the history, the lists holding the steps since the
@@ -92,16 +92,20 @@ def fit(step: Callable, params, opt_state, batches: Iterable[tuple], total: int,
     evaluation steps before the last, at most one a minute, and resumes from the newest: the
     batches already taken are drawn again and skipped, so the resumed run ends with the very
     parameters of the uninterrupted one. Ctrl-C then stops at the next evaluation step, after
-    saving it (:class:`ppo_jax.run.interrupt.Interrupted`); a second stops at once.
+    saving it (:class:`ppo_jax.run.interrupt.Interrupted`); a second stops at once. With a
+    ``partition`` (:func:`rlhf_jax.lora.partition`) a checkpoint holds the trainable part of the
+    parameters alone (LoRA's adapters): the frozen part is the one ``params`` brings.
     """
+    split, join = partition or (lambda p: (p, {}), lambda t, _: t)
+    frozen = split(params)[1]
     prng.install()  # dropout draws a random array per layer and step: fuse its hash
     losses, auxes, history, since, start = [], [], [], 0, 0
     if checkpoints is not None:
-        like = {"params": params, "opt_state": opt_state, "losses": np.zeros(total, np.float32)}
+        like = {"params": split(params)[0], "opt_state": opt_state, "losses": np.zeros(total, np.float32)}
         found = checkpoints.restore_latest(like, warn=on_status)
         if found is not None:
             start, tree, meta = found
-            params, opt_state, history = tree["params"], tree["opt_state"], meta["history"]
+            params, opt_state, history = join(tree["params"], frozen), tree["opt_state"], meta["history"]
             losses, since = [np.float32(x) for x in np.asarray(tree["losses"])[:start]], start
             if on_status is not None:
                 on_status(f"resumed from {checkpoints.path(start)} (step {start} of {total})")
@@ -122,7 +126,7 @@ def fit(step: Callable, params, opt_state, batches: Iterable[tuple], total: int,
             if done < total and (stop.requested or time.monotonic() - last_save >= interval):
                 padded = np.full(total, np.nan, np.float32)
                 padded[:done] = np.asarray(jax.device_get(losses), np.float32)
-                checkpoints.save(done, {"params": params, "opt_state": opt_state, "losses": padded},
+                checkpoints.save(done, {"params": split(params)[0], "opt_state": opt_state, "losses": padded},
                                  {"history": history})
                 last_save = time.monotonic()
             stop_if_requested(stop, checkpoints, done, total)

@@ -38,6 +38,7 @@ from ppo_jax.distributions import Categorical
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive
 from rlhf_jax.compute_dtype import DTYPES
 from rlhf_jax.compute_dtype import resolve as resolve_dtype
+from rlhf_jax.lora import OFF, LoRAConfig, LoRADense
 from rlhf_jax.matmul import matmul, matmul_bf16
 
 
@@ -166,8 +167,13 @@ def _dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=Non
     return (matmul_bf16 if bf16 else matmul)(lhs, rhs)
 
 
-def _dense(cfg: TransformerConfig, features: int, name: str, kernel_init=_init, use_bias: bool = True) -> nn.Dense:
+def _dense(cfg: TransformerConfig, features: int, name: str, kernel_init=_init, use_bias: bool = True, *,
+           lora: LoRAConfig = OFF, deterministic: bool = True) -> nn.Module:
+    """A block's Dense layer; with LoRA on the layer, the same layer plus its adapter."""
     bf16 = resolve_dtype(cfg.compute_dtype) == "bfloat16"
+    if name in lora.adapted_layers(cfg.arch):
+        return LoRADense(features, lora.rank, lora.scale, lora.dropout, deterministic, kernel_init, use_bias, bf16,
+                         name=name)
     return nn.Dense(features, kernel_init=kernel_init, name=name, dot_general=functools.partial(_dot, bf16=bf16),
                     use_bias=use_bias)
 
@@ -190,21 +196,23 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 class Attention(nn.Module):
     config: TransformerConfig
+    lora: LoRAConfig = OFF
 
     @nn.compact
     def __call__(self, x, key_mask, query_slots, positions, kv, index, deterministic):
         cfg = self.config
         b, t, _ = x.shape
+        dense = functools.partial(_dense, cfg, lora=self.lora, deterministic=deterministic)
         if cfg.arch == "gpt2":
-            qkv = _dense(cfg, 3 * cfg.d_model, "qkv")(x)
+            qkv = dense(3 * cfg.d_model, "qkv")(x)
             # Heads-major [B, H, T, Dh]: XLA:CPU runs the [B*H]-batched attention matmuls about
             # 4x faster in this layout than with heads inside ([B, T, H, Dh]) on a decode step.
             q, k, v = jnp.split(qkv.reshape(b, t, 3 * cfg.num_heads, cfg.head_dim).transpose(0, 2, 1, 3), 3, axis=1)
         else:
             heads = lambda y, n: y.reshape(b, t, n, cfg.head_dim).transpose(0, 2, 1, 3)  # noqa: E731
-            q = heads(_dense(cfg, cfg.num_heads * cfg.head_dim, "q", use_bias=cfg.qkv_bias)(x), cfg.num_heads)
-            k = heads(_dense(cfg, cfg.kv_heads * cfg.head_dim, "k", use_bias=cfg.qkv_bias)(x), cfg.kv_heads)
-            v = heads(_dense(cfg, cfg.kv_heads * cfg.head_dim, "v", use_bias=cfg.qkv_bias)(x), cfg.kv_heads)
+            q = heads(dense(cfg.num_heads * cfg.head_dim, "q", use_bias=cfg.qkv_bias)(x), cfg.num_heads)
+            k = heads(dense(cfg.kv_heads * cfg.head_dim, "k", use_bias=cfg.qkv_bias)(x), cfg.kv_heads)
+            v = heads(dense(cfg.kv_heads * cfg.head_dim, "v", use_bias=cfg.qkv_bias)(x), cfg.kv_heads)
             q, k = apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta)
         if kv is not None:
             k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, index, 0))
@@ -228,8 +236,8 @@ class Attention(nn.Module):
         probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
         combine = "bkgts,bksd->btkgd" if group > 1 else "bhts,bhsd->bthd"
         out = jnp.einsum(combine, probs, v).reshape(b, t, cfg.num_heads * cfg.head_dim)
-        out = _dense(cfg, cfg.d_model, "out", nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5),
-                     use_bias=cfg.arch == "gpt2")(out)
+        out = dense(cfg.d_model, "out", nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5),
+                    use_bias=cfg.arch == "gpt2")(out)
         return out, (k, v)
 
 
@@ -241,22 +249,23 @@ def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
 
 class Block(nn.Module):
     config: TransformerConfig
+    lora: LoRAConfig = OFF
 
     @nn.compact
     def __call__(self, x, key_mask, query_slots, positions, kv, index, deterministic):
         cfg = self.config
-        h, kv = Attention(cfg, name="attn")(_norm(cfg, "ln1")(x), key_mask, query_slots, positions, kv, index,
-                                           deterministic)
+        dense = functools.partial(_dense, cfg, lora=self.lora, deterministic=deterministic)
+        h, kv = Attention(cfg, self.lora, name="attn")(_norm(cfg, "ln1")(x), key_mask, query_slots, positions, kv,
+                                                       index, deterministic)
         x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = _norm(cfg, "ln2")(x)
         out_init = nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5)
         if cfg.arch == "llama":  # SwiGLU
-            h = nn.silu(_dense(cfg, cfg.ff_width, "gate", use_bias=False)(h)) * _dense(cfg, cfg.ff_width, "up",
-                                                                                      use_bias=False)(h)
-            h = _dense(cfg, cfg.d_model, "down", out_init, use_bias=False)(h)
+            h = nn.silu(dense(cfg.ff_width, "gate", use_bias=False)(h)) * dense(cfg.ff_width, "up", use_bias=False)(h)
+            h = dense(cfg.d_model, "down", out_init, use_bias=False)(h)
         else:
-            h = nn.gelu(_dense(cfg, cfg.ff_width, "fc")(h))
-            h = _dense(cfg, cfg.d_model, "proj", out_init)(h)
+            h = nn.gelu(dense(cfg.ff_width, "fc")(h))
+            h = dense(cfg.d_model, "proj", out_init)(h)
         return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic), kv
 
 
@@ -269,10 +278,15 @@ class TransformerLM(nn.Module):
     config: TransformerConfig
     lm_head: bool = True
     scalar_head: bool = False
+    lora: LoRAConfig = OFF
+    """Low-rank adapters on the blocks' linear layers (:mod:`rlhf_jax.lora`; rank 0: none)."""
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache | None = None,
-                 deterministic: bool = True) -> LMOutput:
+                 deterministic: bool = True, logits_from: int = 0) -> LMOutput:
+        """``logits_from`` (a Python int): the LM head runs on positions ``logits_from..T-1``
+        only, and ``logits`` is ``[B, T - logits_from, V]``: a response's log-probs need the
+        head at its own positions, not the prompt's (the head is a quarter of a 0.5B model)."""
         cfg = self.config
         mask = attention_mask.astype(jnp.bool_)
         t = input_ids.shape[1]
@@ -296,18 +310,20 @@ class TransformerLM(nn.Module):
         new_keys, new_values = [], []
         for i in range(cfg.num_layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = block(cfg, name=f"block_{i}")(x, key_mask, query_slots, positions, kv, index, deterministic)
+            x, (k, v) = block(cfg, self.lora, name=f"block_{i}")(x, key_mask, query_slots, positions, kv, index,
+                                                                 deterministic)
             new_keys.append(k)
             new_values.append(v)
         hidden = _norm(cfg, "ln_f")(x)
         logits = scalar = None
         if self.lm_head:
+            head_in = hidden[:, logits_from:] if logits_from else hidden
             if cfg.tie_embeddings:
                 # hidden @ embedding^T, as Embed.attend, through matmul's backward pass.
-                logits = matmul(hidden, jnp.asarray(embed.embedding, hidden.dtype).T)
+                logits = matmul(head_in, jnp.asarray(embed.embedding, hidden.dtype).T)
             else:
                 logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_init, name="lm_head",
-                                  dot_general=_dot)(hidden)
+                                  dot_general=_dot)(head_in)
             logits = logits.astype(jnp.float32)
         if self.scalar_head:
             head = nn.Dense(1, kernel_init=nn.initializers.normal((1.0 / (cfg.d_model + 1)) ** 0.5), name="scalar_head")
@@ -334,8 +350,18 @@ def forward_flops(cfg: TransformerConfig, tokens: int, context: int, lm_head: bo
 def init_params(model: TransformerLM, key: jax.Array, seq_len: int = 8):
     """Parameters for ``model`` (shapes do not depend on ``seq_len``)."""
     model.config.validate()
+    model.lora.validate()
     ids = jnp.zeros((1, seq_len), jnp.int32)
     return model.init(key, ids, jnp.ones_like(ids))["params"]
+
+
+def response_logits(model: "TransformerLM", params, sequences: jax.Array, attention_mask: jax.Array,
+                    prompt_len: int) -> tuple[LMOutput, jax.Array]:
+    """``(out, logits)``: the forward pass over ``[x; y]`` and the logits ``[B, N, V]`` at the N
+    positions that predict the response tokens (:func:`response_positions`), the LM head run
+    on those positions alone (``out.scalar`` and ``out.hidden`` cover every position)."""
+    out = model.apply({"params": params}, sequences, attention_mask, logits_from=prompt_len - 1)
+    return out, out.logits[:, :-1]
 
 
 def token_policy(logits: jax.Array, temperature: float | jax.Array = 1.0) -> Categorical:

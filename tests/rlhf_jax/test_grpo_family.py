@@ -112,8 +112,8 @@ def test_cispo_weight_is_clipped_with_no_gradient_and_no_token_is_dropped():
 @pytest.mark.parametrize("options", [dict(), dict(clip_eps_high=0.28), dict(ratio_level="sequence"),
                                      dict(surrogate="cispo", clip_eps_high=0.28)])
 def test_the_update_terms_from_logits_match_the_hand_losses(options):
-    """:func:`clipped_policy_terms` on logits (the shift by one, the log-softmax) gives the
-    losses above for each option."""
+    """:func:`clipped_policy_terms` on the logits that predict the response tokens (the
+    log-softmax) gives the losses above for each option."""
     p, v = 2, 6
     tokens = np.array([[1, 2, 3, 4], [5, 0, 2, 2], [3, 3, 1, 2], [4, 2, 2, 2]])
     logits = jax.random.normal(jax.random.PRNGKey(0), (4, p + 4, v))
@@ -122,7 +122,7 @@ def test_the_update_terms_from_logits_match_the_hand_losses(options):
     old = logp - SHIFT
     mb = types.SimpleNamespace(sequences=seq, response_mask=jnp.asarray(MASK), old_logp=jnp.asarray(old),
                                advantages=jnp.asarray(ADV[:, None] * MASK))
-    loss, aux, new = clipped_policy_terms(logits, mb, p, 1.0, 0.2, 0.0, jnp.asarray(MASK), **options)
+    loss, aux, new = clipped_policy_terms(logits[:, p - 1:-1], mb, p, 1.0, 0.2, 0.0, jnp.asarray(MASK), **options)
     np.testing.assert_allclose(new, logp, rtol=1e-5, atol=1e-6)
     high = options.get("clip_eps_high", 0.2)
     if options.get("surrogate") == "cispo":
