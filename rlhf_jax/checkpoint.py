@@ -86,6 +86,12 @@ def _folder(directory: str | os.PathLike) -> Path:
     return directory
 
 
+def is_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is our model checkpoint or a run folder holding one (a run folder
+    has a config.json too, of another kind than a Hugging Face folder's)."""
+    return (_folder(directory) / "model.json").exists()
+
+
 def base_of(directory: str | os.PathLike) -> str | None:
     """The base model folder a LoRA checkpoint's adapters go on (None: none recorded)."""
     return _read_json(_folder(directory) / "model.json").get("base")
@@ -101,10 +107,7 @@ def _base_weights(base: str, shapes, adapters: LoRAConfig, directory: Path):
         raise CheckpointError(f"{directory / 'model.json'}: its base model {path} is not a folder (moved or "
                               f"deleted?); the checkpoint holds the adapters alone")
     try:
-        if (path / "config.json").exists() and not (path / "model.json").exists():
-            _, weights, _ = load_pretrained(path)
-        else:
-            _, weights, _ = load(path)
+        _, weights, _ = load(path) if is_checkpoint(path) else load_pretrained(path)
     except (HFFormatError, CheckpointError) as err:
         raise CheckpointError(f"{directory / 'model.json'}: its base model: {err}") from None
     flat = traverse_util.flatten_dict(weights)

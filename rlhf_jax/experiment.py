@@ -177,7 +177,7 @@ def export_run(checkpoint: str, out: str, kind: str | None = None, adapter: bool
     check_run_dir(out, "rlhf-jax export")
     if adapter:
         base = ckpt.base_of(checkpoint)
-        if base is None or not (Path(base) / "config.json").exists():
+        if base is None or ckpt.is_checkpoint(base) or not (Path(base) / "config.json").exists():
             raise ValueError(f"adapter: a PEFT adapter needs LoRA adapters trained on a Hugging Face model folder; "
                              f"{checkpoint}'s base is {base or 'not recorded (no LoRA, or saved whole)'}")
         model, params, _ = ckpt.load(checkpoint, adapters=True)

@@ -427,3 +427,15 @@ def test_the_pipeline_with_lora_on_every_stage_chains_its_checkpoints_to_the_mod
     for stage in ("rm", "grpo", "dpo"):  # each loads through the chain: its base, the SFT adapters on theirs
         model, params, _ = ckpt.load(run / stage)
         assert not model.lora.active and not lora.has_adapters(params)
+
+
+def test_a_lora_checkpoint_on_a_run_folder_loads_its_base_through_the_run(tmp_path):
+    tok = ByteTokenizer()
+    base_lm = TransformerLM(SFT.model)
+    base = init_params(base_lm, jax.random.PRNGKey(0))
+    ckpt.save(tmp_path / "run" / "checkpoint", base, base_lm, tok)
+    (tmp_path / "run" / "config.json").write_text("{}")  # a run folder's own config, not a Hugging Face one
+    adapters = LoRAConfig(rank=4)
+    params = _randomised_b(lora.with_adapters(base, adapters, "gpt2", jax.random.PRNGKey(1)))
+    ckpt.save(tmp_path / "adapted", params, TransformerLM(SFT.model, lora=adapters), tok, base=tmp_path / "run")
+    jax.tree.map(np.testing.assert_array_equal, ckpt.load(tmp_path / "adapted", adapters=True)[1], params)
