@@ -52,7 +52,8 @@ class LoRAConfig(DictConfig):
     alpha: float = 16.0
     """Scale numerator: the adapter's output is multiplied by alpha / rank."""
     dropout: float = 0.0
-    """Dropout on the adapters' input (training only; RL never turns dropout on)."""
+    """Dropout on the adapters' input where training uses dropout: SFT (the reward model, DPO
+    and RL train without)."""
     targets: str = "all"
     """Comma-separated layers among q, k, v, o, gate, up, down, or 'all' (every one the model has)."""
     base_dtype: str = "float32"
