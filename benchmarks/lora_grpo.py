@@ -89,8 +89,13 @@ def run_ours(args) -> dict:
 
     state = init_state(config, programs, params)
     n_train = sum(x.size for x in jax.tree.leaves(state.policy_opt) if x.ndim) // 2  # Adam's two moments
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    # With LoRA the reference is the policy's own base: the weights built here (float32, which a
+    # bfloat16 base was cast from) are not kept, as a run that loads its model would not keep them.
+    reference = None if adapters.active else params
+    del params
     t0 = time.perf_counter()
-    result = train_rlhf(config, programs, state, ref_params=params, tokenizer=None, prompts=Prompts(),
+    result = train_rlhf(config, programs, state, ref_params=reference, tokenizer=None, prompts=Prompts(),
                         reward="functions", scorer=scorer)
     total = time.perf_counter() - t0
     rows = result.history[args.warmup:]
@@ -102,7 +107,7 @@ def run_ours(args) -> dict:
             "first_iteration_s": round(sum(result.history[0][k] for k in ("time_sample", "time_score",
                                                                           "time_update")), 1),
             "peak_rss_gib": round(peak_rss_gib(), 2), "trainable_params": int(n_train),
-            "params": int(sum(x.size for x in jax.tree.leaves(params))), "total_s": round(total, 1),
+            "params": int(n_params), "total_s": round(total, 1),
             "kl_last": round(result.history[-1]["kl_exact"], 5)}
 
 
