@@ -60,6 +60,10 @@ def step(tx, params, opt_state, grads):
     return optax.apply_updates(params, updates), opt_state
 
 
+WHOLE = (lambda params: (params, {}), lambda trainable, frozen: trainable)
+"""The partition (``(split, join)``) in which everything trains and nothing is frozen."""
+
+
 def gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = False, partition=None):
     """``update(params, opt_state, *args) -> (params, opt_state, loss, aux)``: the gradient of
     ``loss_fn(params, *args)`` (``(loss, aux)`` with ``has_aux``, else the loss and ``aux``
@@ -72,7 +76,7 @@ def gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = 
     state of the trainable part (``tx.init(split(params)[0])``)."""
     grad_fn = jax.value_and_grad(lambda trainable, frozen, *args: loss_fn(join(trainable, frozen), *args),
                                  has_aux=has_aux)
-    split, join = partition or (lambda params: (params, None), lambda trainable, _: trainable)
+    split, join = partition or WHOLE
 
     def update(params, opt_state, *args):
         trainable, frozen = split(params)
@@ -84,27 +88,32 @@ def gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = 
     return update
 
 
-def jit_gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = False, partition=None):
-    """``jax.jit`` of :func:`gradient_step` for a caller that steps from Python. With a
-    ``partition`` the frozen part is an input of the compiled step and never an output: a
-    jitted function copies every array it returns, even one it was given, and a frozen
-    pretrained model copied at every step doubles its memory."""
-    if partition is None:
-        return jax.jit(gradient_step(loss_fn, tx, has_aux=has_aux))
+def jit_frozen_input(fn, partition):
+    """``jax.jit(fn)`` for ``fn(tree, *args) -> (tree, *rest)`` whose ``tree`` has a frozen part
+    (``partition = (split, join)``): the compiled program takes the frozen part as an input
+    and never returns it. A jitted function copies every array it returns, even one it was
+    given unchanged, and a frozen pretrained model copied at every step doubles its memory."""
     split, join = partition
-    inner = gradient_step(loss_fn, tx, has_aux=has_aux, partition=partition)
 
     @jax.jit
-    def trainable_step(trainable, frozen, opt_state, *args):
-        params, opt_state, loss, aux = inner(join(trainable, frozen), opt_state, *args)
-        return split(params)[0], opt_state, loss, aux
+    def compiled(trainable, frozen, *args):
+        tree, *rest = fn(join(trainable, frozen), *args)
+        return (split(tree)[0], *rest)
 
-    def update(params, opt_state, *args):
-        trainable, frozen = split(params)
-        trainable, opt_state, loss, aux = trainable_step(trainable, frozen, opt_state, *args)
-        return join(trainable, frozen), opt_state, loss, aux
+    def call(tree, *args):
+        trainable, frozen = split(tree)
+        new, *rest = compiled(trainable, frozen, *args)
+        return (join(new, frozen), *rest)
 
-    return update
+    return call
+
+
+def jit_gradient_step(loss_fn, tx: optax.GradientTransformation, *, has_aux: bool = False, partition=None):
+    """``jax.jit`` of :func:`gradient_step` for a caller that steps from Python; with a
+    ``partition``, its frozen part an input only (:func:`jit_frozen_input`)."""
+    if partition is None:
+        return jax.jit(gradient_step(loss_fn, tx, has_aux=has_aux))
+    return jit_frozen_input(gradient_step(loss_fn, tx, has_aux=has_aux, partition=partition), partition)
 
 
 def step_group(tx, group: str, params: dict, opt_state, group_grads):

@@ -355,10 +355,11 @@ PEFT_PREFIX = "base_model.model."
 """PEFT's prefix of every tensor name in an adapter file (the wrapped model's own names follow)."""
 
 
-def _adapted_modules(cfg: TransformerConfig, kind: str, layers: tuple[str, ...]) -> dict[tuple, str]:
-    """Our kernel path -> the full name of its Hugging Face module, for the Dense layers ``layers``."""
+def _adapted_modules(cfg: TransformerConfig, kind: str, layers: tuple[str, ...] | None = None) -> dict[tuple, str]:
+    """Our kernel path -> the full name of its Hugging Face module, for the Dense layers
+    ``layers`` (None: every one)."""
     return {path: BODY[kind] + name.removesuffix(".weight") for path, (name, _) in _name_map(cfg, kind).items()
-            if path[-1] == "kernel" and path[-2] in layers}
+            if path[-1] == "kernel" and (layers is None or path[-2] in layers)}
 
 
 def save_peft_adapter(path: str | os.PathLike, model: TransformerLM, params: dict, *, base: str,
@@ -422,7 +423,7 @@ def load_peft_adapter(folder: Path, dtype: str = "float32", *, lm_head: bool = T
         raise HFFormatError(f"{where}: base_model_name_or_path {str(base)!r} is not a local Hugging Face folder "
                             f"(nothing is downloaded)")
     model, params, tokenizer = load_pretrained(base, dtype, lm_head=lm_head, scalar_head=scalar_head)
-    kind = _read_json(base / "config.json")["model_type"]
+    kind = "gpt2" if model.config.arch == "gpt2" else "llama"  # the Llama family shares its names
     weights_file = folder / "adapter_model.safetensors"
     if not weights_file.exists():
         raise HFFormatError(f"{folder}: no adapter_model.safetensors")
@@ -432,8 +433,7 @@ def load_peft_adapter(folder: Path, dtype: str = "float32", *, lm_head: bool = T
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     scale = float(conf["lora_alpha"]) / float(conf["r"])
     used = set()
-    for ours, module in _adapted_modules(model.config, kind, tuple({p[-2] for p in _name_map(model.config, kind)
-                                                                    if p[-1] == "kernel"})).items():
+    for ours, module in _adapted_modules(model.config, kind).items():
         a_key, b_key = f"{PEFT_PREFIX}{module}.lora_A.weight", f"{PEFT_PREFIX}{module}.lora_B.weight"
         if a_key not in tensors:
             continue

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from ppo_jax.optim import WHOLE
 from ppo_jax.run.validation import DictConfig, renamed_fields, require_finite
 from rlhf_jax.matmul import matmul, matmul_bf16
 
@@ -183,15 +184,11 @@ def _join(trainable, frozen):
                                          **traverse_util.flatten_dict(trainable)})
 
 
-def _whole(params):
-    return params, {}
-
-
 def partition(lora: LoRAConfig | None) -> Partition:
     """How a model with ``lora`` splits its parameters: with adapters, into the adapters (and
     scalar heads) and the frozen rest; without, everything trains (``split`` is the identity)."""
     if lora is None or not lora.active:
-        return Partition(_whole, _join)
+        return Partition(*WHOLE)
     return Partition(_split, _join)
 
 

@@ -36,6 +36,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from ppo_jax import losses
+from ppo_jax.optim import jit_frozen_input
 from ppo_jax.run.checkpoints import RunCheckpoints
 from ppo_jax.run.interrupt import stop_if_requested, stoppable
 from ppo_jax.run.validation import DictConfig, require_finite, require_positive, validate_part
@@ -321,26 +322,22 @@ def make_programs(config: RLHFConfig, policy_config, rm_model: TransformerLM | N
         new_state, metrics = learn(state, ref_params, gen, score(rm_params, gen, norm_mean, norm_std), k_learn)
         return new_state, gen, metrics
 
-    return RLHFPrograms(generate, jax.jit(score), _frozen_apart(learn, lora.partition(config.lora)),
+    # With LoRA the policy's frozen weights are an input of the compiled learn, never an output.
+    return RLHFPrograms(generate, jax.jit(score), jit_frozen_input(learn, state_partition(config.lora)),
                         jax.jit(iteration), jax.jit(kl), policy, critic, policy_tx, critic_tx, mesh, config.fsdp)
 
 
-def _frozen_apart(learn: Callable, part: lora.Partition) -> Callable:
-    """``learn`` compiled with the policy's frozen weights (LoRA) an input only, never an
-    output: a jitted function copies every array it returns, and copying a frozen model at
-    every iteration doubles its memory. Without LoRA nothing is frozen: ``jax.jit(learn)``."""
-    def trainable_learn(state, frozen, *args):
-        new, metrics = learn(state.replace(policy_params=part.join(state.policy_params, frozen)), *args)
-        return new.replace(policy_params=part.split(new.policy_params)[0]), metrics
+def state_partition(adapters: LoRAConfig) -> lora.Partition:
+    """:func:`rlhf_jax.lora.partition` of the policy's parameters, on the whole state: ``split``
+    gives the state with the policy's trainable part and the frozen part apart."""
+    part = lora.partition(adapters)
 
-    compiled = jax.jit(trainable_learn)
-
-    def call(state: RLHFState, *args):
+    def split(state: RLHFState):
         trainable, frozen = part.split(state.policy_params)
-        new, metrics = compiled(state.replace(policy_params=trainable), frozen, *args)
-        return new.replace(policy_params=part.join(new.policy_params, frozen)), metrics
+        return state.replace(policy_params=trainable), frozen
 
-    return call
+    return lora.Partition(split, lambda state, frozen: state.replace(policy_params=part.join(state.policy_params,
+                                                                                             frozen)))
 
 
 def reference_params(ref_params, policy_params):
@@ -452,14 +449,14 @@ def train_rlhf(config: RLHFConfig, programs: RLHFPrograms, state: RLHFState, *, 
     if scorer is None:
         scorer = _model_or_gold_scorer(programs, tokenizer, prompts, rm_params, norm, reward, gold_reward)
     history, start = [], 0
-    part = lora.partition(programs.policy.lora)
-    frozen = part.split(state.policy_params)[1]
-    saved = lambda st: st.replace(policy_params=part.split(st.policy_params)[0])  # noqa: E731 (LoRA: adapters alone)
+    part = state_partition(programs.policy.lora)  # with LoRA a checkpoint holds the adapters alone
+    frozen = part.split(state)[1]
+    saved = lambda st: part.split(st)[0]  # noqa: E731
     found = (checkpoints.restore_latest(saved(state), warn=lambda m: print(m, file=sys.stderr)) if checkpoints
              else None)
     if found is not None:
         start, state, meta = found
-        state = state.replace(policy_params=part.join(state.policy_params, frozen))
+        state = part.join(state, frozen)
         history = meta["history"]
     t_start = time.perf_counter()
     request = lambda: print("stopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr)  # noqa: E731

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 
+from ppo_jax.optim import WHOLE
 from ppo_jax.run import prng
 from ppo_jax.run.interrupt import stop_if_requested, stoppable
 from ppo_jax.run.settings import save_interval_s
@@ -96,7 +97,7 @@ def fit(step: Callable, params, opt_state, batches: Iterable[tuple], total: int,
     ``partition`` (:func:`rlhf_jax.lora.partition`) a checkpoint holds the trainable part of the
     parameters alone (LoRA's adapters): the frozen part is the one ``params`` brings.
     """
-    split, join = partition or (lambda p: (p, {}), lambda t, _: t)
+    split, join = partition or WHOLE
     frozen = split(params)[1]
     prng.install()  # dropout draws a random array per layer and step: fuse its hash
     losses, auxes, history, since, start = [], [], [], 0, 0

@@ -125,6 +125,31 @@ def calib_gflops(seconds: float = 0.3, n: int = 512) -> float:
     return round(2 * n ** 3 * count / (time.perf_counter() - t0) / 1e9, 1)
 
 
+def step_timer():
+    """``(callback, times)``: a transformers ``TrainerCallback`` that appends
+    ``time.perf_counter()`` to ``times`` when training begins and after every optimiser step."""
+    from transformers import TrainerCallback
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            times.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter())
+
+    return StepTimer(), times
+
+
+def quiet(trainer) -> None:
+    """Removes a trainer's log printing and progress bar (they would mix with the JSON line)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

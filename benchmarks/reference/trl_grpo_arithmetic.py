@@ -49,9 +49,11 @@ def main() -> None:
 
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers"))
+    import torch_common as C  # noqa: E402  (the PyTorch peers' helpers)
 
     from rlhf_jax.tasks.arithmetic import exact_match, format_reward
 
@@ -67,20 +69,11 @@ def main() -> None:
         max_steps=args.iterations * per_step, bf16=args.bf16, fp16=False, use_cpu=True, report_to="none",
         save_strategy="no", logging_steps=per_step, disable_tqdm=True, dataloader_num_workers=0, seed=args.seed,
         log_completions=False, disable_dropout=True)
-    steps: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            steps.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            steps.append(time.perf_counter())
-
+    timer, steps = C.step_timer()
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     trainer = GRPOTrainer(model=model, reward_funcs=[exact_match, format_reward], args=config, processing_class=tok,
-                          train_dataset=Dataset.from_list(pool), callbacks=[Timer()])
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+                          train_dataset=Dataset.from_list(pool), callbacks=[timer])
+    C.quiet(trainer)
     t0 = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t0

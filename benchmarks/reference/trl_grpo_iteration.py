@@ -49,7 +49,7 @@ def main() -> None:
     import torch
     import torch_common as C  # noqa: E402  (the PyTorch peers' shapes, tokenizer and probes)
     from datasets import Dataset
-    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, TrainerCallback
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
     from trl import GRPOConfig, GRPOTrainer
 
     cpu, calib_start = C.CpuStat(), C.calib_gflops()
@@ -86,22 +86,11 @@ def main() -> None:
         logging_steps=EPOCHS * MINIBATCHES, disable_tqdm=True, dataloader_num_workers=0, seed=args.seed,
         shuffle_dataset=False, log_completions=False)
 
-    steps: list[float] = []
     rollout: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            steps.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            steps.append(time.perf_counter())
-
+    timer, steps = C.step_timer()
     trainer = GRPOTrainer(model=folder, reward_funcs=[reward_fn], args=config, processing_class=tok,
-                          train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[Timer()])
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+                          train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[timer])
+    C.quiet(trainer)
     generate_and_score = trainer._generate_and_score_completions
 
     def timed_rollout(*a, **k):

@@ -33,13 +33,6 @@ TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"],
            "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 
 
-def peak_rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2 ** 20
-    return float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in (("--prompts", 4), ("--group", 4), ("--new-tokens", 32), ("--epochs", 1),
@@ -57,7 +50,7 @@ def main() -> None:
     from datasets import Dataset
     from peft import LoraConfig
     from shapes import MODELS
-    from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoConfig, AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
     shape = MODELS[args.model]
@@ -90,22 +83,11 @@ def main() -> None:
         fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
         logging_steps=args.epochs * args.minibatches, disable_tqdm=True, dataloader_num_workers=0, seed=0,
         shuffle_dataset=False, log_completions=False)
-    steps: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            steps.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            steps.append(time.perf_counter())
-
+    timer, steps = C.step_timer()
     trainer = GRPOTrainer(model=folder, reward_funcs=[reward_fn], args=grpo, processing_class=tok,
-                          train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[Timer()],
+                          train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[timer],
                           peft_config=None if args.full else lora)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    C.quiet(trainer)
     t0 = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t0
@@ -117,7 +99,7 @@ def main() -> None:
     print(json.dumps({"variant": name, "model": args.model,
                       "iter_s": round(statistics.median(timed), 3), "iter_runs_s": [round(t, 3) for t in timed],
                       "first_iteration_s": round(iters[0], 1),
-                      "peak_rss_gib": round(peak_rss_gib(), 2), "trainable_params": int(trainable),
+                      "peak_rss_gib": round(C.peak_rss_mb() / 1024, 2), "trainable_params": int(trainable),
                       "total_s": round(total, 1), "threads": torch.get_num_threads(), "versions": C.versions()}))
 
 
