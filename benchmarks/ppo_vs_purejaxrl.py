@@ -18,6 +18,17 @@ result is the training-time return of the last 10 updates on both sides. The one
 of architecture: the script gives each head its own 128-wide layer after the GRU, ours one
 shared layer (``hidden_sizes=(128, 128)``).
 
+``--variant continuous --env brax:hopper --num-envs 2048`` runs PureJaxRL's
+``purejaxrl/ppo_continuous_action.py`` on Brax (through ``benchmarks/peers/purejaxrl_ppo_continuous.py``;
+the peer's interpreter needs Brax, which ``setup_purejaxrl.sh`` installs) against ours on the
+``brax:hopper`` adapter, in the script's configuration: 2048 envs x 10 steps, 4 epochs x 32
+minibatches, lr 3e-4 constant, no entropy bonus, 256-256 tanh networks, observations and rewards
+normalised, value clipping 0.2. Ours runs in an interpreter with the ``brax`` extra. The
+differences: ours keeps the actor and the critic as two networks with two optimisers (the
+script: one tree, one optimiser, the value loss weighted 0.5), and ours bootstraps a step the
+time limit cut (the script treats it as a termination). Learning result: the final policy's
+return over 64 fresh episodes per seed, actions sampled, on both sides.
+
 ``--ours-processes 2`` adds a row for ours with the seeds split
 over two processes (the multi-core default of ``ppo-jax train --num-seeds``), and
 ``--ours-seed-groups 2`` a row for ours in one process with the seeds vmapped as two
@@ -37,6 +48,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"  # the flag ppo_jax sets; the peer gets it too
+PEER_SCRIPTS = {"mlp": ("purejaxrl_ppo.py", "ppo.py"), "rnn": ("purejaxrl_ppo_rnn.py", "ppo_rnn.py"),
+                "continuous": ("purejaxrl_ppo_continuous.py", "ppo_continuous_action.py")}
+"""variant -> (our runner of the peer, in peers/; PureJaxRL's script it runs)."""
 
 
 def ours_once(args) -> dict:
@@ -50,10 +64,15 @@ def ours_once(args) -> dict:
     from ppo_jax.seed_groups import vmap_seeds
 
     config = PPOConfig(env=args.env, num_envs=args.num_envs, num_steps=128, update_epochs=4, num_minibatches=4,
-                       total_timesteps=int(args.total_timesteps) // (args.num_envs * 128) * args.num_envs * 128,
                        lr=2.5e-4, critic_lr=2.5e-4, value_clip_eps=0.2)
     if args.variant == "rnn":
         config = config.replace(network="gru", shared_torso=True, hidden_sizes=(128, 128), activation="relu")
+    if args.variant == "continuous":  # the script's Brax configuration
+        config = config.replace(num_steps=10, num_minibatches=32, lr=3e-4, critic_lr=3e-4, anneal_lr=False,
+                                ent_coef=0.0, hidden_sizes=(256, 256), normalize_observations=True,
+                                normalize_rewards=True)
+    batch = config.num_envs * config.num_steps
+    config = config.replace(total_timesteps=int(args.total_timesteps) // batch * batch)
     train = make_train(config)
     seeds = args.seeds
     # One seed without vmap, as the peer's runner does it (and as `ppo-jax train` does).
@@ -115,8 +134,9 @@ def main() -> None:
     p.add_argument("--peer-python", help="the interpreter with PureJaxRL's dependencies (gymnax 0.0.9)")
     p.add_argument("--peer-src", help="a PureJaxRL checkout (has purejaxrl/ppo.py)")
     p.add_argument("--env", default="CartPole-v1")
-    p.add_argument("--variant", choices=["mlp", "rnn"], default="mlp",
-                   help="mlp: purejaxrl/ppo.py against ours; rnn: purejaxrl/ppo_rnn.py against ours with network='gru'")
+    p.add_argument("--variant", choices=list(PEER_SCRIPTS), default="mlp",
+                   help="mlp: purejaxrl/ppo.py against ours; rnn: purejaxrl/ppo_rnn.py against ours with "
+                        "network='gru'; continuous: purejaxrl/ppo_continuous_action.py on Brax (--env brax:hopper)")
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--total-timesteps", type=float, default=5e5)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
@@ -139,7 +159,10 @@ def main() -> None:
         return
     if not (args.peer_python and args.peer_src):
         p.error("--peer-python and --peer-src are required (benchmarks/peers/setup_purejaxrl.sh makes both)")
-    runner = os.path.join(HERE, "peers", "purejaxrl_ppo_rnn.py" if args.variant == "rnn" else "purejaxrl_ppo.py")
+    runner = os.path.join(HERE, "peers", PEER_SCRIPTS[args.variant][0])
+    if args.variant == "continuous" and not args.env.startswith("brax:"):
+        p.error("--variant continuous: --env must be a Brax environment, brax:<name> (PureJaxRL's script is Brax's)")
+    peer_env = args.env.removeprefix("brax:")
 
     sys.path.insert(0, HERE)
     from common import write_result
@@ -161,7 +184,7 @@ def main() -> None:
                         "median_sps_ratio": statistics.median(ratios), "sps_ratios": ratios,
                         "median_compile_ratio": statistics.median(compile_ratios) if compile_ratios else None}
         write_result(args.out, {"benchmark": "ppo_vs_purejaxrl", "variant": args.variant,
-                                "peer_script": "purejaxrl/ppo_rnn.py" if args.variant == "rnn" else "purejaxrl/ppo.py",
+                                "peer_script": f"purejaxrl/{PEER_SCRIPTS[args.variant][1]}",
                                 "env": args.env, "num_envs": args.num_envs,
                                 "total_timesteps": int(args.total_timesteps), "rounds": rows,
                                 "summary": summary, "note": "ratios are ours / PureJaxRL (above 1: ours faster); "
@@ -169,7 +192,7 @@ def main() -> None:
 
     for rnd in range(args.rounds):
         for seeds in args.seeds:
-            peer_cmd = [args.peer_python, runner, "--src", args.peer_src, "--env", args.env,
+            peer_cmd = [args.peer_python, runner, "--src", args.peer_src, "--env", peer_env,
                         "--total-timesteps", str(args.total_timesteps), "--num-envs", str(args.num_envs),
                         "--seeds", str(seeds), "--seed0", str(args.seed0), "--runs", str(args.runs)]
             ours_cmd = [sys.executable, os.path.abspath(__file__), "--ours-once", "--variant", args.variant,

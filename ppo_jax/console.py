@@ -6,7 +6,12 @@ which ``jax.distributed.initialize`` is refused.
 
 import os
 import sys
+import time
 import traceback
+
+ALONE_AFTER_S = 30.0
+"""How long a local process that met a checked error waits for process 0 to stop it (the error
+met by every process) before it leaves on its own (the error was its alone)."""
 
 
 def main() -> None:
@@ -39,6 +44,14 @@ def main() -> None:
         # others leave too; this one leaves normally, as process 0 expects.
         if local is not None and end.code not in (0, None, 130, 143):
             local.stop()
+        if started_by_another and end.code not in (0, None, 130, 143):
+            # A checked error this process alone met (a file only it could not read) would leave
+            # it at JAX's shutdown barrier while the others wait for it in the run. Process 0,
+            # meeting the error too, stops this one and reports the error with its own exit
+            # code; if it has not after a while, it did not, so leave: it reports this failure.
+            sys.stderr.flush()
+            time.sleep(ALONE_AFTER_S)
+            os._exit(end.code if isinstance(end.code, int) else 1)
         raise
     except BaseException:
         if local is not None:

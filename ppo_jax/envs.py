@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ppo_jax.adapters import ADAPTERS
+from ppo_jax.adapters import adapter_of
 from ppo_jax.run.configure import configure
+from ppo_jax.run.named import Named, load_named
 
 
 def _import_gymnax():
@@ -90,8 +91,7 @@ state)``, ``step(key, state, action, params) -> (obs, state, reward, terminated,
 info)`` with automatic reset, ``observation_space(params)``, ``action_space(params)``,
 ``default_params``), as gymnax's own ``Environment`` class provides."""
 
-_objects: dict[str, Any] = {}
-"""Environment objects given to :func:`register_env`, by the id it gave them."""
+_envs = Named("env", "an environment object")
 
 
 def register_env(env) -> str:
@@ -99,9 +99,7 @@ def register_env(env) -> str:
     this process (``make_train(config, env=env)`` does this). A run that must resume in another
     process names a ``module:function`` instead."""
     _check_api(env, type(env).__name__)
-    env_id = f"object:{type(env).__name__}@{id(env):x}"
-    _objects[env_id] = env
-    return env_id
+    return _envs.give(env, (env, env.default_params))
 
 
 def _check_api(env, what: str) -> None:
@@ -112,45 +110,27 @@ def _check_api(env, what: str) -> None:
                          "action_space(params) and default_params")
 
 
-_user_envs: dict[str, tuple] = {}
-
-
 def user_env(env_id: str):
     """``(env, params)`` of ``module:function`` or ``path/to/file.py:function`` (the function,
     called with no arguments, returns the environment object, or ``(env, params)``), of an
     adapter shipped with the package (``pomdp:CartPole-v1``, :mod:`ppo_jax.adapters`), or of an
     object given to :func:`register_env`. Made once per process."""
-    if env_id in _objects:
-        env = _objects[env_id]
-        return env, env.default_params
-    if env_id.startswith("object:"):
-        raise ValueError(f"env: {env_id!r} was an environment object of another process; give it again "
-                         f"(make_train(config, env=...)) or name a module:function")
-    if env_id not in _user_envs:
-        factory = _load_factory(env_id)
-        if factory is None:  # a shipped adapter: prefix:name
-            prefix, _, name = env_id.partition(":")
-            env, params = importlib.import_module(ADAPTERS[prefix]).make(name)
-            _user_envs[env_id] = (env, env.default_params if params is None else params)
-            return _user_envs[env_id]
-        try:
-            made = factory()
-        except Exception as err:
-            raise ValueError(f"env: {env_id!r} raised {type(err).__name__}: {err}") from err
-        env, params = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
-        _check_api(env, f"{env_id!r} returned a {type(env).__name__} that")
-        _user_envs[env_id] = (env, env.default_params if params is None else params)
-    return _user_envs[env_id]
+    return _envs.get(env_id, _make_env)
 
 
-def _load_factory(env_id: str):
-    """The function ``module:function`` or ``path/to/file.py:function`` names (None for an adapter
-    shipped with the package, :data:`ppo_jax.adapters.ADAPTERS`)."""
-    from ppo_jax.run.named import load_named
-
-    if env_id.partition(":")[0] in ADAPTERS:
-        return None
-    return load_named(env_id, "env")
+def _make_env(env_id: str):
+    adapter = adapter_of(env_id)
+    if adapter is not None:  # shipped with the package: prefix:name
+        env, params = importlib.import_module(adapter.module).make(env_id.partition(":")[2])
+        return env, env.default_params if params is None else params
+    factory = load_named(env_id, "env")
+    try:
+        made = factory()
+    except Exception as err:
+        raise ValueError(f"env: {env_id!r} raised {type(err).__name__}: {err}") from err
+    env, params = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+    _check_api(env, f"{env_id!r} returned a {type(env).__name__} that")
+    return env, env.default_params if params is None else params
 
 
 def is_user_env(env_id: str) -> bool:

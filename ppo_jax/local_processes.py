@@ -28,6 +28,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ppo_jax.adapters import SIMULATORS
+
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
 
 
@@ -75,10 +77,6 @@ def _num_seeds(argv: list[str], default: int) -> int | None:
         return None  # tyro reports the bad value
 
 
-ONE_PROCESS_ENVS = ("brax", "playground")
-"""Environment prefixes (``brax:hopper``) whose runs stay in one process."""
-
-
 def plan(argv: list[str]) -> int:
     """How many local processes ``ppo-jax ARGV`` should run as (1: just this one).
 
@@ -91,9 +89,7 @@ def plan(argv: list[str]) -> int:
     seeds = _num_seeds(argv[1:], SEED_COMMANDS[argv[0]])
     raw = flag_value(argv, "--processes") or os.environ.get("PPO_JAX_PROCESSES")
     env = flag_value(argv, "--env") or ""
-    if env.partition(":")[0] in ONE_PROCESS_ENVS:
-        # Brax's and Playground's programs close over arrays that, in a process of a
-        # multi-process run, belong to the whole run's devices, which JAX refuses to compile.
+    if env.partition(":")[0] in SIMULATORS:  # one process (ppo_jax.adapters.SIMULATORS says why)
         if raw is not None and raw.strip() != "1":
             raise ValueError(f"processes: {env} runs in one process (its environment's arrays cannot be split "
                              "across processes); leave --processes out or give 1")

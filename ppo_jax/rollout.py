@@ -108,6 +108,26 @@ def rollout(
     return env_state, obs, transitions
 
 
+def next_state_values(value_fn: Callable, traj: Transition, values: jax.Array, last_obs: jax.Array,
+                      one_cut_per_env: bool) -> jax.Array:
+    """``V(next_obs[t])``, ``[T, N]``: the bootstrap values GAE needs (docs/theory.md §4).
+
+    Where an episode goes on, ``next_obs[t]`` is ``obs[t + 1]`` (``last_obs`` after the last
+    step), whose value ``values`` already holds; a terminated step's value is multiplied by 0,
+    so only a truncated step needs the critic on its own final observation.
+    ``one_cut_per_env``: each environment was truncated at most once in the rollout (its
+    truncation is a time limit no shorter than the rollout); then the critic sees one final
+    observation per environment, not all ``T x N``. Otherwise it sees every ``next_obs``. The
+    two agree on every step that is not terminated (the ones GAE reads).
+    """
+    if not one_cut_per_env:
+        return value_fn(traj.next_obs)
+    following = jnp.concatenate([values[1:], value_fn(last_obs)[None]])
+    cut_at = jnp.argmax(traj.truncated, axis=0)  # [N]; 0 where an environment was not cut
+    finals = jnp.take_along_axis(traj.next_obs, cut_at[None, :, None], axis=0)[0]
+    return jnp.where(traj.truncated, value_fn(finals)[None], following)
+
+
 @struct.dataclass
 class RecurrentExtras:
     """What a recurrent rollout records besides the transitions, time-major ``[T, N, ...]``: the

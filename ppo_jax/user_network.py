@@ -10,13 +10,12 @@ that step actor and critic together (ppo, a2c).
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
-_objects: dict[str, Any] = {}
-_loaded: dict[str, Any] = {}
+from ppo_jax.run.named import Named, load_named
+
+_networks = Named("network", "a module")
 
 
 def is_user_network(name: str) -> bool:
@@ -29,32 +28,25 @@ def register_network(module) -> str:
 
     if not isinstance(module, nn.Module):
         raise ValueError(f"network: a {type(module).__name__} is not a Flax linen Module")
-    name = f"object:{type(module).__name__}@{id(module):x}"
-    _objects[name] = module
-    return name
+    return _networks.give(module)
 
 
 def user_network(name: str):
     """The module ``name`` stands for (made once per process)."""
+    return _networks.get(name, _make_network)
+
+
+def _make_network(name: str):
     import flax.linen as nn
 
-    if name in _objects:
-        return _objects[name]
-    if name.startswith("object:"):
-        raise ValueError(f"network: {name!r} was a module of another process; give it again "
-                         "(make_train(config, network=...)) or name a module:function")
-    if name not in _loaded:
-        from ppo_jax.run.named import load_named
-
-        factory = load_named(name, "network")
-        try:
-            module = factory()
-        except Exception as err:
-            raise ValueError(f"network: {name!r} raised {type(err).__name__}: {err}") from err
-        if not isinstance(module, nn.Module):
-            raise ValueError(f"network: {name!r} returned a {type(module).__name__}, not a Flax linen Module")
-        _loaded[name] = module
-    return _loaded[name]
+    factory = load_named(name, "network")
+    try:
+        module = factory()
+    except Exception as err:
+        raise ValueError(f"network: {name!r} raised {type(err).__name__}: {err}") from err
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"network: {name!r} returned a {type(module).__name__}, not a Flax linen Module")
+    return module
 
 
 def check_user_network(name: str, spec) -> None:

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
+from ppo_jax.adapters import ADAPTERS
+
 pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parent.parent
-SIMULATORS = ("brax", "playground")
+SIMULATORS = [adapter.extra for adapter in ADAPTERS.values() if adapter.extra]
 """Extras CI does not install (physics simulators the adapters use; their tests skip without them).
 Their lower bounds are the versions the adapters were tried with, outside CI."""
 

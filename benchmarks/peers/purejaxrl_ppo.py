@@ -92,7 +92,7 @@ def parse_args(doc: str, script: str) -> tuple[argparse.Namespace, str]:
     """The arguments of a peer runner of PureJaxRL's ``purejaxrl/<script>`` and that script's path."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help=f"root of a PureJaxRL checkout (holds purejaxrl/{script})")
-    p.add_argument("--env", default="CartPole-v1", help="a gymnax id with discrete actions")
+    p.add_argument("--env", default="CartPole-v1", help="the environment as the script names it (a gymnax id; a Brax name for the continuous script)")
     p.add_argument("--total-timesteps", type=float, default=5e5)
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--seeds", type=int, default=1, help="more than 1: jit(vmap(train)) over the seeds")

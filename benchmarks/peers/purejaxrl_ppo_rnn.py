@@ -49,7 +49,7 @@ def _old_gru_api(peer) -> None:
 def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from purejaxrl_ppo import parse_args, stand_in_modules  # beside this file
-    from timing import compile_and_time
+    from timing import time_seeds
 
     args, source = parse_args(__doc__, "ppo_rnn.py")
     import jax
@@ -65,13 +65,7 @@ def main() -> None:
     train = peer.make_train(config)
     steps_per_seed = int(config["NUM_UPDATES"] * config["NUM_STEPS"] * config["NUM_ENVS"])
     seeds = args.seeds
-    if seeds == 1:
-        fn = jax.jit(lambda key: jax.tree_util.tree_map(lambda x: x[None], train(key[0])))
-    else:
-        fn = jax.jit(jax.vmap(train))
-    keys = jax.random.split(jax.random.PRNGKey(args.seed0), seeds)
-    warm = jax.random.split(jax.random.PRNGKey(args.seed0 + 10_000), seeds)
-    out, compile_s, run_times = compile_and_time(fn, keys, warm, args.runs)
+    out, compile_s, run_times = time_seeds(train, seeds, args.seed0, args.runs)
     info = out["metric"]  # [seeds, updates, steps, envs]
     ret = np.asarray(info["returned_episode_returns"])[:, -LAST_UPDATES:]
     ended = np.asarray(info["returned_episode"])[:, -LAST_UPDATES:]

@@ -21,3 +21,17 @@ def compile_and_time(fn, keys, warm_keys, runs: int):
         out = jax.block_until_ready(compiled(keys if i == runs - 1 else warm_keys))
         run_times.append(time.perf_counter() - t0)
     return out, compile_s, run_times
+
+
+def time_seeds(train, seeds: int, seed0: int, runs: int):
+    """:func:`compile_and_time` of ``train(key)`` over ``seeds`` seeds (``jit(vmap(train))``; one
+    seed without vmap, its outputs given a leading seed axis)."""
+    import jax
+
+    if seeds == 1:
+        fn = jax.jit(lambda key: jax.tree_util.tree_map(lambda x: x[None], train(key[0])))
+    else:
+        fn = jax.jit(jax.vmap(train))
+    keys = jax.random.split(jax.random.PRNGKey(seed0), seeds)
+    warm = jax.random.split(jax.random.PRNGKey(seed0 + 10_000), seeds)
+    return compile_and_time(fn, keys, warm, runs)

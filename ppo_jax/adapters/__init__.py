@@ -8,6 +8,34 @@
 Each adapter module has ``make(name) -> (env, params)`` with gymnax's functional API.
 """
 
-ADAPTERS = {"pomdp": "ppo_jax.adapters.pomdp", "brax": "ppo_jax.adapters.brax",
-            "playground": "ppo_jax.adapters.playground"}
-"""Prefix -> the module whose ``make(name)`` builds the environment."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Adapter:
+    module: str
+    """The module whose ``make(name)`` builds the environment."""
+    extra: str | None = None
+    """The optional dependency group that installs its simulator (None: nothing beyond the core)."""
+    library: str | None = None
+    """The simulator's import name."""
+
+
+ADAPTERS = {
+    "pomdp": Adapter("ppo_jax.adapters.pomdp"),
+    "brax": Adapter("ppo_jax.adapters.brax", extra="brax", library="brax"),
+    "playground": Adapter("ppo_jax.adapters.playground", extra="playground", library="mujoco_playground"),
+}
+"""Prefix -> its :class:`Adapter`."""
+
+SIMULATORS = tuple(prefix for prefix, adapter in ADAPTERS.items() if adapter.extra)
+"""The prefixes of physics simulators (optional extras). Their runs stay in one process: their
+programs close over arrays that, in one process of a multi-process run, belong to the whole
+run's devices, which JAX refuses to compile."""
+
+
+def adapter_of(env_id: str) -> Adapter | None:
+    """The adapter ``env_id`` (``prefix:name``) names, or None."""
+    return ADAPTERS.get(env_id.partition(":")[0]) if ":" in env_id else None

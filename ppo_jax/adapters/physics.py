@@ -82,8 +82,11 @@ class PhysicsEnv:
         return spaces.Box(-1.0, 1.0, (self.env.action_size,), jnp.float32)
 
 
-def _missing(package: str, extra: str, err: ImportError) -> ValueError:
-    return ValueError(f"env: {package} is not installed ({err}); install the extra: pip install -e \".[{extra}]\"")
+def _missing(prefix: str, err: ImportError) -> ValueError:
+    from ppo_jax.adapters import ADAPTERS
+
+    return ValueError(f"env: {prefix} is not installed ({err}); install the extra: "
+                      f"pip install -e \".[{ADAPTERS[prefix].extra}]\"")
 
 
 def make_brax(name: str, backend: str = "positional", max_steps: int = 1000):
@@ -93,7 +96,7 @@ def make_brax(name: str, backend: str = "positional", max_steps: int = 1000):
     try:
         from brax import envs
     except ImportError as err:
-        raise _missing("brax", "brax", err) from err
+        raise _missing("brax", err) from err
     if name not in envs._envs:
         raise ValueError(f"env: 'brax:{name}' is not a Brax environment; Brax has {', '.join(sorted(envs._envs))}")
     return PhysicsEnv(envs.get_environment(name, backend=chosen or backend), f"brax:{name}", max_steps), None
@@ -107,7 +110,7 @@ def make_playground(name: str, impl: str = "jax"):
     try:
         from mujoco_playground import registry
     except ImportError as err:
-        raise _missing("playground", "playground", err) from err
+        raise _missing("playground", err) from err
     if name not in registry.ALL_ENVS:
         raise ValueError(f"env: 'playground:{name}' is not a Playground environment; it has "
                          f"{', '.join(sorted(registry.ALL_ENVS))}")

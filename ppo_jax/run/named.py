@@ -8,7 +8,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def load_named(spec: str, field: str) -> Callable:
@@ -40,3 +40,28 @@ def load_named(spec: str, field: str) -> Callable:
     if not callable(fn):
         raise ValueError(f"{field}: {spec!r} is not a function ({type(fn).__name__})")
     return fn
+
+
+class Named:
+    """What a config field's names stand for in this process: objects given to it
+    (``object:Type@id``, :meth:`give`) and objects made once from a name (:meth:`get`)."""
+
+    def __init__(self, field: str, what: str):
+        self.field, self.what = field, what
+        self._objects: dict[str, Any] = {}
+
+    def give(self, obj, value: Any = None) -> str:
+        """An id for ``obj``, usable as the field's value in this process; it stands for
+        ``value`` (default ``obj``)."""
+        name = f"object:{type(obj).__name__}@{id(obj):x}"
+        self._objects[name] = obj if value is None else value
+        return name
+
+    def get(self, name: str, make: Callable[[str], Any]) -> Any:
+        """What ``name`` stands for: the given object, or ``make(name)``, called once per process."""
+        if name not in self._objects:
+            if name.startswith("object:"):
+                raise ValueError(f"{self.field}: {name!r} was {self.what} of another process; give it again "
+                                 f"(make_train(config, {self.field}=...)) or name a module:function")
+            self._objects[name] = make(name)
+        return self._objects[name]

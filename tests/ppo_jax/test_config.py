@@ -3,6 +3,7 @@
 import pytest
 
 from ppo_jax import PPOConfig, make_train, preset, stack_hparams
+from ppo_jax.adapters import adapter_of
 from ppo_jax.config import preset_names
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,8 +67,8 @@ def test_preset_defaults_run_whole_updates_without_a_warning():
     from ppo_jax.config import ALGORITHMS
 
     for name in preset_names():
-        library = {"brax": "brax", "playground": "mujoco_playground"}.get(name.partition(":")[0])
-        if library and importlib.util.find_spec(library) is None:
+        adapter = adapter_of(name)
+        if adapter and adapter.library and importlib.util.find_spec(adapter.library) is None:
             continue  # an optional extra that is not installed (its message: test_physics_adapter.py)
         for algo in ALGORITHMS:
             config = preset(name, algo)

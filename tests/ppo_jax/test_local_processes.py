@@ -109,3 +109,18 @@ def test_the_default_multi_seed_runs_use_every_core(tmp_path):
     # The study's seeds are the training command's seeds (fold_in(seed, i)), evaluated with the
     # same keys: the same final returns, whichever program ran them (float rounding aside).
     np.testing.assert_allclose(study["results"]["ppo"]["scores"], summary["final_return_per_seed"], rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # the hang this guards against lasted 5 minutes; the wait goes by CPU progress
+def test_a_process_that_alone_fails_ends_the_run_with_its_error(tmp_path):
+    # Process 1 alone cannot build the environment: it must not wait for the others at JAX's
+    # shutdown barrier while they wait for it in the run (which ended only at a 5-minute timeout).
+    (tmp_path / "env_once.py").write_text(
+        "import os\n\nimport gymnax\n\n\ndef make():\n"
+        "    if os.environ.get('JAX_PROCESS_ID') == '1':\n"
+        "        raise RuntimeError('process 1 cannot build it')\n"
+        "    return gymnax.make('CartPole-v1')\n")
+    stderr = _ppo_jax(["train", "--env", "env_once.py:make", *TINY, "--processes", "2", "--out", "run"], tmp_path,
+                      returncode=1)
+    assert "local process 1 of 2 failed (exit 2)" in stderr and "process 1 cannot build it" in stderr, stderr

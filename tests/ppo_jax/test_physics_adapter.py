@@ -94,11 +94,14 @@ def test_brax_hopper_through_the_adapter():
 def test_a_missing_library_says_which_extra_to_install():
     import importlib.util
 
+    from ppo_jax.adapters import ADAPTERS, SIMULATORS
     from ppo_jax.envs import validate_env_id
 
-    for prefix, extra, module in (("brax", "brax", "brax"), ("playground", "playground", "mujoco_playground")):
-        if importlib.util.find_spec(module) is not None:
+    assert SIMULATORS == ("brax", "playground")
+    for prefix in SIMULATORS:
+        if importlib.util.find_spec(ADAPTERS[prefix].library) is not None:
             continue
+        extra = ADAPTERS[prefix].extra
         with pytest.raises(ValueError, match=rf"^env: {prefix} is not installed .*pip install -e \"\.\[{extra}\]\""):
             validate_env_id(f"{prefix}:Anything")
 
@@ -110,3 +113,33 @@ def test_brax_and_playground_runs_stay_in_one_process():
     assert plan(["study", "--env", "playground:CartpoleBalance", "--num-seeds", "16", "--processes", "1"]) == 1
     with pytest.raises(ValueError, match=r"^processes: brax:hopper runs in one process"):
         plan(["train", "--env", "brax:hopper", "--num-seeds", "4", "--processes", "2"])
+
+
+def test_bootstrap_values_from_one_final_observation_per_environment_equal_the_full_pass():
+    """With at most one truncation per environment in a rollout, the critic needs one final
+    observation per environment (ppo_jax.rollout.next_state_values); the bootstraps GAE reads
+    are those of the critic on every next observation."""
+    from ppo_jax import gae
+    from ppo_jax.distributions import DiagGaussian
+    from ppo_jax.envs import VecEnv, register_env
+    from ppo_jax.rollout import next_state_values, rollout
+
+    env = VecEnv(register_env(PhysicsEnv(Falling(), "falling", max_steps=4)), 64)
+    obs, env_state = env.reset(jax.random.PRNGKey(0))
+    value_fn = lambda o: jnp.sin(3.0 * o[..., 0]) + 0.1 * o[..., 0] ** 2  # noqa: E731
+    policy_fn = lambda o: DiagGaussian(jnp.zeros((o.shape[0], 1)), jnp.full((1,), -0.5))  # noqa: E731
+    seen = {"terminated": 0, "truncated": 0}
+    for i in range(3):  # later rollouts start mid-episode
+        env_state, obs, traj = rollout(policy_fn, env, env_state, obs, jax.random.PRNGKey(i + 1), 4)
+        values = value_fn(traj.obs)
+        full = value_fn(traj.next_obs)
+        one = next_state_values(value_fn, traj, values, obs, one_cut_per_env=True)
+        read = ~np.asarray(traj.terminated)  # GAE multiplies a terminated step's bootstrap by 0
+        np.testing.assert_array_equal(np.asarray(one)[read], np.asarray(full)[read])
+        np.testing.assert_array_equal(next_state_values(value_fn, traj, values, obs, one_cut_per_env=False), full)
+        args = (traj.reward, values)
+        flags = (traj.terminated, traj.truncated, 0.99, 0.95)
+        np.testing.assert_array_equal(gae.gae(*args, one, *flags), gae.gae(*args, full, *flags))
+        seen["terminated"] += int(traj.terminated.sum())
+        seen["truncated"] += int(traj.truncated.sum())
+    assert seen["terminated"] > 10 and seen["truncated"] > 10, seen

@@ -85,9 +85,9 @@ def chain_file(tmp_path):
 
 def test_your_environment_object_trains_through_make_train(chain_file):
     from ppo_jax import make_train
-    from ppo_jax.envs import _load_factory
+    from ppo_jax.run.named import load_named
 
-    env = _load_factory(f"{chain_file}:make")()
+    env = load_named(f"{chain_file}:make", "env")()
     config = PPOConfig(num_envs=4, num_steps=32, total_timesteps=40 * 128, update_epochs=4, num_minibatches=2,
                        hidden_sizes=(32,), lr=3e-3, critic_lr=3e-3)
     out = jax.jit(make_train(config, env=env))(jax.random.PRNGKey(0))
@@ -138,3 +138,21 @@ def test_an_environment_without_part_of_the_api_is_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["train", "--env", spec, *FLAGS])
         assert message in capsys.readouterr().err
+
+
+def test_an_object_id_from_another_process_is_one_line(chain_file):
+    from ppo_jax.envs import register_env, user_env
+    from ppo_jax.run.named import load_named
+    from ppo_jax.user_network import user_network
+
+    env = load_named(f"{chain_file}:make", "env")()
+    env_id = register_env(env)
+    assert user_env(env_id) == (env, env.default_params)
+    # A saved config names the object by its id; in a process that was not given it, that id means nothing.
+    with pytest.raises(ValueError, match=r"^env: 'object:Chain@1' was an environment object of another "
+                                         r"process; give it again \(make_train\(config, env=\.\.\.\)\) or name a "
+                                         r"module:function$"):
+        user_env("object:Chain@1")
+    with pytest.raises(ValueError, match=r"^network: 'object:MLP@1' was a module of another process; give it "
+                                         r"again \(make_train\(config, network=\.\.\.\)\)"):
+        user_network("object:MLP@1")
