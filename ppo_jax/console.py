@@ -42,9 +42,10 @@ def main() -> None:
         # they are leaving too; stopping them now would leave this one waiting for them at exit.
         # A SystemExit is a checked error (bad input) that every process meets alike, so the
         # others leave too; this one leaves normally, as process 0 expects.
-        if local is not None and end.code not in (0, None, 130, 143):
+        failed = end.code not in (0, None, 130, 143)
+        if local is not None and failed:
             local.stop()
-        if started_by_another and end.code not in (0, None, 130, 143):
+        if started_by_another and failed:
             # A checked error this process alone met (a file only it could not read) would leave
             # it at JAX's shutdown barrier while the others wait for it in the run. Process 0,
             # meeting the error too, stops this one and reports the error with its own exit
