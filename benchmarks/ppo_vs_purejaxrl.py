@@ -2,9 +2,12 @@
 
 Each round runs PureJaxRL's own ``purejaxrl/ppo.py`` (through ``benchmarks/peers/purejaxrl_ppo.py``,
 with the peer's interpreter and gymnax 0.0.9) and then ours in a fresh process, with the same
-configuration (PureJaxRL's CartPole one: 4 envs x 128 steps, 4 epochs x 4 minibatches, lr 2.5e-4 annealed, value clipping 0.2, 5e5 steps); odd rounds run
-ours first, so a machine that drifts slower or faster favours neither. A speed ratio is
-only meaningful between runs of one session: that is what the rounds are.
+configuration (PureJaxRL's CartPole one: 4 envs x 128 steps, 4 epochs x 4 minibatches, lr 2.5e-4
+annealed, value clipping 0.2, 5e5 steps); odd rounds run ours first, so a machine that drifts
+slower or faster favours neither. A speed ratio is only meaningful between runs of one session:
+that is what the rounds are. Both sides get the same ``XLA_FLAGS`` (``--xla-flags``; default
+none: XLA's defaults, as each side ships); each side has ``--side-timeout`` seconds, so a
+deadlocked process stops the benchmark with an error.
 
     PEERS=~/peers bash benchmarks/peers/setup_purejaxrl.sh     # the peer's source and interpreter, once
     python benchmarks/ppo_vs_purejaxrl.py \\
@@ -47,7 +50,9 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"  # the flag ppo_jax sets; the peer gets it too
+SCHEDULER_OFF = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+"""``--xla-flags`` for both sides that protects a program with a vmapped QR (PureJaxRL's orthogonal
+init) from XLA:CPU's deadlock on 2 cores, at the cost of running its operations one at a time."""
 PEER_SCRIPTS = {"mlp": ("purejaxrl_ppo.py", "ppo.py"), "rnn": ("purejaxrl_ppo_rnn.py", "ppo_rnn.py"),
                 "continuous": ("purejaxrl_ppo_continuous.py", "ppo_continuous_action.py")}
 """variant -> (our runner of the peer, in peers/; PureJaxRL's script it runs)."""
@@ -96,9 +101,14 @@ def ours_once(args) -> dict:
             "final_return_per_seed": per_seed.tolist()}
 
 
-def run_json(cmd: list[str], env: dict) -> dict:
+def run_json(cmd: list[str], env: dict, timeout_s: float) -> dict:
     """Runs a side's process and returns the JSON line it prints last (its stderr on failure)."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... did not finish in {timeout_s:.0f} s (--side-timeout); "
+                           f"a hang at 0% CPU is XLA:CPU's scheduler deadlock: try --xla-flags={SCHEDULER_OFF}"
+                           ) from err
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -115,7 +125,12 @@ def ours_split(args, seeds: int, processes: int, env: dict) -> dict:
                               stderr=subprocess.PIPE, text=True, env=env) for i in range(processes)]
     outs = []
     for p in procs:
-        stdout, stderr = p.communicate()
+        try:
+            stdout, stderr = p.communicate(timeout=args.side_timeout)
+        except subprocess.TimeoutExpired as err:
+            for q in procs:
+                q.kill()
+            raise RuntimeError(f"split run did not finish in {args.side_timeout:.0f} s (--side-timeout)") from err
         lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
         if p.returncode != 0 or not lines:
             raise RuntimeError(f"split run failed (exit {p.returncode}):\n{stderr[-3000:]}")
@@ -150,6 +165,11 @@ def main() -> None:
                         "(ppo_jax.seed_groups, what `ppo-jax train --num-seeds` does in one process; 0: not)")
     p.add_argument("--seed-groups", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--seed0", type=int, default=0)
+    p.add_argument("--xla-flags", default="",
+                   help=f"XLA_FLAGS for both sides (default none: XLA's defaults, as each side ships; "
+                        f"{SCHEDULER_OFF} was needed by programs with a vmapped QR on 2 cores)")
+    p.add_argument("--side-timeout", type=float, default=3600.0,
+                   help="seconds a side's process may take before the benchmark stops with an error")
     p.add_argument("--out", default="benchmarks/results/ppo_vs_purejaxrl.json")
     p.add_argument("--ours-once", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -167,7 +187,7 @@ def main() -> None:
     sys.path.insert(0, HERE)
     from common import write_result
 
-    env = dict(os.environ, XLA_FLAGS=XLA_FLAG, RL_JAX_COMPILATION_CACHE="0")
+    env = dict(os.environ, XLA_FLAGS=args.xla_flags, RL_JAX_COMPILATION_CACHE="0")
     rows = []
 
     def save() -> None:
@@ -185,7 +205,7 @@ def main() -> None:
                         "median_compile_ratio": statistics.median(compile_ratios) if compile_ratios else None}
         write_result(args.out, {"benchmark": "ppo_vs_purejaxrl", "variant": args.variant,
                                 "peer_script": f"purejaxrl/{PEER_SCRIPTS[args.variant][1]}",
-                                "env": args.env, "num_envs": args.num_envs,
+                                "env": args.env, "num_envs": args.num_envs, "xla_flags_both_sides": args.xla_flags,
                                 "total_timesteps": int(args.total_timesteps), "rounds": rows,
                                 "summary": summary, "note": "ratios are ours / PureJaxRL (above 1: ours faster); "
                                 "compile ratio is PureJaxRL's compile time / ours (above 1: ours compiles faster)"})
@@ -200,13 +220,15 @@ def main() -> None:
                         "--env", args.env, "--num-envs", str(args.num_envs),
                         "--total-timesteps", str(args.total_timesteps), "--runs", str(args.runs),
                         "--seed0", str(args.seed0)]
-            sides = [("purejaxrl", lambda: run_json(peer_cmd, env)), ("ppo_jax", lambda: run_json(ours_cmd, env))]
+            sides = [("purejaxrl", lambda: run_json(peer_cmd, env, args.side_timeout)),
+                     ("ppo_jax", lambda: run_json(ours_cmd, env, args.side_timeout))]
             if args.ours_processes and seeds % args.ours_processes == 0 and seeds >= args.ours_processes:
                 sides.append((f"ppo_jax x{args.ours_processes} processes",
                               lambda: ours_split(args, seeds, args.ours_processes, env)))
             if args.ours_seed_groups and seeds > 1 and seeds % args.ours_seed_groups == 0:
                 grouped_cmd = ours_cmd + ["--seed-groups", str(args.ours_seed_groups)]
-                sides.append((f"ppo_jax {args.ours_seed_groups} seed groups", lambda: run_json(grouped_cmd, env)))
+                sides.append((f"ppo_jax {args.ours_seed_groups} seed groups",
+                              lambda: run_json(grouped_cmd, env, args.side_timeout)))
             if rnd % 2:
                 sides = sides[1:] + sides[:1]
             results = {name: fn() for name, fn in sides}

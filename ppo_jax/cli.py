@@ -273,12 +273,13 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> None:
     import warnings
 
+    from ppo_jax.local_processes import flag_value
     from ppo_jax.run import compile_cache
     from ppo_jax.run.configure import configure
     from ppo_jax.run.interrupt import terminate_as_interrupt
     from ppo_jax.run.rundir import start_command
 
-    configure()  # before anything starts JAX's backend
+    configure(flag_value(argv if argv is not None else sys.argv[1:], "--env"))  # before JAX's backend starts
     warnings.formatwarning = _one_line_warning
     compile_cache.enable()
     terminated = terminate_as_interrupt()

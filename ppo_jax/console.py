@@ -19,8 +19,8 @@ def main() -> None:
     from ppo_jax.distributed import initialize_from_env
     from ppo_jax.run.configure import configure
 
-    configure()  # the XLA flag, before anything starts JAX's backend
     argv = sys.argv[1:]
+    configure(local_processes.flag_value(argv, "--env"))  # the XLA flag, before anything starts JAX's backend
     try:
         processes = local_processes.plan(argv)  # every core for several seeds on a CPU
         local = local_processes.launch(argv, processes) if processes > 1 else None

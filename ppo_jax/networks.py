@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from ppo_jax.distributions import Categorical, DiagGaussian
+from ppo_jax.orthogonal_init import orthogonal
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "gelu": nn.gelu}
 
@@ -38,7 +39,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for size in self.hidden_sizes:
-            x = act(nn.Dense(size, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
+            x = act(nn.Dense(size, kernel_init=orthogonal(math.sqrt(2)))(x))
         return x
 
 
@@ -53,7 +54,7 @@ class ConvTorso(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = obs.reshape(obs.shape[:-1] + tuple(self.obs_shape))
-        x = nn.Conv(self.features, (3, 3), padding="VALID", kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x)
+        x = nn.Conv(self.features, (3, 3), padding="VALID", kernel_init=orthogonal(math.sqrt(2)))(x)
         x = nn.relu(x)
         return x.reshape(x.shape[:-3] + (-1,))
 
@@ -76,7 +77,7 @@ class PolicyHead(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array):
-        out = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))(features)
+        out = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01))(features)
         if not self.continuous:
             return Categorical(logits=out)
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
@@ -86,7 +87,7 @@ class PolicyHead(nn.Module):
 class ValueHead(nn.Module):
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
-        return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(features)[..., 0]
+        return nn.Dense(1, kernel_init=orthogonal(1.0))(features)[..., 0]
 
 
 class Actor(nn.Module):
@@ -183,7 +184,7 @@ class GRU(nn.Module):
         H = self.features
         w_i = self.param("input_kernel", _gate_blocks(nn.initializers.lecun_normal()), (x.shape[-1], 3 * H))
         b_i = self.param("input_bias", nn.initializers.zeros, (3 * H,))
-        w_h = self.param("hidden_kernel", _gate_blocks(nn.initializers.orthogonal()), (H, 3 * H))
+        w_h = self.param("hidden_kernel", _gate_blocks(orthogonal()), (H, 3 * H))
         b_hn = self.param("hidden_bias", nn.initializers.zeros, (H,))
         xs = x @ w_i + b_i
 
@@ -213,7 +214,7 @@ class RecurrentTorso(nn.Module):
     continuous: bool = False
 
     def setup(self):
-        self.embed = nn.Dense(self.hidden_sizes[0], kernel_init=nn.initializers.orthogonal(math.sqrt(2)))
+        self.embed = nn.Dense(self.hidden_sizes[0], kernel_init=orthogonal(math.sqrt(2)))
         self.gru = GRU(self.hidden_sizes[0])
         self.mlp = MLP(tuple(self.hidden_sizes[1:]), self.activation)
         if "policy" in self.heads:

@@ -104,7 +104,7 @@ def make_train_fns(config: PPOConfig, progress: Callable[[Any], None] | None = N
     XLA then runs each device's environments there and averages the gradients of the
     sharded minibatch rows across devices, inside the one compiled program.
     """
-    configure()
+    configure(config.env)
     config.validate()
     config.warn_remainder()
     spec = env_spec(config.env)

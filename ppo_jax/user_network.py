@@ -10,10 +10,14 @@ that step actor and critic together (ppo, a2c).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 
+from ppo_jax.run.configure import SCHEDULER_OFF
 from ppo_jax.run.named import Named, load_named
+from ppo_jax.run.settings import note_once
 
 _networks = Named("network", "a module")
 
@@ -49,6 +53,27 @@ def _make_network(name: str):
     return module
 
 
+# Primitives that XLA:CPU runs as LAPACK custom calls.
+LAPACK_PRIMITIVES = frozenset({"qr", "householder_product", "geqrf", "eigh", "svd", "cholesky", "lu"})
+
+
+def lapack_primitives(jaxpr) -> set[str]:
+    """The :data:`LAPACK_PRIMITIVES` a (closed) jaxpr holds, nested ones included."""
+    found: set[str] = set()
+
+    def walk(j):
+        for eqn in getattr(j, "jaxpr", j).eqns:
+            if eqn.primitive.name in LAPACK_PRIMITIVES:
+                found.add(eqn.primitive.name)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                        walk(sub)
+
+    walk(jaxpr)
+    return found
+
+
 def check_user_network(name: str, spec) -> None:
     """Traces the module once on a batch of 2 observations (shapes only, nothing compiles) and
     raises one ValueError naming what its output lacks."""
@@ -69,8 +94,14 @@ def check_user_network(name: str, spec) -> None:
                else type(module_out).__name__)
         raise ValueError(f"{what} must return (distribution parameters, value); it returned {got}")
     head, value = module_out
-    if value.shape not in ((2,), (2, 1)):
-        raise ValueError(f"{what}: the value must have shape (batch,) or (batch, 1), got {value.shape} for batch 2")
+    lapack = lapack_primitives(jax.make_jaxpr(net.init)(jax.random.PRNGKey(0), obs))
+    if lapack and SCHEDULER_OFF not in os.environ.get("XLA_FLAGS", ""):
+        # Under vmap (seeds) a batched LAPACK call deadlocked XLA:CPU's concurrency-optimised
+        # scheduler on a 2-core machine; ppo_jax's own networks initialise without one.
+        note_once(f"ppo-jax: note: {what} initialises with {', '.join(sorted(lapack))} (flax's orthogonal init is a "
+                  "QR): vmapped over seeds on a 2-core CPU, XLA's concurrency-optimised scheduler (on for this "
+                  "environment) can deadlock on it; use ppo_jax.orthogonal_init.orthogonal, or set "
+                  f"XLA_FLAGS={SCHEDULER_OFF} before JAX starts")
     if spec.continuous:
         if not (isinstance(head, (tuple, list)) and len(head) == 2):
             raise ValueError(f"{what}: continuous actions need (mean, log_std) as the distribution parameters")

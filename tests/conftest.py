@@ -1,7 +1,8 @@
 import os
 import tempfile
 
-# The XLA:CPU deadlock flag: set before JAX's CPU backend starts (ppo_jax sets it too, on import).
+# The scheduler flag ppo_jax.configure() sets for gymnax environments, set before any test starts
+# JAX's backend (tests of Brax environments run with it too; it changes speed, not results).
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 
 # One persistent compilation cache for this test run, shared by the xdist workers and the

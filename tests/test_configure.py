@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from ppo_jax.run.configure import SCHEDULER_OFF
+
 pytestmark = pytest.mark.timeout(120)
 
 IMPORTS = """
@@ -25,8 +27,8 @@ import ppo_jax
 if sys.argv[1] == "late":
     import jax.numpy as jnp
     jnp.ones(1).block_until_ready()
-ppo_jax.configure()
-ppo_jax.configure()
+ppo_jax.configure(sys.argv[2] or None)
+ppo_jax.configure()  # the first call decides
 from jax._src import xla_bridge
 print(os.environ.get("XLA_FLAGS"), xla_bridge.backends_are_initialized())
 """
@@ -43,11 +45,10 @@ def test_imports_change_no_global_state():
     assert out == ["True", "False", "False", "False", "False", "True"], out
 
 
-def test_configure_sets_the_xla_flag_before_the_backend_starts_and_notes_it_after():
-    from ppo_jax.run.configure import XLA_FLAG
-
-    early = _run(CONFIGURE, "early")
-    assert early.stdout.split() == [XLA_FLAG, "False"] and early.stderr == ""  # configure starts nothing
-    late = _run(CONFIGURE, "late")
-    assert late.stdout.split() == ["None", "True"]
-    assert late.stderr.count("ppo-jax: note:") == 1 and XLA_FLAG in late.stderr
+@pytest.mark.parametrize("env, flags", [("", SCHEDULER_OFF), ("CartPole-v1", SCHEDULER_OFF),
+                                        ("playground:CartpoleBalance", SCHEDULER_OFF), ("brax:hopper", "None")])
+def test_configure_sets_the_scheduler_flag_for_the_environment_before_the_backend_starts(env, flags):
+    early = _run(CONFIGURE, "early", env)
+    assert early.stdout.split() == [flags, "False"] and early.stderr == ""  # configure starts nothing
+    late = _run(CONFIGURE, "late", env)  # too late to change: nothing set, nothing said
+    assert late.stdout.split() == ["None", "True"] and late.stderr == ""

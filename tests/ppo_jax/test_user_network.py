@@ -147,3 +147,25 @@ def test_the_module_sees_the_environments_own_observation_shape():
 
     make_train(PPOConfig(env="Breakout-MinAtar", shared_torso=True, total_timesteps=4 * 512), network=Frames())
     assert seen and all(s[-3:] == (10, 10, 4) for s in seen), seen
+
+
+class FlaxOrthogonal(nn.Module):
+    kernel_init: object = None
+
+    @nn.compact
+    def __call__(self, obs):
+        x = nn.tanh(nn.Dense(16, kernel_init=self.kernel_init)(obs))
+        return nn.Dense(2)(x), nn.Dense(1)(x)
+
+
+def test_with_the_scheduler_on_a_module_that_initialises_with_a_qr_gets_one_note(capsys, monkeypatch):
+    from ppo_jax.orthogonal_init import orthogonal
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # as for a Brax environment: XLA's default, the scheduler on
+    config = PPOConfig(env="CartPole-v1", shared_torso=True, total_timesteps=2048)
+    make_train(config, network=FlaxOrthogonal(nn.initializers.orthogonal()))
+    err = capsys.readouterr().err
+    assert err.count("ppo-jax: note: network: 'object:FlaxOrthogonal@") == 1, err
+    assert "initialises with qr" in err and "ppo_jax.orthogonal_init.orthogonal" in err
+    make_train(config, network=FlaxOrthogonal(orthogonal()))
+    assert "note" not in capsys.readouterr().err
