@@ -45,6 +45,16 @@ def main() -> None:
         failed = end.code not in (0, None, 130, 143)
         if local is not None and failed:
             local.stop()
+            # The others are stopped, so JAX's shutdown barrier at exit would wait for them in
+            # vain (seen under load: a heartbeat timeout, then an abort instead of exit 2).
+            from ppo_jax.run.lock import release_all
+
+            release_all()
+            if not isinstance(end.code, int):
+                print(end.code, file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(end.code if isinstance(end.code, int) else 1)
         if started_by_another and failed:
             # A checked error this process alone met (a file only it could not read) would leave
             # it at JAX's shutdown barrier while the others wait for it in the run. Process 0,
