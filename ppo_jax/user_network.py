@@ -102,6 +102,8 @@ def check_user_network(name: str, spec) -> None:
                   "QR): vmapped over seeds on a 2-core CPU, XLA's concurrency-optimised scheduler (on for this "
                   "environment) can deadlock on it; use ppo_jax.orthogonal_init.orthogonal, or set "
                   f"XLA_FLAGS={SCHEDULER_OFF} before JAX starts")
+    if value.shape not in ((2,), (2, 1)):
+        raise ValueError(f"{what}: the value must have shape (batch,) or (batch, 1), got {value.shape} for batch 2")
     if spec.continuous:
         if not (isinstance(head, (tuple, list)) and len(head) == 2):
             raise ValueError(f"{what}: continuous actions need (mean, log_std) as the distribution parameters")

@@ -122,7 +122,15 @@ class NoValue(nn.Module):
         return nn.Dense(2)(obs)
 
 
+class WrongValue(nn.Module):
+    @nn.compact
+    def __call__(self, obs):
+        return nn.Dense(2)(obs), nn.Dense(3)(obs)
+
+
 @pytest.mark.parametrize("module, shared, message", [
+    (WrongValue(), True, r"^network: 'object:WrongValue@[0-9a-f]+': the value must have shape \(batch,\) or "
+                         r"\(batch, 1\), got \(2, 3\) for batch 2$"),
     (WrongLogits(), True, r"^network: 'object:WrongLogits@[0-9a-f]+': the logits must have shape \(batch, 2\) "
                           r"for 2 actions, got \(2, 3\)$"),
     (NoValue(), True, r"^network: 'object:NoValue@[0-9a-f]+' must return \(distribution parameters, value\); "
