@@ -40,8 +40,8 @@ def main() -> None:
     except SystemExit as end:
         # 130/143: Ctrl-C or SIGTERM stopped every process at one chunk (they agree on it), and
         # they are leaving too; stopping them now would leave this one waiting for them at exit.
-        # A SystemExit is a checked error (bad input) that every process meets alike, so the
-        # others leave too; this one leaves normally, as process 0 expects.
+        # A SystemExit is a checked error (bad input) that every process meets alike: process 0
+        # stops the others and leaves at once; another process waits to be stopped (below).
         failed = end.code not in (0, None, 130, 143)
         if local is not None and failed:
             local.stop()
